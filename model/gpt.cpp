@@ -1,0 +1,187 @@
+#include "model/gpt.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+namespace kiln {
+
+GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp)
+    : cfg_(cfg), ops_(ops), tp_(tp), local_(cfg, tp), layout_(cfg, tp), max_batch_(max_batch), max_seq_(max_seq) {
+  if (tp.size != 1)  // the layout already shards; the vocab-parallel cross-entropy does not exist yet
+    throw std::invalid_argument("GPT: tensor parallelism is not implemented yet (tp size " + std::to_string(tp.size) + ")");
+  if (max_batch < 1) throw std::invalid_argument("batch size " + std::to_string(max_batch) + ": expected >= 1");
+  if (max_seq < 1 || max_seq > cfg.max_seq_len)
+    throw std::invalid_argument("sequence length " + std::to_string(max_seq) + ": expected 1.." +
+                                std::to_string(cfg.max_seq_len) + " (model.max_seq_len)");
+  params_ = ops.allocate(layout_.total(), DType::f32);
+  grads_ = ops.allocate(layout_.total(), DType::f32);
+  w_ = bind(layout_, params_, cfg.n_layer);
+  g_ = bind(layout_, grads_, cfg.n_layer);
+
+  const int64_t N = (int64_t)max_batch * max_seq, C = cfg.n_embd;
+  const int64_t A = local_.attn_width, H = local_.mlp_width, Vp = local_.vocab_rows;
+  auto act = [&](int64_t numel, DType dtype = DType::f32) {
+    activation_bytes_ += numel * (int64_t)dtype_size(dtype);
+    return ops.allocate(numel, dtype);
+  };
+  tokens_ = act(N, DType::i32);
+  targets_ = act(N, DType::i32);
+  encoded_ = act(N * C);
+  for (int l = 0; l < cfg.n_layer; l++) {
+    blocks_.push_back({act(N * C), act(N), act(N), act(N * 3 * A), act(N * A), act(N * local_.heads), act(N * C),
+                       act(N * C), act(N * C), act(N), act(N), act(N * H), act(N * H), act(N * C), act(N * C)});
+  }
+  lnf_ = act(N * C);
+  lnf_mean_ = act(N);
+  lnf_rstd_ = act(N);
+  logits_ = act(N * Vp);
+  losses_ = act(N);
+  d_residual_ = act(N * C);
+  d_ln_ = act(N * C);
+  d_qkv_ = act(N * 3 * A);
+  d_att_ = act(N * A);
+  d_fc_ = act(N * H);
+  d_fc_gelu_ = act(N * H);
+  host_losses_.resize(N);
+}
+
+void GPT::init_weights(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> host(layout_.total(), 0.0f);
+  const float residual_std = 0.02f / std::sqrt(2.0f * cfg_.n_layer);
+  for (const ParamSpec& s : layout_.specs()) {
+    float* p = host.data() + s.offset;
+    const bool gain = s.name.ends_with("ln_1.weight") || s.name.ends_with("ln_2.weight") || s.name == "ln_f.weight";
+    if (gain) {
+      std::fill(p, p + s.numel, 1.0f);
+    } else if (s.decay) {
+      const bool residual_out = s.name.ends_with("attn.c_proj.weight") || s.name.ends_with("mlp.c_proj.weight");
+      const float std_dev = residual_out ? residual_std : 0.02f;
+      for (int64_t i = 0; i < s.numel; i++) p[i] = std_dev * normal(rng);
+    }
+  }
+  // The embedding's padding rows stay zero: they never receive gradient, so they never move.
+  const ParamSpec& wte = layout_.find("wte");
+  const int64_t real_rows = std::clamp<int64_t>(cfg_.vocab_size - local_.vocab_begin, 0, local_.vocab_rows);
+  std::fill(host.begin() + wte.offset + real_rows * cfg_.n_embd, host.begin() + wte.offset + wte.numel, 0.0f);
+  ops_.upload(params_, host);
+}
+
+double GPT::forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T) {
+  return run_forward(tokens, targets, B, T, false, 0.0f);
+}
+
+double GPT::forward_backward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
+                             float loss_scale) {
+  const double loss = run_forward(tokens, targets, B, T, true, loss_scale);
+  backward(B, T);
+  return loss;
+}
+
+void GPT::download_logits(std::span<float> out) {
+  const int64_t n = (int64_t)last_B_ * last_T_ * local_.vocab_rows;
+  ops_.download(out, logits_.view().slice(0, n));
+}
+
+double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
+                        bool with_grad, float loss_scale) {
+  if (B < 1 || B > max_batch_ || T < 1 || T > max_seq_)
+    throw std::invalid_argument("batch " + std::to_string(B) + "x" + std::to_string(T) + " exceeds the " +
+                                std::to_string(max_batch_) + "x" + std::to_string(max_seq_) + " the model was built for");
+  const int64_t N = (int64_t)B * T;
+  if ((int64_t)tokens.size() != N || (int64_t)targets.size() != N)
+    throw std::invalid_argument("tokens/targets must hold B*T = " + std::to_string(N) + " entries");
+  last_B_ = B;
+  last_T_ = T;
+  const int C = cfg_.n_embd, A = local_.attn_width, H = local_.mlp_width, Vp = local_.vocab_rows;
+  auto rows = [N](const Buffer& b, int64_t width) { return b.view().slice(0, N * width); };
+  const Tensor tok = rows(tokens_, 1), tgt = rows(targets_, 1);
+  ops_.upload(tok, tokens);
+  ops_.upload(tgt, targets);
+
+  ops_.embedding_forward(rows(encoded_, C), tok, w_.wte, w_.wpe, B, T, C, local_.vocab_begin, local_.vocab_rows);
+  for (int l = 0; l < cfg_.n_layer; l++) {
+    const BlockTensors& w = w_.blocks[l];
+    BlockActivations& a = blocks_[l];
+    const Tensor residual = l == 0 ? rows(encoded_, C) : rows(blocks_[l - 1].residual3, C);
+    // ln_1 of block 0 reads the embedding; later blocks' ln_1 was fused into the previous block's end.
+    if (l == 0)
+      ops_.layernorm_forward(rows(a.ln1, C), rows(a.ln1_mean, 1), rows(a.ln1_rstd, 1), residual, w.ln1_w, w.ln1_b, N, C);
+    ops_.matmul_forward(rows(a.qkv, 3 * A), rows(a.ln1, C), w.qkv_w, w.qkv_b, N, C, 3 * A);
+    ops_.attention_forward(rows(a.att, A), rows(a.lse, local_.heads), rows(a.qkv, 3 * A), B, T, local_.heads,
+                           local_.head_size);
+    ops_.matmul_forward(rows(a.att_proj, C), rows(a.att, A), w.attn_proj_w, w.attn_proj_b, N, A, C);
+    ops_.residual_layernorm_forward(rows(a.residual2, C), rows(a.ln2, C), rows(a.ln2_mean, 1), rows(a.ln2_rstd, 1),
+                                    residual, rows(a.att_proj, C), w.ln2_w, w.ln2_b, N, C);
+    ops_.matmul_forward(rows(a.fc, H), rows(a.ln2, C), w.fc_w, w.fc_b, N, C, H);
+    ops_.gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), N * H);
+    ops_.matmul_forward(rows(a.fc_proj, C), rows(a.fc_gelu, H), w.fc_proj_w, w.fc_proj_b, N, H, C);
+    // residual3 = residual2 + mlp; then the next block's ln_1, or ln_f after the last block.
+    const bool last = l + 1 == cfg_.n_layer;
+    const Buffer& ln_out = last ? lnf_ : blocks_[l + 1].ln1;
+    const Buffer& ln_mean = last ? lnf_mean_ : blocks_[l + 1].ln1_mean;
+    const Buffer& ln_rstd = last ? lnf_rstd_ : blocks_[l + 1].ln1_rstd;
+    ops_.residual_layernorm_forward(rows(a.residual3, C), rows(ln_out, C), rows(ln_mean, 1), rows(ln_rstd, 1),
+                                    rows(a.residual2, C), rows(a.fc_proj, C), last ? w_.lnf_w : w_.blocks[l + 1].ln1_w,
+                                    last ? w_.lnf_b : w_.blocks[l + 1].ln1_b, N, C);
+  }
+  // Tied LM head: logits = ln_f(x) @ wte^T over this rank's vocabulary rows.
+  ops_.matmul_forward(rows(logits_, Vp), rows(lnf_, C), w_.wte, Tensor{}, N, C, Vp);
+
+  int64_t valid = 0;
+  for (int32_t t : targets) valid += t >= 0;
+  const float dloss = valid > 0 ? loss_scale / (float)valid : 0.0f;
+  ops_.cross_entropy(rows(losses_, 1), rows(logits_, Vp), tgt, N, cfg_.vocab_size, Vp, with_grad, dloss);
+  ops_.download(std::span<float>(host_losses_.data(), N), rows(losses_, 1));
+  double sum = 0;
+  for (int64_t i = 0; i < N; i++) sum += host_losses_[i];
+  return valid > 0 ? sum / (double)valid : 0.0;
+}
+
+// Reverse of run_forward. d_residual carries the gradient of the residual stream down the
+// network; each branch's gradient is added into it by the ops' accumulate semantics.
+void GPT::backward(int B, int T) {
+  const int64_t N = (int64_t)B * T;
+  const int C = cfg_.n_embd, A = local_.attn_width, H = local_.mlp_width, Vp = local_.vocab_rows;
+  auto rows = [N](const Buffer& b, int64_t width) { return b.view().slice(0, N * width); };
+  const Tensor d_res = rows(d_residual_, C), d_ln = rows(d_ln_, C), d_qkv = rows(d_qkv_, 3 * A);
+  const Tensor d_att = rows(d_att_, A), d_fc = rows(d_fc_, H), d_fc_gelu = rows(d_fc_gelu_, H);
+
+  // logits_ now holds d(loss)/d(logits) (cross_entropy wrote it in place).
+  ops_.zero(d_ln);
+  ops_.matmul_backward(d_ln, g_.wte, Tensor{}, rows(logits_, Vp), rows(lnf_, C), w_.wte, N, C, Vp);
+  ops_.zero(d_res);
+  ops_.layernorm_backward(d_res, g_.lnf_w, g_.lnf_b, d_ln, rows(blocks_.back().residual3, C), w_.lnf_w,
+                          rows(lnf_mean_, 1), rows(lnf_rstd_, 1), N, C);
+  for (int l = cfg_.n_layer - 1; l >= 0; l--) {
+    const BlockTensors &w = w_.blocks[l], &g = g_.blocks[l];
+    BlockActivations& a = blocks_[l];
+    const Tensor residual = l == 0 ? rows(encoded_, C) : rows(blocks_[l - 1].residual3, C);
+    // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
+    ops_.zero(d_fc_gelu);
+    ops_.matmul_backward(d_fc_gelu, g.fc_proj_w, g.fc_proj_b, d_res, rows(a.fc_gelu, H), w.fc_proj_w, N, H, C);
+    ops_.zero(d_fc);
+    ops_.gelu_backward(d_fc, rows(a.fc, H), d_fc_gelu, N * H);
+    ops_.zero(d_ln);
+    ops_.matmul_backward(d_ln, g.fc_w, g.fc_b, d_fc, rows(a.ln2, C), w.fc_w, N, C, H);
+    ops_.layernorm_backward(d_res, g.ln2_w, g.ln2_b, d_ln, rows(a.residual2, C), w.ln2_w, rows(a.ln2_mean, 1),
+                            rows(a.ln2_rstd, 1), N, C);
+    // Attention branch: residual2 = residual + c_proj(attention(c_attn(ln_1(residual)))).
+    ops_.zero(d_att);
+    ops_.matmul_backward(d_att, g.attn_proj_w, g.attn_proj_b, d_res, rows(a.att, A), w.attn_proj_w, N, A, C);
+    ops_.zero(d_qkv);
+    ops_.attention_backward(d_qkv, d_att, rows(a.qkv, 3 * A), rows(a.att, A), rows(a.lse, local_.heads), B, T,
+                            local_.heads, local_.head_size);
+    ops_.zero(d_ln);
+    ops_.matmul_backward(d_ln, g.qkv_w, g.qkv_b, d_qkv, rows(a.ln1, C), w.qkv_w, N, C, 3 * A);
+    ops_.layernorm_backward(d_res, g.ln1_w, g.ln1_b, d_ln, residual, w.ln1_w, rows(a.ln1_mean, 1),
+                            rows(a.ln1_rstd, 1), N, C);
+  }
+  ops_.embedding_backward(g_.wte, g_.wpe, d_res, rows(tokens_, 1), B, T, C, local_.vocab_begin, local_.vocab_rows);
+}
+
+}  // namespace kiln

@@ -1,0 +1,69 @@
+// GPT-2 decoder: forward and backward written out layer by layer against the Ops interface.
+// Every buffer (parameters, gradients, activations, scratch) is allocated once, in the constructor,
+// for batches of up to max_batch x max_seq tokens.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "model/config.h"
+#include "model/ops.h"
+#include "model/params.h"
+
+namespace kiln {
+
+class GPT {
+ public:
+  GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp = {});
+
+  const GPTConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  Ops& ops() const { return ops_; }
+  const Tensor& params() const { return params_; }
+  const Tensor& grads() const { return grads_; }
+  int64_t activation_bytes() const { return activation_bytes_; }
+
+  // GPT-2 initialisation: weights N(0, 0.02), residual output projections N(0, 0.02/sqrt(2 n_layer)),
+  // biases 0, layernorm gain 1; padding rows of the embedding 0. Deterministic in the seed.
+  void init_weights(uint64_t seed);
+
+  // Mean cross-entropy over positions whose target is >= 0. Logits stay readable until the next call.
+  double forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T);
+  // [B, T, padded_vocab] logits of the last forward().
+  void download_logits(std::span<float> out);
+  // forward, then grads += d(loss_scale * mean loss)/d(params). Returns the mean loss.
+  double forward_backward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
+                          float loss_scale = 1.0f);
+  void zero_grads() { ops_.zero(grads_); }
+
+ private:
+  struct BlockActivations {
+    Buffer ln1, ln1_mean, ln1_rstd, qkv, att, lse, att_proj, residual2;
+    Buffer ln2, ln2_mean, ln2_rstd, fc, fc_gelu, fc_proj, residual3;
+  };
+  double run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
+                     bool with_grad, float loss_scale);
+  void backward(int B, int T);
+
+  GPTConfig cfg_;
+  Ops& ops_;
+  TensorParallel tp_;
+  LocalShape local_;
+  ParamLayout layout_;
+  int max_batch_, max_seq_;
+  Buffer params_, grads_;
+  ModelTensors w_, g_;
+
+  // Saved activations; sizes for max_batch x max_seq.
+  Buffer tokens_, targets_, encoded_, lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
+  std::vector<BlockActivations> blocks_;
+  // Backward scratch, reused by every layer.
+  Buffer d_residual_, d_ln_, d_qkv_, d_att_, d_fc_, d_fc_gelu_;
+  std::vector<float> host_losses_;
+  std::vector<int32_t> host_targets_;
+  int64_t activation_bytes_ = 0;
+  int last_B_ = 0, last_T_ = 0;
+};
+
+}  // namespace kiln

@@ -1,0 +1,49 @@
+// The parameter layout: every tensor of the model at a fixed offset in one flat allocation, so
+// that gradients, AdamW moments, checkpoints and (later) gradient buckets are all flat ranges.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/tensor.h"
+
+namespace kiln {
+
+struct ParamSpec {
+  std::string name;            // GPT-2 / Hugging Face naming, e.g. "h.0.attn.c_attn.weight"
+  std::vector<int64_t> shape;  // this rank's shard; matrices in nn.Linear layout [out, in]
+  int64_t offset = 0;          // in elements, into the flat buffer
+  int64_t numel = 0;
+  bool decay = false;          // AdamW weight decay applies to matrices only
+};
+
+class ParamLayout {
+ public:
+  explicit ParamLayout(const GPTConfig& cfg, TensorParallel tp = {});
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  int64_t total() const { return total_; }
+  // Parameters excluding the embedding's padding rows: the count GPT-2's papers quote.
+  int64_t trained() const { return total_ - padding_; }
+  const ParamSpec& find(const std::string& name) const;  // throws naming the tensor
+
+ private:
+  void add(std::string name, std::vector<int64_t> shape);
+  std::vector<ParamSpec> specs_;
+  int64_t total_ = 0;
+  int64_t padding_ = 0;
+};
+
+// Named views of one flat buffer laid out by a ParamLayout (parameters, or their gradients).
+struct BlockTensors {
+  Tensor ln1_w, ln1_b, qkv_w, qkv_b, attn_proj_w, attn_proj_b;
+  Tensor ln2_w, ln2_b, fc_w, fc_b, fc_proj_w, fc_proj_b;
+};
+struct ModelTensors {
+  Tensor wte, wpe, lnf_w, lnf_b;
+  std::vector<BlockTensors> blocks;
+};
+ModelTensors bind(const ParamLayout& layout, const Tensor& flat, int n_layer);
+
+}  // namespace kiln

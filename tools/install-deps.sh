@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages kiln builds and tests with. Idempotent: packages already
+# present are reported and skipped. The CUDA toolkit (nvcc, cuBLASLt) and NCCL are not Debian
+# packages: they come from NVIDIA (https://developer.nvidia.com/cuda-downloads, which also
+# ships libnccl-dev); kiln builds CPU-only when nvcc is absent.
+#
+#   tools/install-deps.sh            build + test dependencies and the demo corpus
+#   tools/install-deps.sh --oracle   also PyTorch + h5py, to regenerate the test fixtures
+set -euo pipefail
+
+packages=(
+  cmake ninja-build g++ pkg-config git
+  libopenmpi-dev openmpi-bin          # MPI (CPU data/tensor parallel, launcher)
+  libhdf5-dev                         # token shards, checkpoints, test fixtures
+  libgtest-dev                        # unit tests
+  libcli11-dev                        # command line
+  libtomlplusplus-dev                 # config files
+  nlohmann-json3-dev                  # metrics, manifests
+  libfmt-dev                          # formatting
+  libpcre2-dev                        # GPT-2 pre-tokenizer regex
+  libomp-dev                          # OpenMP
+  bible-kjv                           # demo corpus: the King James Bible (public domain), see tools/get-corpus.sh
+)
+if [[ "${1:-}" == "--oracle" ]]; then
+  packages+=(python3-torch python3-h5py python3-numpy)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    echo "install-deps: have    $p"
+  else
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: nothing to install"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+sudo=""
+[[ $(id -u) -ne 0 ]] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,157 @@
+#include "train/config.h"
+
+#include <toml++/toml.h>
+
+#include <set>
+#include <stdexcept>
+
+namespace kiln {
+namespace {
+
+// Reads typed values out of a TOML table, remembering which keys were used so that anything
+// left over (a typo) can be reported.
+class Reader {
+ public:
+  Reader(const toml::table& root, std::string source) : root_(root), source_(std::move(source)) {}
+
+  template <class T>
+  void get(const std::string& key, T& out) {
+    const toml::node* node = root_.at_path(key).node();
+    if (!node) return;
+    used_.insert(key);
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (auto v = node->value<std::string>()) return void(out = *v);
+      fail(key, "a string");
+    } else if constexpr (std::is_same_v<T, double>) {
+      if (auto v = node->value<double>()) return void(out = *v);  // integers convert too
+      fail(key, "a number");
+    } else {
+      if (!node->is_integer()) fail(key, "an integer");
+      const int64_t v = *node->value<int64_t>();
+      if (v < (int64_t)std::numeric_limits<T>::min() || (uint64_t)v > (uint64_t)std::numeric_limits<T>::max())
+        fail(key, "an integer in range");
+      out = static_cast<T>(v);
+    }
+  }
+
+  void reject_unknown() const {
+    for (const auto& [section, node] : root_) {
+      const toml::table* table = node.as_table();
+      if (!table) {
+        check(std::string(section.str()));
+        continue;
+      }
+      for (const auto& [key, value] : *table) check(std::string(section.str()) + "." + std::string(key.str()));
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& key, const char* expected) const {
+    throw std::runtime_error(source_ + ": " + key + ": expected " + expected);
+  }
+  void check(const std::string& key) const {
+    if (!used_.count(key)) throw std::runtime_error(source_ + ": unknown key '" + key + "'");
+  }
+  const toml::table& root_;
+  std::string source_;
+  std::set<std::string> used_;
+};
+
+// "a.b=value" -> root[a][b] = value parsed as TOML (or as a string when it is not valid TOML).
+void apply_override(toml::table& root, const std::string& text) {
+  const size_t eq = text.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw std::runtime_error("override '" + text + "': expected --section.key=value");
+  const std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + value);
+  } catch (const toml::parse_error&) {
+    parsed.insert_or_assign("v", value);
+  }
+  toml::table* table = &root;
+  size_t start = 0;
+  for (size_t dot; (dot = key.find('.', start)) != std::string::npos; start = dot + 1) {
+    const std::string part = key.substr(start, dot - start);
+    if (!table->contains(part)) table->insert(part, toml::table{});
+    table = (*table)[part].as_table();
+    if (!table) throw std::runtime_error("override '" + text + "': '" + part + "' is not a section");
+  }
+  table->insert_or_assign(key.substr(start), *parsed.get("v"));
+}
+
+}  // namespace
+
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  toml::table root;
+  if (!path.empty()) {
+    try {
+      root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+      const auto& where = e.source().begin;
+      throw std::runtime_error(path + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) + ": " +
+                               std::string(e.description()));
+    }
+  }
+  for (const std::string& o : overrides) apply_override(root, o);
+
+  TrainConfig cfg;
+  cfg.source = path.empty() ? "command line" : path;
+  Reader r(root, cfg.source);
+  r.get("model.preset", cfg.preset);
+  cfg.model = GPTConfig::preset(cfg.preset);
+  r.get("model.vocab_size", cfg.model.vocab_size);
+  r.get("model.max_seq_len", cfg.model.max_seq_len);
+  r.get("model.n_layer", cfg.model.n_layer);
+  r.get("model.n_head", cfg.model.n_head);
+  r.get("model.n_embd", cfg.model.n_embd);
+  r.get("model.vocab_multiple", cfg.model.vocab_multiple);
+  r.get("data.path", cfg.data.path);
+  r.get("data.val_fraction", cfg.data.val_fraction);
+  r.get("train.batch_size", cfg.train.batch_size);
+  r.get("train.seq_len", cfg.train.seq_len);
+  r.get("train.grad_accum", cfg.train.grad_accum);
+  r.get("train.steps", cfg.train.steps);
+  r.get("train.seed", cfg.train.seed);
+  r.get("train.log_every", cfg.train.log_every);
+  r.get("train.eval_every", cfg.train.eval_every);
+  r.get("train.eval_batches", cfg.train.eval_batches);
+  r.get("train.peak_tflops", cfg.train.peak_tflops);
+  r.get("optim.lr", cfg.optim.lr);
+  r.get("optim.min_lr_ratio", cfg.optim.min_lr_ratio);
+  r.get("optim.warmup_steps", cfg.optim.warmup_steps);
+  r.get("optim.schedule", cfg.optim.schedule);
+  r.get("optim.decay_fraction", cfg.optim.decay_fraction);
+  r.get("optim.weight_decay", cfg.optim.weight_decay);
+  r.get("optim.beta1", cfg.optim.beta1);
+  r.get("optim.beta2", cfg.optim.beta2);
+  r.get("optim.eps", cfg.optim.eps);
+  r.get("optim.grad_clip", cfg.optim.grad_clip);
+  r.get("run.dir", cfg.run_dir);
+  r.get("run.device", cfg.device);
+  r.get("run.threads", cfg.threads);
+  r.reject_unknown();
+
+  auto bad = [&](const std::string& key, const std::string& why) {
+    throw std::runtime_error(cfg.source + ": " + key + ": " + why);
+  };
+  try {
+    cfg.model.validate();
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(cfg.source + ": " + e.what());
+  }
+  if (cfg.data.path.empty()) bad("data.path", "required (a text file to train on)");
+  if (cfg.train.batch_size < 1) bad("train.batch_size", "expected >= 1");
+  if (cfg.train.seq_len < 1 || cfg.train.seq_len > cfg.model.max_seq_len)
+    bad("train.seq_len", "expected 1.." + std::to_string(cfg.model.max_seq_len) + " (model.max_seq_len)");
+  if (cfg.train.grad_accum < 1) bad("train.grad_accum", "expected >= 1");
+  if (cfg.train.steps < 1) bad("train.steps", "expected >= 1");
+  if (cfg.train.log_every < 1) bad("train.log_every", "expected >= 1");
+  if (cfg.optim.lr <= 0) bad("optim.lr", "expected > 0");
+  if (cfg.optim.schedule != "cosine" && cfg.optim.schedule != "wsd" && cfg.optim.schedule != "constant")
+    bad("optim.schedule", "'" + cfg.optim.schedule + "': expected cosine, wsd or constant");
+  if (cfg.device != "cpu") bad("run.device", "'" + cfg.device + "': only 'cpu' is available in this version");
+  return cfg;
+}
+
+}  // namespace kiln

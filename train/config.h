@@ -1,0 +1,57 @@
+// Training configuration: a TOML file plus `--section.key=value` overrides from the command line.
+// Unknown keys and wrongly typed values are errors that name the key and the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace kiln {
+
+struct DataConfig {
+  std::string path;           // plain text file, byte-level tokens (until HDF5 shards land)
+  double val_fraction = 0.05;  // tail of the file held out for validation
+};
+
+struct TrainLoopConfig {
+  int batch_size = 8;
+  int seq_len = 64;
+  int grad_accum = 1;        // micro-batches per optimizer step
+  int64_t steps = 100;
+  uint64_t seed = 1337;
+  int log_every = 1;
+  int eval_every = 50;        // 0 disables evaluation
+  int eval_batches = 4;
+  double peak_tflops = 0;     // for MFU; 0 = unknown (MFU not reported)
+};
+
+struct OptimConfig {
+  double lr = 1e-3;
+  double min_lr_ratio = 0.1;  // final lr = lr * min_lr_ratio
+  int64_t warmup_steps = 10;
+  std::string schedule = "cosine";  // cosine | wsd | constant
+  double decay_fraction = 0.2;      // wsd: share of steps spent decaying
+  double weight_decay = 0.1;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double grad_clip = 1.0;     // global-norm clipping; 0 disables
+};
+
+struct TrainConfig {
+  std::string source;  // where it came from, for messages
+  std::string preset = "tiny";
+  GPTConfig model;
+  DataConfig data;
+  TrainLoopConfig train;
+  OptimConfig optim;
+  std::string run_dir = "runs/default";
+  std::string device = "cpu";
+  int threads = 0;  // 0 = all cores
+};
+
+// Loads `path` (may be empty: defaults only) and applies overrides of the form "section.key=value"
+// (values in TOML syntax; bare words are taken as strings). Throws std::runtime_error on any error.
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace kiln
