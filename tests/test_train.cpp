@@ -1,0 +1,180 @@
+// Training configuration, LR schedule, clipping, and a short training run whose loss must fall.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "model/cpu_ops.h"
+#include "train/config.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+#include "train/trainer.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A fresh directory per test, removed afterwards.
+class TempDir {
+ public:
+  TempDir() : path_(fs::temp_directory_path() / ("kiln_test_" + std::to_string(::getpid()) + "_" + std::to_string(next_++))) {
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string file(const std::string& name, const std::string& contents) const {
+    const fs::path p = path_ / name;
+    std::ofstream(p) << contents;
+    return p.string();
+  }
+  std::string path(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  static inline int next_ = 0;
+  fs::path path_;
+};
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(TrainConfig, FileValuesAndOverrides) {
+  TempDir dir;
+  const std::string path = dir.file("c.toml", "[model]\npreset = \"test\"\n[data]\npath = \"x.txt\"\n"
+                                              "[train]\nsteps = 7\n[optim]\nlr = 1\n");
+  const TrainConfig cfg = load_train_config(path, {"train.batch_size=3", "optim.schedule=wsd", "model.n_layer=3"});
+  EXPECT_EQ(cfg.model.n_embd, 32);  // from the preset
+  EXPECT_EQ(cfg.model.n_layer, 3);  // override beats preset
+  EXPECT_EQ(cfg.train.steps, 7);
+  EXPECT_EQ(cfg.train.batch_size, 3);
+  EXPECT_EQ(cfg.optim.lr, 1.0);  // an integer where a number is expected is fine
+  EXPECT_EQ(cfg.optim.schedule, "wsd");
+  EXPECT_EQ(cfg.data.path, "x.txt");
+}
+
+TEST(TrainConfig, ErrorsNameTheFileAndKey) {
+  TempDir dir;
+  const std::string ok = dir.file("ok.toml", "[data]\npath = \"x.txt\"\n");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"optim.lrr=1e-3"}); }), ok + ": unknown key 'optim.lrr'");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=ten"}); }), ok + ": train.steps: expected an integer");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=0"}); }), ok + ": train.steps: expected >= 1");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"steps"}); }), "override 'steps': expected --section.key=value");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"optim.schedule=linear"}); }),
+            ok + ": optim.schedule: 'linear': expected cosine, wsd or constant");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.seq_len=100000"}); }),
+            ok + ": train.seq_len: expected 1..256 (model.max_seq_len)");
+  EXPECT_NE(error_of([&] { load_train_config(ok, {"model.preset=huge"}); }).find("unknown model preset 'huge'"),
+            std::string::npos);
+  const std::string typo = dir.file("typo.toml", "[data]\npath = \"x.txt\"\n[train]\nstep = 3\n");
+  EXPECT_EQ(error_of([&] { load_train_config(typo, {}); }), typo + ": unknown key 'train.step'");
+  const std::string syntax = dir.file("syntax.toml", "[train]\nsteps = = 3\n");
+  EXPECT_NE(error_of([&] { load_train_config(syntax, {}); }).find(syntax + ":2:"), std::string::npos);
+  const std::string no_data = dir.file("nodata.toml", "[train]\nsteps = 3\n");
+  EXPECT_EQ(error_of([&] { load_train_config(no_data, {}); }),
+            no_data + ": data.path: required (a text file to train on)");
+}
+
+TEST(Schedule, WarmupThenCosineToTheFloor) {
+  OptimConfig o;
+  o.lr = 1.0;
+  o.warmup_steps = 10;
+  o.min_lr_ratio = 0.1;
+  EXPECT_DOUBLE_EQ(learning_rate(o, 0, 100), 0.1);
+  EXPECT_DOUBLE_EQ(learning_rate(o, 9, 100), 1.0);
+  EXPECT_DOUBLE_EQ(learning_rate(o, 10, 100), 1.0);
+  EXPECT_NEAR(learning_rate(o, 99, 100), 0.1, 1e-12);
+  for (int s = 11; s < 100; s++) EXPECT_LE(learning_rate(o, s, 100), learning_rate(o, s - 1, 100));
+  o.schedule = "wsd";
+  o.decay_fraction = 0.2;
+  EXPECT_DOUBLE_EQ(learning_rate(o, 79, 100), 1.0);
+  EXPECT_LT(learning_rate(o, 80, 100), 1.0);
+  EXPECT_NEAR(learning_rate(o, 99, 100), 0.1, 1e-12);
+}
+
+TEST(Optimizer, ClipGradNormScalesToTheLimit) {
+  auto ops = make_cpu_ops();
+  Buffer g = ops->allocate(2, DType::f32);
+  ops->upload(g, std::vector<float>{3.0f, 4.0f});
+  EXPECT_DOUBLE_EQ(clip_grad_norm(*ops, g, 10.0), 5.0);  // inside: untouched
+  EXPECT_DOUBLE_EQ(clip_grad_norm(*ops, g, 1.0), 5.0);   // returns the norm before clipping
+  std::vector<float> after(2);
+  ops->download(after, g);
+  EXPECT_NEAR(std::hypot(after[0], after[1]), 1.0, 1e-6);
+  EXPECT_NEAR(after[0] / after[1], 0.75, 1e-6);
+}
+
+std::string repetitive_text() {
+  std::ostringstream text;
+  for (int i = 0; i < 200; i++) text << "the quick brown fox jumps over the lazy dog. " << (i % 7) << " kiln trains.\n";
+  return text.str();
+}
+
+TEST(Trainer, LossFallsWellBelowItsStart) {
+  TempDir dir;
+  const std::string data = dir.file("corpus.txt", repetitive_text());
+  const TrainConfig cfg = load_train_config(
+      "", {"model.preset=test", "data.path=" + data, "data.val_fraction=0.1", "train.batch_size=8",
+           "train.seq_len=32", "train.steps=40", "train.eval_every=20", "optim.lr=1e-2", "optim.warmup_steps=5",
+           "run.dir=" + dir.path("run")});
+  std::ostringstream log;
+  const std::vector<StepRecord> steps = train(cfg, log);
+  ASSERT_EQ(steps.size(), 40u);
+  const double first = steps.front().loss, last = steps.back().loss;
+  std::printf("loss %.3f -> %.3f\n", first, last);
+  EXPECT_NEAR(first, std::log(257.0), 0.5);  // an untrained byte model is near uniform
+  EXPECT_LT(last, 0.5 * first);
+  ASSERT_TRUE(steps.back().val_loss.has_value());
+  EXPECT_LT(*steps.back().val_loss, 0.5 * first);
+
+  // One metrics row per step, with the documented fields, and a progress line per step.
+  std::ifstream metrics(dir.path("run") + "/metrics.jsonl");
+  std::string line;
+  int rows = 0, val_rows = 0;
+  while (std::getline(metrics, line)) {
+    const auto row = nlohmann::json::parse(line);
+    for (const char* key : {"step", "loss", "lr", "grad_norm", "tokens_per_s"}) EXPECT_TRUE(row.contains(key)) << key;
+    val_rows += row.contains("val_loss");
+    rows++;
+  }
+  EXPECT_EQ(rows, 40);
+  EXPECT_EQ(val_rows, 2);
+  EXPECT_NE(log.str().find("step 40/40 | loss"), std::string::npos);
+  EXPECT_NE(log.str().find("tok/s"), std::string::npos);
+}
+
+TEST(Trainer, SameSeedSameLosses) {
+  TempDir dir;
+  const std::string data = dir.file("corpus.txt", repetitive_text());
+  const std::vector<std::string> overrides = {"model.preset=test", "data.path=" + data, "train.batch_size=2",
+                                              "train.seq_len=16", "train.steps=3", "train.eval_every=0",
+                                              "run.dir=" + dir.path("run")};
+  std::ostringstream log;
+  const auto a = train(load_train_config("", overrides), log);
+  const auto b = train(load_train_config("", overrides), log);
+  for (size_t i = 0; i < a.size(); i++) EXPECT_EQ(a[i].loss, b[i].loss);
+}
+
+TEST(Trainer, MissingOrShortCorpusIsAClearError) {
+  TempDir dir;
+  const std::string missing = dir.path("nope.txt");
+  EXPECT_EQ(error_of([&] { train(load_train_config("", {"data.path=" + missing, "run.dir=" + dir.path("r")}), std::cout); }),
+            missing + ": cannot open text corpus (data.path)");
+  const std::string short_text = dir.file("short.txt", "tiny");
+  EXPECT_NE(error_of([&] { train(load_train_config("", {"data.path=" + short_text, "run.dir=" + dir.path("r")}), std::cout); })
+                .find(short_text + ": 4 bytes is too short"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace kiln
