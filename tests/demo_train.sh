@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's main job, shortened: fetch the corpus, train configs/tiny.toml for 60 steps on the
+# CPU, and check from metrics.jsonl that the loss fell by more than a nat.
+set -euo pipefail
+kiln="$1" src="$2" work="$3"
+bash "$src/tools/get-corpus.sh" "$work/kjv.txt"
+rm -rf "$work/run"
+"$kiln" train --config "$src/configs/tiny.toml" --data.path="$work/kjv.txt" --run.dir="$work/run" \
+  --train.steps=60 --train.log_every=20 --train.eval_every=60 --optim.warmup_steps=10
+losses=$(grep -o '"loss":[0-9.e+-]*' "$work/run/metrics.jsonl" | cut -d: -f2)
+first=$(echo "$losses" | head -1) last=$(echo "$losses" | tail -1)
+echo "loss $first -> $last"
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }'
