@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import time
 
@@ -103,6 +104,18 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.reshape(-1, self.vocab), targets.reshape(-1))
 
 
+def blas_library():
+    """The BLAS shared library this process has loaded (PyTorch built with BLAS_INFO=generic uses
+    whatever libblas.so.3 the system points at; the reference netlib one is far slower than OpenBLAS)."""
+    torch.ones(2, 2) @ torch.ones(2, 2)
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if re.search(r"/lib[^/]*(blas|blis|mkl_rt)[^/]*\.so", line)}
+    except OSError:
+        return "unknown"
+    return ", ".join(sorted(os.path.realpath(l) for l in libs)) or "none loaded"
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
@@ -168,6 +181,7 @@ def main():
         "framework": "pytorch",
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "blas": blas_library(),
         "preset": args.preset,
         "n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd,
         "vocab": args.vocab, "padded_vocab": model.wte.num_embeddings,
@@ -183,6 +197,7 @@ def main():
           f"median {median_ms:.1f} ms/step ({result['median_tokens_per_s']:.0f} tok/s), "
           f"mean {mean_ms:.1f} ms/step ({result['mean_tokens_per_s']:.0f} tok/s) | "
           f"loss {losses[0]:.4f} (step 0) -> {losses[-1]:.4f} (step {total - 1})")
+    print(f"blas: {result['blas']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -22,7 +22,8 @@ packages=(
   bible-kjv                           # demo corpus: the King James Bible (public domain), see tools/get-corpus.sh
 )
 if [[ "${1:-}" == "--oracle" ]]; then
-  packages+=(python3-torch python3-h5py python3-numpy)
+  # OpenBLAS, so that PyTorch does not fall back to the reference BLAS (about 20x slower).
+  packages+=(python3-torch python3-h5py python3-numpy libopenblas0-pthread)
 fi
 
 missing=()
