@@ -150,7 +150,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   if (cfg.optim.lr <= 0) bad("optim.lr", "expected > 0");
   if (cfg.optim.schedule != "cosine" && cfg.optim.schedule != "wsd" && cfg.optim.schedule != "constant")
     bad("optim.schedule", "'" + cfg.optim.schedule + "': expected cosine, wsd or constant");
-  if (cfg.device != "cpu") bad("run.device", "'" + cfg.device + "': only 'cpu' is available in this version");
+  if (cfg.device != "cpu" && cfg.device != "cuda" && cfg.device != "emu")
+    bad("run.device", "'" + cfg.device + "': expected cpu, cuda or emu");
   return cfg;
 }
 

@@ -8,6 +8,7 @@
 
 #include "data/byte_tokenizer.h"
 #include "data/text_corpus.h"
+#include "kernels/device_info.h"
 #include "model/cpu_ops.h"
 #include "model/gpt.h"
 #include "train/metrics.h"
@@ -37,6 +38,16 @@ double evaluate(GPT& model, const TextCorpus& corpus, const TrainConfig& cfg, Ba
   return sum / cfg.train.eval_batches;
 }
 
+// The backend for run.device. Only the CPU backend exists so far; asking for CUDA says why not.
+std::unique_ptr<Ops> make_ops(const TrainConfig& cfg) {
+  if (cfg.device == "cpu") return make_cpu_ops();
+  if (cfg.device == "cuda") {
+    const CudaInfo cuda = query_cuda();
+    if (cuda.devices.empty()) throw std::runtime_error("run.device = cuda: " + cuda.status);
+  }
+  throw std::runtime_error("run.device = " + cfg.device + ": the CUDA backend is not implemented yet; use cpu");
+}
+
 }  // namespace
 
 double flops_per_token(int64_t params, int n_layer, int seq_len, int n_embd) {
@@ -48,12 +59,12 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
   if (cfg.model.vocab_size < ByteTokenizer::kVocabSize)
     throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(cfg.model.vocab_size) +
                              " is smaller than the byte tokenizer's " + std::to_string(ByteTokenizer::kVocabSize));
+  std::unique_ptr<Ops> ops = make_ops(cfg);
   const TextCorpus corpus(cfg.data.path, cfg.data.val_fraction, cfg.train.seq_len);
   const bool eval_enabled = cfg.train.eval_every > 0 && cfg.train.eval_batches > 0 && corpus.val_tokens() > 0;
   MetricsWriter metrics(cfg.run_dir);
 
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
-  std::unique_ptr<Ops> ops = make_cpu_ops();
   GPT model(cfg.model, *ops, B, T);
   model.init_weights(cfg.train.seed);
   AdamW optimizer(model, cfg.optim);
