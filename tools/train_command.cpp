@@ -1,0 +1,33 @@
+// kiln train: a config file plus --section.key=value overrides.
+#include <iostream>
+
+#include "parallel/context.h"
+#include "tools/commands.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace kiln::cli {
+
+void add_train_command(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand("train", "Train a GPT from a config file plus --section.key=value overrides");
+  auto config_path = std::make_shared<std::string>();
+  cmd->add_option("-c,--config", *config_path, "TOML config file (see configs/)")->check(CLI::ExistingFile);
+  cmd->allow_extras();
+  cmd->footer(
+      "Overrides: any config key as --section.key=value, e.g. --train.steps=200 --optim.lr=3e-4 "
+      "--model.preset=gpt2-124m --run.dir=runs/x");
+  cmd->callback([cmd, config_path] {
+    std::vector<std::string> overrides;
+    for (const std::string& arg : cmd->remaining()) {
+      if (!arg.starts_with("--") || arg.find('=') == std::string::npos)
+        throw std::runtime_error("unexpected argument '" + arg + "': overrides are written --section.key=value");
+      overrides.push_back(arg.substr(2));
+    }
+    const TrainConfig cfg = load_train_config(*config_path, overrides);
+    if (detect_process().world_size > 1)
+      throw std::runtime_error("multi-process training is not implemented yet: run one process");
+    train(cfg, std::cout);
+  });
+}
+
+}  // namespace kiln::cli
