@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "data/prepare.h"
 #include "model/cpu_ops.h"
 #include "train/config.h"
 #include "train/optimizer.h"
@@ -82,7 +83,7 @@ TEST(TrainConfig, ErrorsNameTheFileAndKey) {
   EXPECT_NE(error_of([&] { load_train_config(syntax, {}); }).find(syntax + ":2:"), std::string::npos);
   const std::string no_data = dir.file("nodata.toml", "[train]\nsteps = 3\n");
   EXPECT_EQ(error_of([&] { load_train_config(no_data, {}); }),
-            no_data + ": data.path: required (a text file to train on)");
+            no_data + ": data.path: required (a dataset directory written by kiln prepare)");
 }
 
 TEST(Schedule, WarmupThenCosineToTheFloor) {
@@ -120,11 +121,22 @@ std::string repetitive_text() {
   return text.str();
 }
 
+// A byte-level dataset of `text`, one document per line, every 10th line held out.
+std::string prepare_text(const TempDir& dir, const std::string& text) {
+  PrepareOptions o;
+  o.inputs = {dir.file("corpus.txt", text)};
+  o.separator = "\n";
+  o.val_fraction = 0.1;
+  o.output = dir.path("data");
+  prepare_dataset(o);
+  return o.output;
+}
+
 TEST(Trainer, LossFallsWellBelowItsStart) {
   TempDir dir;
-  const std::string data = dir.file("corpus.txt", repetitive_text());
+  const std::string data = prepare_text(dir, repetitive_text());
   const TrainConfig cfg = load_train_config(
-      "", {"model.preset=test", "data.path=" + data, "data.val_fraction=0.1", "train.batch_size=8",
+      "", {"model.preset=test", "data.path=" + data, "train.batch_size=8",
            "train.seq_len=32", "train.steps=40", "train.eval_every=20", "optim.lr=1e-2", "optim.warmup_steps=5",
            "run.dir=" + dir.path("run")});
   std::ostringstream log;
@@ -155,7 +167,7 @@ TEST(Trainer, LossFallsWellBelowItsStart) {
 
 TEST(Trainer, SameSeedSameLosses) {
   TempDir dir;
-  const std::string data = dir.file("corpus.txt", repetitive_text());
+  const std::string data = prepare_text(dir, repetitive_text());
   const std::vector<std::string> overrides = {"model.preset=test", "data.path=" + data, "train.batch_size=2",
                                               "train.seq_len=16", "train.steps=3", "train.eval_every=0",
                                               "run.dir=" + dir.path("run")};
@@ -165,14 +177,24 @@ TEST(Trainer, SameSeedSameLosses) {
   for (size_t i = 0; i < a.size(); i++) EXPECT_EQ(a[i].loss, b[i].loss);
 }
 
-TEST(Trainer, MissingOrShortCorpusIsAClearError) {
+TEST(Trainer, MissingOrShortDatasetIsAClearError) {
   TempDir dir;
-  const std::string missing = dir.path("nope.txt");
+  const std::string missing = dir.path("nope");
   EXPECT_EQ(error_of([&] { train(load_train_config("", {"data.path=" + missing, "run.dir=" + dir.path("r")}), std::cout); }),
-            missing + ": cannot open text corpus (data.path)");
-  const std::string short_text = dir.file("short.txt", "tiny");
-  EXPECT_NE(error_of([&] { train(load_train_config("", {"data.path=" + short_text, "run.dir=" + dir.path("r")}), std::cout); })
-                .find(short_text + ": 4 bytes is too short"),
+            missing + ": dataset directory not found");
+  const std::string short_data = prepare_text(dir, "tiny\n");
+  EXPECT_NE(error_of([&] { train(load_train_config("", {"data.path=" + short_data, "run.dir=" + dir.path("r")}), std::cout); })
+                .find("longer than any shard"),
+            std::string::npos);
+}
+
+TEST(Trainer, ModelVocabularyMustCoverTheDataset) {
+  TempDir dir;
+  const std::string data = prepare_text(dir, repetitive_text());
+  EXPECT_NE(error_of([&] {
+              train(load_train_config("", {"data.path=" + data, "model.vocab_size=100", "run.dir=" + dir.path("r")}),
+                    std::cout);
+            }).find("model.vocab_size = 100 is smaller than the vocabulary of " + data + " (257"),
             std::string::npos);
 }
 

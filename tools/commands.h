@@ -7,5 +7,7 @@ namespace kiln::cli {
 
 void add_info_command(CLI::App& app);
 void add_train_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
+void add_prepare_command(CLI::App& app);
 
 }  // namespace kiln::cli

@@ -9,6 +9,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string(KILN_VERSION));
   kiln::cli::add_info_command(app);
   kiln::cli::add_train_command(app);
+  kiln::cli::add_prepare_command(app);
+  kiln::cli::add_tokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

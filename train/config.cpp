@@ -100,6 +100,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   Reader r(root, cfg.source);
   r.get("model.preset", cfg.preset);
   cfg.model = GPTConfig::preset(cfg.preset);
+  cfg.vocab_size_set = (bool)root.at_path("model.vocab_size");
   r.get("model.vocab_size", cfg.model.vocab_size);
   r.get("model.max_seq_len", cfg.model.max_seq_len);
   r.get("model.n_layer", cfg.model.n_layer);
@@ -107,7 +108,6 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("model.n_embd", cfg.model.n_embd);
   r.get("model.vocab_multiple", cfg.model.vocab_multiple);
   r.get("data.path", cfg.data.path);
-  r.get("data.val_fraction", cfg.data.val_fraction);
   r.get("train.batch_size", cfg.train.batch_size);
   r.get("train.seq_len", cfg.train.seq_len);
   r.get("train.grad_accum", cfg.train.grad_accum);
@@ -140,13 +140,15 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(cfg.source + ": " + e.what());
   }
-  if (cfg.data.path.empty()) bad("data.path", "required (a text file to train on)");
+  if (cfg.data.path.empty()) bad("data.path", "required (a dataset directory written by kiln prepare)");
   if (cfg.train.batch_size < 1) bad("train.batch_size", "expected >= 1");
   if (cfg.train.seq_len < 1 || cfg.train.seq_len > cfg.model.max_seq_len)
     bad("train.seq_len", "expected 1.." + std::to_string(cfg.model.max_seq_len) + " (model.max_seq_len)");
   if (cfg.train.grad_accum < 1) bad("train.grad_accum", "expected >= 1");
   if (cfg.train.steps < 1) bad("train.steps", "expected >= 1");
   if (cfg.train.log_every < 1) bad("train.log_every", "expected >= 1");
+  if (cfg.train.eval_every < 0) bad("train.eval_every", "expected >= 0 (0 disables evaluation)");
+  if (cfg.train.eval_batches < 0) bad("train.eval_batches", "expected >= 0 (0 = the whole validation split)");
   if (cfg.optim.lr <= 0) bad("optim.lr", "expected > 0");
   if (cfg.optim.schedule != "cosine" && cfg.optim.schedule != "wsd" && cfg.optim.schedule != "constant")
     bad("optim.schedule", "'" + cfg.optim.schedule + "': expected cosine, wsd or constant");

@@ -11,8 +11,7 @@
 namespace kiln {
 
 struct DataConfig {
-  std::string path;           // plain text file, byte-level tokens (until HDF5 shards land)
-  double val_fraction = 0.05;  // tail of the file held out for validation
+  std::string path;  // a dataset directory written by `kiln prepare`
 };
 
 struct TrainLoopConfig {
@@ -23,7 +22,7 @@ struct TrainLoopConfig {
   uint64_t seed = 1337;
   int log_every = 1;
   int eval_every = 50;        // 0 disables evaluation
-  int eval_batches = 4;
+  int eval_batches = 0;       // batches per evaluation; 0 = the whole validation split
   double peak_tflops = 0;     // for MFU; 0 = unknown (MFU not reported)
 };
 
@@ -42,6 +41,7 @@ struct TrainConfig {
   std::string source;  // where it came from, for messages
   std::string preset = "tiny";
   GPTConfig model;
+  bool vocab_size_set = false;  // model.vocab_size given; otherwise it is the dataset's
   DataConfig data;
   TrainLoopConfig train;
   OptimConfig optim;

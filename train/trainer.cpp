@@ -4,10 +4,9 @@
 #include <omp.h>
 
 #include <chrono>
-#include <random>
 
-#include "data/byte_tokenizer.h"
-#include "data/text_corpus.h"
+#include "data/dataset.h"
+#include "data/loader.h"
 #include "kernels/device_info.h"
 #include "model/cpu_ops.h"
 #include "model/gpt.h"
@@ -27,15 +26,26 @@ std::string format_duration(double seconds) {
 
 std::string format_bytes(int64_t bytes) { return fmt::format("{:.1f} MiB", bytes / (1024.0 * 1024.0)); }
 
-// Validation loss over a fixed set of batches: the same windows at every evaluation.
-double evaluate(GPT& model, const TextCorpus& corpus, const TrainConfig& cfg, Batch& batch) {
-  std::mt19937_64 rng(cfg.train.seed ^ 0x5eedULL);
+// Targets whose loss-mask entry is 0 (prompt tokens in fine-tuning data) are ignored by the loss.
+void apply_loss_mask(Batch& batch) {
+  for (size_t i = 0; i < batch.loss_mask.size(); i++)
+    if (!batch.loss_mask[i]) batch.targets[i] = -1;
+}
+
+// Mean validation loss over the validation split in its fixed order (the first `eval_batches`
+// batches of it, if that is not 0), weighting each batch by its rows.
+double evaluate(GPT& model, DataLoader& val, int max_batches) {
+  val.restore({});
   double sum = 0;
-  for (int i = 0; i < cfg.train.eval_batches; i++) {
-    corpus.sample(batch, true, rng);
-    sum += model.forward(batch.inputs, batch.targets, batch.B, batch.T);
+  int64_t rows = 0;
+  int batches = 0;
+  for (const Batch* b; (max_batches == 0 || batches < max_batches) && (b = val.next()); batches++) {
+    Batch masked = *b;
+    apply_loss_mask(masked);
+    sum += model.forward(masked.inputs, masked.targets, masked.B, masked.T) * masked.B;
+    rows += masked.B;
   }
-  return sum / cfg.train.eval_batches;
+  return rows ? sum / (double)rows : 0.0;
 }
 
 // The backend for run.device. Only the CPU backend exists so far; asking for CUDA says why not.
@@ -56,16 +66,22 @@ double flops_per_token(int64_t params, int n_layer, int seq_len, int n_embd) {
 
 std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
-  if (cfg.model.vocab_size < ByteTokenizer::kVocabSize)
-    throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(cfg.model.vocab_size) +
-                             " is smaller than the byte tokenizer's " + std::to_string(ByteTokenizer::kVocabSize));
   std::unique_ptr<Ops> ops = make_ops(cfg);
-  const TextCorpus corpus(cfg.data.path, cfg.data.val_fraction, cfg.train.seq_len);
-  const bool eval_enabled = cfg.train.eval_every > 0 && cfg.train.eval_batches > 0 && corpus.val_tokens() > 0;
+  const Dataset data = Dataset::open(cfg.data.path);
+  GPTConfig model_cfg = cfg.model;
+  if (!cfg.vocab_size_set) model_cfg.vocab_size = (int)data.meta.vocab_size;
+  if (model_cfg.vocab_size < data.meta.vocab_size)
+    throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +
+                             " is smaller than the vocabulary of " + cfg.data.path + " (" +
+                             std::to_string(data.meta.vocab_size) + ", tokenizer " + data.meta.tokenizer + ")");
+  const int B = cfg.train.batch_size, T = cfg.train.seq_len;
+  DataLoader loader(data.train, {B, T, cfg.train.seed, 0, 1, true, 4});
+  const bool eval_enabled = cfg.train.eval_every > 0 && data.val.num_tokens > 0;
+  std::unique_ptr<DataLoader> val_loader;
+  if (eval_enabled) val_loader = std::make_unique<DataLoader>(data.val, LoaderOptions{B, T, cfg.train.seed, 0, 1, false, 4});
   MetricsWriter metrics(cfg.run_dir);
 
-  const int B = cfg.train.batch_size, T = cfg.train.seq_len;
-  GPT model(cfg.model, *ops, B, T);
+  GPT model(model_cfg, *ops, B, T);
   model.init_weights(cfg.train.seed);
   AdamW optimizer(model, cfg.optim);
 
@@ -73,18 +89,18 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
   const int64_t tokens_per_step = (int64_t)B * T * cfg.train.grad_accum;
   const double step_flops = flops_per_token(params, cfg.model.n_layer, T, cfg.model.n_embd) * tokens_per_step;
   log << fmt::format("kiln train: model {} ({} layers, {} heads, width {}, vocab {} padded to {}), {:.2f}M parameters\n",
-                     cfg.preset, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.vocab_size,
-                     cfg.model.padded_vocab(), model.layout().trained() / 1e6);
-  log << fmt::format("data: {} ({} train / {} val tokens), batch {}x{} x{} accum = {} tokens/step, {} threads\n",
-                     cfg.data.path, corpus.train_tokens(), corpus.val_tokens(), B, T, cfg.train.grad_accum,
-                     tokens_per_step, omp_get_max_threads());
+                     cfg.preset, model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.vocab_size,
+                     model_cfg.padded_vocab(), model.layout().trained() / 1e6);
+  log << fmt::format("data: {} ({}, {} train / {} val tokens), batch {}x{} x{} accum = {} tokens/step, "
+                     "{} steps/epoch, {} threads\n",
+                     cfg.data.path, data.meta.tokenizer, data.train.num_tokens, data.val.num_tokens, B, T,
+                     cfg.train.grad_accum, tokens_per_step, loader.batches_per_epoch() / cfg.train.grad_accum,
+                     omp_get_max_threads());
   log << fmt::format("memory plan (device {}): params {}, grads {}, AdamW moments {}, activations {}\n", ops->name(),
                      format_bytes(params * 4), format_bytes(params * 4), format_bytes(params * 8),
                      format_bytes(model.activation_bytes()));
   log << "metrics: " << metrics.path() << "\n";
 
-  std::mt19937_64 rng(cfg.train.seed);
-  Batch batch{B, T, {}, {}}, eval_batch{B, T, {}, {}};
   std::vector<StepRecord> records;
   double elapsed_s = 0;
   for (int64_t step = 0; step < cfg.train.steps; step++) {
@@ -92,7 +108,8 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < cfg.train.grad_accum; micro++) {
-      corpus.sample(batch, false, rng);
+      Batch batch = *loader.next();
+      apply_loss_mask(batch);
       loss += model.forward_backward(batch.inputs, batch.targets, B, T, 1.0f / cfg.train.grad_accum);
     }
     loss /= cfg.train.grad_accum;
@@ -105,7 +122,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
     StepRecord rec{step + 1, loss, lr, grad_norm, seconds * 1e3, tokens_per_step / seconds, std::nullopt};
     const bool last = step + 1 == cfg.train.steps;
     if (eval_enabled && ((step + 1) % cfg.train.eval_every == 0 || last))
-      rec.val_loss = evaluate(model, corpus, cfg, eval_batch);
+      rec.val_loss = evaluate(model, *val_loader, cfg.train.eval_batches);
 
     nlohmann::json row = {{"step", rec.step}, {"loss", rec.loss}, {"lr", rec.lr}, {"grad_norm", rec.grad_norm},
                           {"ms", rec.ms}, {"tokens_per_s", rec.tokens_per_s}};

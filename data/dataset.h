@@ -1,0 +1,38 @@
+// A prepared dataset directory: dataset.json plus train_*.h5 / val_*.h5 shards (design.md §6).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/shard.h"
+
+namespace kiln {
+
+struct Split {
+  std::string name;  // "train" or "val"
+  std::vector<std::unique_ptr<ShardReader>> shards;
+  int64_t num_tokens = 0, num_documents = 0;
+};
+
+struct Dataset {
+  std::string dir;
+  std::string tokenizer_name;  // what make_tokenizer() takes: "bytes", "gpt2"
+  TokenizerMeta meta;
+  bool has_loss_mask = false;
+  Split train, val;
+
+  // Reads DIR/dataset.json and opens every shard it lists, checking each against it.
+  // Throws std::runtime_error naming the file and the field at fault.
+  static Dataset open(const std::string& dir);
+};
+
+// Writes DIR/dataset.json describing the shards written there.
+struct ShardEntry {
+  std::string file;
+  int64_t num_tokens, num_documents;
+};
+void write_dataset_json(const std::string& dir, const std::string& tokenizer_name, const TokenizerMeta& meta,
+                        bool has_loss_mask, const std::vector<ShardEntry>& train, const std::vector<ShardEntry>& val);
+
+}  // namespace kiln
