@@ -1,0 +1,96 @@
+// kiln bench data: tokenizer and loader throughput on the CPU (kernel benchmarks join later).
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "tools/commands.h"
+
+namespace kiln::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchOptions {
+  std::string text, separator = "\n\n", tokenizer = "gpt2", tokenizer_dir, dataset, json;
+  int batch = 8, seq_len = 1024, batches = 500;
+};
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// MB/s of text encoded with `threads` threads over the documents, from a cold word cache.
+double tokenizer_mb_per_s(const BenchOptions& o, const std::vector<std::string>& docs, int64_t bytes, int threads) {
+  const std::unique_ptr<Tokenizer> tok = make_tokenizer(o.tokenizer, o.tokenizer_dir);
+  int64_t tokens = 0;
+  const auto start = Clock::now();
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16) reduction(+ : tokens)
+  for (size_t i = 0; i < docs.size(); i++) tokens += (int64_t)tok->encode(docs[i]).size();
+  const double s = seconds_since(start);
+  fmt::print("tokenizer {}, {} thread(s): {:.1f} MB/s ({:.2f} M tokens/s, {} tokens)\n", o.tokenizer, threads,
+             bytes / 1e6 / s, tokens / 1e6 / s, tokens);
+  return bytes / 1e6 / s;
+}
+
+void bench_data(const BenchOptions& o) {
+  nlohmann::json out;
+  if (!o.text.empty()) {
+    std::ifstream in(o.text, std::ios::binary);
+    if (!in) throw std::runtime_error(o.text + ": cannot open (--text)");
+    std::stringstream buf;
+    buf << in.rdbuf();
+    const std::string text = buf.str();
+    std::vector<std::string> docs;
+    for (size_t at = 0; at < text.size();) {
+      const size_t end = std::min(text.find(o.separator, at), text.size());
+      docs.push_back(text.substr(at, end - at));
+      at = end + o.separator.size();
+    }
+    out["tokenizer"] = o.tokenizer;
+    out["text_bytes"] = text.size();
+    out["tokenizer_mb_per_s_1_thread"] = tokenizer_mb_per_s(o, docs, (int64_t)text.size(), 1);
+    const int all = omp_get_max_threads();
+    out["tokenizer_threads"] = all;
+    out["tokenizer_mb_per_s_all_threads"] = tokenizer_mb_per_s(o, docs, (int64_t)text.size(), all);
+  }
+  if (!o.dataset.empty()) {
+    const Dataset ds = Dataset::open(o.dataset);
+    DataLoader loader(ds.train, {o.batch, o.seq_len, 1, 0, 1, true, 4});
+    loader.next();  // start-up (opening, first prefetch) is not what is measured
+    const auto start = Clock::now();
+    int64_t tokens = 0;
+    for (int i = 0; i < o.batches; i++) tokens += (int64_t)loader.next()->B * o.seq_len;
+    const double s = seconds_since(start);
+    fmt::print("loader {}: batch {}x{}, random order: {:.2f} M tokens/s ({:.3f} ms/batch)\n", o.dataset, o.batch,
+               o.seq_len, tokens / 1e6 / s, s / o.batches * 1e3);
+    out["loader_tokens_per_s"] = tokens / s;
+    out["loader_batch"] = {o.batch, o.seq_len};
+  }
+  if (!o.json.empty()) std::ofstream(o.json) << out.dump(2) << '\n';
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand("bench", "Benchmarks: `kiln bench data` (tokenizer and loader throughput)");
+  cmd->require_subcommand(1);
+  CLI::App* data = cmd->add_subcommand("data", "Tokenizer MB/s (1 thread, all threads) and loader tokens/s");
+  auto o = std::make_shared<BenchOptions>();
+  data->add_option("--text", o->text, "Text file to tokenize (documents split at --separator)");
+  data->add_option("--separator", o->separator, "Document separator in --text")->capture_default_str();
+  data->add_option("--tokenizer", o->tokenizer, "bytes or gpt2")->capture_default_str();
+  data->add_option("--tokenizer-dir", o->tokenizer_dir, "Directory with encoder.json and vocab.bpe");
+  data->add_option("--dataset", o->dataset, "Prepared dataset to read batches from");
+  data->add_option("--batch", o->batch, "Sequences per batch")->capture_default_str();
+  data->add_option("--seq-len", o->seq_len, "Tokens per sequence")->capture_default_str();
+  data->add_option("--batches", o->batches, "Batches timed")->capture_default_str();
+  data->add_option("--json", o->json, "Write the figures to this JSON file");
+  data->callback([o] { bench_data(*o); });
+}
+
+}  // namespace kiln::cli
