@@ -188,13 +188,13 @@ TEST(Trainer, MissingOrShortDatasetIsAClearError) {
             std::string::npos);
 }
 
-TEST(Trainer, ModelVocabularyMustCoverTheDataset) {
+TEST(Trainer, ModelVocabularyMustMatchTheDataset) {
   TempDir dir;
   const std::string data = prepare_text(dir, repetitive_text());
   EXPECT_NE(error_of([&] {
               train(load_train_config("", {"data.path=" + data, "model.vocab_size=100", "run.dir=" + dir.path("r")}),
                     std::cout);
-            }).find("model.vocab_size = 100 is smaller than the vocabulary of " + data + " (257"),
+            }).find("model.vocab_size = 100 differs from the vocabulary of " + data + " (257, tokenizer bytes)"),
             std::string::npos);
 }
 

@@ -70,9 +70,9 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
   const Dataset data = Dataset::open(cfg.data.path);
   GPTConfig model_cfg = cfg.model;
   if (!cfg.vocab_size_set) model_cfg.vocab_size = (int)data.meta.vocab_size;
-  if (model_cfg.vocab_size < data.meta.vocab_size)
+  if (model_cfg.vocab_size != data.meta.vocab_size)
     throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +
-                             " is smaller than the vocabulary of " + cfg.data.path + " (" +
+                             " differs from the vocabulary of " + cfg.data.path + " (" +
                              std::to_string(data.meta.vocab_size) + ", tokenizer " + data.meta.tokenizer + ")");
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
   DataLoader loader(data.train, {B, T, cfg.train.seed, 0, 1, true, 4});
