@@ -46,6 +46,6 @@ function(kiln_cuda_test name source)
     add_executable(${name}_gpu ${source})
     target_link_libraries(${name}_gpu PRIVATE kiln_options CUDA::cudart_static ${ARG_LIBS} GTest::gtest_main)
     gtest_discover_tests(${name}_gpu TEST_PREFIX "gpu." WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-                         PROPERTIES LABELS gpu DISCOVERY_MODE PRE_TEST)
+                         PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "no CUDA device" DISCOVERY_MODE PRE_TEST)
   endif()
 endfunction()

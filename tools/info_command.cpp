@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include "kernels/device/selfcheck.h"
 #include "kernels/device_info.h"
+#include "kernels/emu/cuda_runtime.h"
 #include "parallel/context.h"
 #include "tools/commands.h"
 
@@ -20,9 +22,15 @@ void add_info_command(CLI::App& app) {
     fmt::print("build: {}, C++ {}, CUDA backend {}\n", KILN_BUILD_TYPE, __cplusplus, cuda.compiled ? "on" : "off");
     fmt::print("devices:\n  cpu: {} OpenMP threads\n", omp_get_max_threads());
     if (cuda.devices.empty()) fmt::print("  cuda: {}\n", cuda.status);
+#ifdef KILN_HAVE_CUDA
     for (const CudaDevice& d : cuda.devices)
-      fmt::print("  cuda:{}: {} (sm_{}{}, {:.1f} GiB, {} SMs)\n", d.index, d.name, d.compute_major, d.compute_minor,
-                 d.memory_bytes / double(1 << 30), d.multiprocessors);
+      fmt::print("  cuda:{}: {} (sm_{}{}, {:.1f} GiB, {} SMs), self-check: {}\n", d.index, d.name, d.compute_major,
+                 d.compute_minor, d.memory_bytes / double(1 << 30), d.multiprocessors, cuda::device_self_check());
+#endif
+    emu::cudaDeviceProp emulated{};
+    emu::cudaGetDeviceProperties(&emulated, 0);
+    fmt::print("  emu:0: {} (sm_{}{} semantics, runs on the CPU; --device emu), self-check: {}\n", emulated.name,
+               emulated.major, emulated.minor, emu::device_self_check());
     fmt::print("libraries:\n  HDF5 {}.{}.{}\n  MPI {}\n", h5_major, h5_minor, h5_release, mpi_library_version());
     if (cuda.compiled)
       fmt::print("  CUDA runtime {}, driver {}, cuBLASLt {}, NCCL {}\n", cuda.runtime_version,
