@@ -3,6 +3,12 @@
 #include <boost/context/fiber.hpp>
 #include <boost/context/protected_fixedsize_stack.hpp>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define KILN_EMU_ASAN 1
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -12,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <numeric>
+#include <pthread.h>
 #include <random>
 #include <thread>
 
@@ -27,7 +34,11 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr size_t kMaxDynamicShared = 227 * 1024;  // H100 per-block limit (opt-in)
+#ifdef KILN_EMU_ASAN
+constexpr size_t kFiberStack = 1024 * 1024;  // ASan's redzones make frames larger
+#else
 constexpr size_t kFiberStack = 256 * 1024;
+#endif
 
 enum class State { runnable, at_barrier, at_collective, exited };
 
@@ -45,6 +56,7 @@ const char* state_name(State s) {
 struct Lane {
   ctx::fiber fiber;   // resumed by the scheduler
   ctx::fiber caller;  // the scheduler, resumed by the lane to yield
+  ctx::stack_context stack;  // the fiber's stack, for AddressSanitizer's switch annotations
   ThreadContext coords;
   State state = State::exited;
   std::source_location site;  // last barrier
@@ -69,7 +81,7 @@ class BlockRunner {
   ~BlockRunner() {
     quitting_ = true;
     for (Lane& lane : lanes_)
-      if (lane.fiber) lane.fiber = std::move(lane.fiber).resume();
+      if (lane.fiber) resume(lane);
   }
 
   void run_block(const GridLaunch& g, uint3 block_idx, uint64_t block_linear);
@@ -91,10 +103,51 @@ class BlockRunner {
   uint3 block_idx_{};
   bool quitting_ = false;
   std::exception_ptr kernel_exception_;
-  unsigned warp_arrived_[1024 / kWarp] = {};
 };
 
 thread_local BlockRunner* this_runner = nullptr;
+
+// AddressSanitizer must be told about every stack switch (Debian's Boost.Context is not built
+// with ASan); without it, it reports false stack overflows. No-ops in normal builds.
+struct SwitchAnnotation {
+  void* fake_stack = nullptr;
+  void begin([[maybe_unused]] const void* bottom, [[maybe_unused]] size_t size) {
+#ifdef KILN_EMU_ASAN
+    __sanitizer_start_switch_fiber(&fake_stack, bottom, size);
+#endif
+  }
+  void end() {
+#ifdef KILN_EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+  }
+};
+
+// The OS thread's own stack, which the scheduler runs on (for switches back to it).
+struct ThreadStack {
+  const void* bottom = nullptr;
+  size_t size = 0;
+};
+thread_local ThreadStack scheduler_stack;
+
+// Allocates fiber stacks (with a guard page) and records where each is.
+struct RecordingStack {
+  Lane* lane;
+  ctx::protected_fixedsize_stack inner{kFiberStack};
+  ctx::stack_context allocate() {
+    lane->stack = inner.allocate();
+    return lane->stack;
+  }
+  void deallocate(ctx::stack_context& sc) { inner.deallocate(sc); }
+};
+
+// Switches from a lane's fiber back to the scheduler.
+void yield_to_scheduler(Lane& l) {
+  SwitchAnnotation a;
+  a.begin(scheduler_stack.bottom, scheduler_stack.size);
+  l.caller = std::move(l.caller).resume();
+  a.end();
+}
 
 BlockRunner& runner() { return *this_runner; }
 Lane& lane() { return *runner().current; }
@@ -106,9 +159,10 @@ void BlockRunner::ensure_lanes(size_t n) {
   lanes_ = std::vector<Lane>(n);
   for (Lane& lane : lanes_) {
     Lane* me = &lane;
-    me->fiber = ctx::fiber(std::allocator_arg, ctx::protected_fixedsize_stack(kFiberStack),
+    me->fiber = ctx::fiber(std::allocator_arg, RecordingStack{me},
                            [this, me](ctx::fiber&& caller) {
                              me->caller = std::move(caller);
+                             SwitchAnnotation().end();  // arrived on this fiber's stack
                              while (!quitting_) {
                                try {
                                  grid_->body();
@@ -116,8 +170,9 @@ void BlockRunner::ensure_lanes(size_t n) {
                                  if (!kernel_exception_) kernel_exception_ = std::current_exception();
                                }
                                me->state = State::exited;
-                               me->caller = std::move(me->caller).resume();
+                               yield_to_scheduler(*me);
                              }
+                             SwitchAnnotation().begin(scheduler_stack.bottom, scheduler_stack.size);
                              return std::move(me->caller);
                            });
   }
@@ -125,7 +180,10 @@ void BlockRunner::ensure_lanes(size_t n) {
 
 void BlockRunner::resume(Lane& l) {
   current = &l;
+  SwitchAnnotation a;
+  a.begin(static_cast<char*>(l.stack.sp) - l.stack.size, l.stack.size);
   l.fiber = std::move(l.fiber).resume();
+  a.end();
   current = nullptr;
 }
 
@@ -179,10 +237,14 @@ void BlockRunner::run_block(const GridLaunch& g, uint3 block_idx, uint64_t block
   ensure_lanes(1024);
   live_lanes_ = n;
   kernel_exception_ = nullptr;
-  std::fill(std::begin(warp_arrived_), std::end(warp_arrived_), 0u);
   shared_bytes = g.dynamic_smem;
-  if (shared.size() < shared_bytes) shared.resize(kMaxDynamicShared);
-  std::memset(shared.data(), 0xff, shared_bytes);  // poison: uninitialised reads show up as NaN
+  if (shared.empty()) shared.resize(kMaxDynamicShared);
+#ifdef KILN_EMU_ASAN
+  // Only the launch's shared_bytes are addressable: an overrun into the rest is reported.
+  ASAN_UNPOISON_MEMORY_REGION(shared.data(), shared.size());
+  ASAN_POISON_MEMORY_REGION(shared.data() + shared_bytes, shared.size() - shared_bytes);
+#endif
+  if (shared_bytes) std::memset(shared.data(), 0xff, shared_bytes);  // uninitialised reads show up as NaN
   for (size_t i = 0; i < n; i++) {
     Lane& l = lanes_[i];
     l.coords = {{(unsigned)(i % g.block.x), (unsigned)(i / g.block.x % g.block.y), (unsigned)(i / ((size_t)g.block.x * g.block.y))},
@@ -256,6 +318,14 @@ class Pool {
 };
 
 void Pool::worker() {
+  pthread_attr_t attr;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    void* addr = nullptr;
+    size_t size = 0;
+    pthread_attr_getstack(&attr, &addr, &size);
+    scheduler_stack = {addr, size};
+    pthread_attr_destroy(&attr);
+  }
   BlockRunner runner_here;
   this_runner = &runner_here;
   uint64_t seen = 0;
@@ -319,7 +389,7 @@ void syncthreads(std::source_location site) {
   Lane& l = lane();
   l.state = State::at_barrier;
   l.site = site;
-  l.caller = std::move(l.caller).resume();
+  yield_to_scheduler(l);
 }
 
 void warp_collective(const char* op, unsigned mask, const void* in, size_t in_bytes, void* out, size_t out_bytes,
@@ -361,7 +431,7 @@ void warp_collective(const char* op, unsigned mask, const void* in, size_t in_by
     }
   } else {
     me.state = State::at_collective;
-    me.caller = std::move(me.caller).resume();
+    yield_to_scheduler(me);
   }
   std::memcpy(out, me.out, out_bytes);
 }
