@@ -1,4 +1,4 @@
-// kiln bench data: tokenizer and loader throughput on the CPU (kernel benchmarks join later).
+// kiln bench data: tokenizer and loader throughput; kiln bench kernels: GPU kernel timings (real devices only).
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "kernels/device_info.h"
 #include "tools/commands.h"
 
 namespace kiln::cli {
@@ -77,7 +78,7 @@ void bench_data(const BenchOptions& o) {
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand("bench", "Benchmarks: `kiln bench data` (tokenizer and loader throughput)");
+  CLI::App* cmd = app.add_subcommand("bench", "Benchmarks: `kiln bench data` (tokenizer, loader), `kiln bench kernels` (GPU)");
   cmd->require_subcommand(1);
   CLI::App* data = cmd->add_subcommand("data", "Tokenizer MB/s (1 thread, all threads) and loader tokens/s");
   auto o = std::make_shared<BenchOptions>();
@@ -91,6 +92,19 @@ void add_bench_command(CLI::App& app) {
   data->add_option("--batches", o->batches, "Batches timed")->capture_default_str();
   data->add_option("--json", o->json, "Write the figures to this JSON file");
   data->callback([o] { bench_data(*o); });
+
+  CLI::App* kernels = cmd->add_subcommand("kernels", "Kernel microbenchmarks on a real GPU");
+  auto device = std::make_shared<std::string>("cuda");
+  kernels->add_option("--device", *device, "cuda (emu is refused: it models function, not time)")
+      ->capture_default_str();
+  kernels->callback([device] {
+    if (*device == "emu")
+      throw std::runtime_error("kiln bench kernels: refusing to time on the emulator: it models function, not time");
+    if (*device != "cuda") throw std::runtime_error("kiln bench kernels: --device '" + *device + "': expected cuda");
+    const CudaInfo cuda = query_cuda();
+    if (cuda.devices.empty()) throw std::runtime_error("kiln bench kernels: " + cuda.status);
+    throw std::runtime_error("kiln bench kernels: no kernel benchmarks exist yet");
+  });
 }
 
 }  // namespace kiln::cli
