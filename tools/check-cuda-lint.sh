@@ -55,6 +55,8 @@ lint_files() {
         }
         if (c2 == "//") break
         if (c2 == "/*") { in_block = 1; out = out "  "; i += 2; continue }
+        # A quote right after a hex digit is a C++14 digit separator, not a literal.
+        if (c == "\047" && substr(out, length(out), 1) ~ /[0-9A-Fa-f]/) { out = out c; i++; continue }
         if (c == "\"" || c == "\047") {
           q = c; out = out c; i++
           while (i <= n) {

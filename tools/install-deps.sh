@@ -9,7 +9,7 @@
 set -euo pipefail
 
 packages=(
-  cmake ninja-build g++ pkg-config git
+  cmake ninja-build g++ pkg-config git python3
   libopenmpi-dev openmpi-bin          # MPI (CPU data/tensor parallel, launcher)
   libhdf5-dev                         # token shards, checkpoints, test fixtures
   libgtest-dev                        # unit tests

@@ -48,27 +48,47 @@ table "Technical Specifications per Compute Capability" (column 9.0), and the CU
 Calculator's per-architecture granularities (now the Nsight Compute occupancy calculator;
 "Register allocation unit size 256, granularity: warp", "Shared memory allocation unit size
 128"). The 1 KB reserved per block is the Programming Guide's "228 KB per SM, 227 KB max per
-block" difference (cudaDeviceProp::reservedSharedMemPerBlock = 1024 on H100). Note: CUDA 13.0's
-cuda_occupancy.h returns 32 (not 256) from cudaOccRegAllocationGranularity for 9.x; that only
-changes the result for register counts that are not a multiple of 8. This tool uses 256, the
-documented allocation unit.
+block" difference (cudaDeviceProp::reservedSharedMemPerBlock = 1024 on H100). The same
+granularities are in CUDA 13.0's cuda_occupancy.h (cudaOccRegAllocationGranularity 256,
+cudaOccSMemAllocationGranularity 128, cudaOccSubPartitionsPerMultiprocessor 4,
+cudaOccMaxBlocksPerMultiprocessor 32 for 9.x).
 
-Test log (throwaway kernels under /tmp, kept out of the repository):
-  /tmp/ptxt/simple.cu: saxpy<float> (no launch bounds) and block_sum with __launch_bounds__(128)
-    and a 128-float __shared__ buffer.
-  /tmp/ptxt/spill.cu: spill_kernel, a float acc[64] filled from memory, read with computed
-    indices and one data-dependent index (acc[idx[t] & 63]).
+Test log (throwaway kernels under /tmp/ptxt, kept out of the repository):
+  simple.cu:   saxpy<float> (no launch bounds); block_sum with __launch_bounds__(128) and a
+               128-float __shared__ buffer.
+  spill.cu:
+    __global__ void spill_kernel(const float* __restrict__ in, float* __restrict__ out,
+                                 const int* idx, int n) {
+      float acc[64];
+      #pragma unroll
+      for (int k = 0; k < 64; ++k) acc[k] = in[threadIdx.x + k * n];
+      float s = 0.f;
+      #pragma unroll
+      for (int k = 0; k < 64; ++k) s += acc[k] * acc[(k * 7) & 63];
+      s += acc[idx[threadIdx.x] & 63];  // dynamic index: the array must be addressable
+      out[threadIdx.x] = s;
+    }
+  devspill.cu: a __noinline__ __device__ function with a float a[48] working set, called by a kernel.
+  cm.cu, sh.cu: __constant__/__device__ globals; static and extern (dynamic) __shared__ arrays.
   tools/ptxas-report.py /tmp/ptxt/simple.cu                        -> exit 0
-      saxpy<float>: 10 regs, block 256 (default) -> 8 blocks/SM, 64 warps, 100% (warps/regs fine)
+      saxpy<float>: 10 regs, cmem[0] 552 B, block 256 (default) -> 8 blocks/SM, 64 warps, 100%
       block_sum: 11 regs, 512 B smem, block 128 (launch_bounds) -> 16 blocks/SM, 64 warps, 100%
-  tools/ptxas-report.py /tmp/ptxt/spill.cu                         -> exit 0 (72 regs, no spill;
-      256 B stack frame for the dynamically indexed array; 3 blocks/SM at 256 = 37.5%, regs)
+  tools/ptxas-report.py /tmp/ptxt/spill.cu                         -> exit 0
+      spill_kernel: 72 regs, no spills, 256 B stack frame (the dynamically indexed array lives in
+      local memory); block 256 -> 3 blocks/SM, 24 warps, 37.5%, limited by registers
   tools/ptxas-report.py /tmp/ptxt/spill.cu -- -maxrregcount=32     -> exit 1
-      spill_kernel: 32 regs, 528 B spill stores, 600 B spill loads, 768 B stack (listed on stderr)
-  tools/ptxas-report.py --block 1024 --block block_sum=64 --dyn-smem saxpy=60000 \
-      --json /tmp/ptxt/r.json /tmp/ptxt/simple.cu /tmp/ptxt/spill.cu -- -maxrregcount=32 -> exit 1
+      spill_kernel: 32 regs, 528 B spill stores, 600 B spill loads, 768 B stack frame (on stderr);
+      block 256 -> 8 blocks/SM, 64 warps, 100%
+  tools/ptxas-report.py /tmp/ptxt/devspill.cu -- -maxrregcount=24  -> exit 1 (heavy(float const*, int):
+      356 B spill stores, 392 B spill loads; the kernel itself does not spill)
+  tools/ptxas-report.py --block 1024 --block block_sum=64 --dyn-smem saxpy=60000 --json /tmp/ptxt/r.json
+      /tmp/ptxt/simple.cu /tmp/ptxt/spill.cu /tmp/ptxt/cm.cu /tmp/ptxt/sh.cu -- -maxrregcount=32 -> exit 1
+      (overrides applied; saxpy needs the >48 KB opt-in note; cm.cu shows cmem[3] 1024 B, cmem[4] 8 B)
+  tools/ptxas-report.py --block calls_heavy=256 devspill.cu with __launch_bounds__(128, 4)
+      -> 0 blocks/SM, "block 256 exceeds __launch_bounds__ 128: launch would fail"
+  A file that does not compile -> its nvcc output in the report, the command on stderr, exit 2.
   Occupancy was cross-checked against cuda_occupancy.h (CUDA 13.0) compiled with g++ over a sweep
-  of registers x block sizes x shared memory x barriers, with its register granularity set to 256.
+  of registers x block sizes x shared memory x barriers (H100 properties filled in by hand).
 """
 
 from __future__ import annotations
@@ -272,7 +292,7 @@ def occupancy(regs: int, block: int, smem_static: int, dyn_smem: int, barriers: 
         limits["shared memory"] = 0
         notes.append(f"{smem_static + dyn_smem} B shared exceeds {lim['smem_per_block_optin']} B per block")
     else:
-        limits["shared memory"] = lim["smem_per_sm"] // smem_alloc
+        limits["shared memory"] = lim["smem_per_sm"] // smem_alloc if smem_alloc else big
         if smem_static + dyn_smem > lim["smem_per_block_default"]:
             notes.append("needs cudaFuncAttributeMaxDynamicSharedMemorySize opt-in (> 48 KB)")
     limits["barriers"] = lim["barriers_per_sm"] // barriers if barriers > 0 else big
@@ -300,9 +320,10 @@ def parse_overrides(values: list[str] | None, default: int, what: str) -> tuple[
         try:
             n = int(num)
         except ValueError:
-            raise SystemExit(f"ptxas-report: bad {what} value '{v}' (want N or SUBSTR=N)")
-        if n < 0:
-            raise SystemExit(f"ptxas-report: bad {what} value '{v}'")
+            n = -1
+        if n < 0 or (what == "--block" and n == 0):
+            print(f"ptxas-report: bad {what} value '{v}' (want N or SUBSTR=N)", file=sys.stderr)
+            raise SystemExit(2)
         if sep:
             overrides.append((key, n))
         else:
@@ -360,10 +381,10 @@ def compile_one(idx: int, src: Path, args, extra: list[str], tmp: Path) -> Resul
     keep = tmp / f"k{idx}"
     keep.mkdir()
     cubin = tmp / f"{idx}.cubin"
-    std = [] if any(a.startswith(("-std", "--std")) for a in extra) else ["-std=c++20"]
+    from_build = build_flags(Path(args.build_dir), src)
+    std = [] if any(a.startswith(("-std", "--std")) for a in from_build + extra) else ["-std=c++20"]
     relaxed = [] if args.no_relaxed_constexpr else ["--expt-relaxed-constexpr"]
-    cmd = [args.nvcc, f"-arch={args.arch}", *std, *relaxed, f"-I{ROOT}",
-           *build_flags(Path(args.build_dir), src), *extra,
+    cmd = [args.nvcc, f"-arch={args.arch}", *std, *relaxed, f"-I{ROOT}", *from_build, *extra,
            "-Xptxas", "-v", "-cubin", "-o", str(cubin), "--keep", "--keep-dir", str(keep), str(src)]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     res = Result(src, p.returncode == 0, p.stdout, cmd)
@@ -394,8 +415,8 @@ def main(argv: list[str]) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    ap = argparse.ArgumentParser(prog="ptxas-report.py",
-                                 description="ptxas per-kernel resources and H100 occupancy (see the module docstring).")
+    ap = argparse.ArgumentParser(prog="ptxas-report.py", description=__doc__.split("\nOccupancy model")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", help=".cu files (default: every .cu under kernels/)")
     ap.add_argument("--block", action="append", metavar="N|SUBSTR=N")
     ap.add_argument("--dyn-smem", action="append", metavar="N|SUBSTR=N")
