@@ -14,42 +14,17 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/shard.h"
+#include "tests/test_util.h"
 
 namespace kiln {
 namespace {
 
+using test::TempDir;
+using test::error_of;
+using test::mentions;
+using test::read_file;
+
 namespace fs = std::filesystem;
-
-// A fresh directory per test, removed afterwards.
-class TempDir {
- public:
-  TempDir() : path_(fs::temp_directory_path() / ("kiln_test_" + std::to_string(::getpid()) + "_" + std::to_string(next_++))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string path(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  static inline int next_ = 0;
-  fs::path path_;
-};
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-::testing::AssertionResult mentions(const std::string& message, std::initializer_list<std::string> parts) {
-  for (const std::string& part : parts)
-    if (message.find(part) == std::string::npos)
-      return ::testing::AssertionFailure() << "\"" << message << "\" does not mention \"" << part << "\"";
-  return ::testing::AssertionSuccess();
-}
 
 // ---- permute ---------------------------------------------------------------------------------
 

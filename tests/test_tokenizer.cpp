@@ -15,19 +15,22 @@
 
 #include "data/byte_tokenizer.h"
 #include "data/tokenizer.h"
+#include "tests/test_util.h"
 
 namespace kiln {
 namespace {
+
+using test::TempDir;
+using test::error_of;
+using test::mentions;
+using test::read_file;
 
 namespace fs = std::filesystem;
 
 const std::string kGpt2Dir = std::string(KILN_SOURCE_DIR) + "/../shared/data/gpt2";
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+void copy_gpt2(const TempDir& dir, const std::string& name) {
+  std::filesystem::copy_file(kGpt2Dir + "/" + name, dir.path(name));
 }
 
 // Loaded once: the suite encodes with it many times.
@@ -35,33 +38,6 @@ const Tokenizer& gpt2() {
   static const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer("gpt2", kGpt2Dir);
   return *tokenizer;
 }
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-// A fresh directory per test, removed afterwards.
-class TempDir {
- public:
-  TempDir() : path_(fs::temp_directory_path() / ("kiln_tok_" + std::to_string(::getpid()) + "_" + std::to_string(next_++))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  void write(const std::string& name, const std::string& contents) const {
-    std::ofstream(path_ / name, std::ios::binary) << contents;
-  }
-  void copy_gpt2(const std::string& name) const { fs::copy_file(kGpt2Dir + "/" + name, path_ / name); }
-  std::string str() const { return path_.string(); }
-
- private:
-  static inline int next_ = 0;
-  fs::path path_;
-};
 
 void append_utf8(std::string& s, uint32_t cp) {
   if (cp < 0x80) {
@@ -142,10 +118,10 @@ TEST(Gpt2Tokenizer, VocabularyAndFingerprint) {
 
   // Dropping the last merge changes the fingerprint (and nothing else about loading).
   TempDir dir;
-  dir.copy_gpt2("encoder.json");
+  copy_gpt2(dir, "encoder.json");
   std::string merges = read_file(kGpt2Dir + "/vocab.bpe");
   merges.erase(merges.find_last_of('\n', merges.size() - 2) + 1);
-  dir.write("vocab.bpe", merges);
+  dir.file("vocab.bpe", merges);
   const auto fewer = make_tokenizer("gpt2", dir.str());
   EXPECT_NE(fewer->fingerprint(), t.fingerprint());
   EXPECT_EQ(fewer->vocab_size(), 50257);
@@ -248,38 +224,38 @@ TEST(TokenizerErrors, MissingDirectoryOrFile) {
   std::string e = error_of([] { make_tokenizer("gpt2", "/nonexistent/gpt2"); });
   EXPECT_NE(e.find("/nonexistent/gpt2: GPT-2 tokenizer directory not found"), std::string::npos) << e;
   TempDir dir;
-  dir.copy_gpt2("encoder.json");
+  copy_gpt2(dir, "encoder.json");
   e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find(dir.str() + "/vocab.bpe: cannot open"), std::string::npos) << e;
 }
 
 TEST(TokenizerErrors, CorruptEncoderJson) {
   TempDir dir;
-  dir.copy_gpt2("vocab.bpe");
-  dir.write("encoder.json", "{\"a\": 0, \"b\": ");
+  copy_gpt2(dir, "vocab.bpe");
+  dir.file("encoder.json", "{\"a\": 0, \"b\": ");
   std::string e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find(dir.str() + "/encoder.json: invalid JSON"), std::string::npos) << e;
-  dir.write("encoder.json", "{\"a\": 0, \"b\": \"one\"}");
+  dir.file("encoder.json", "{\"a\": 0, \"b\": \"one\"}");
   e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find("encoder.json: token \"b\": id \"one\" is not an integer"), std::string::npos) << e;
-  dir.write("encoder.json", "{\"a\": 0, \"b\": 5}");
+  dir.file("encoder.json", "{\"a\": 0, \"b\": 5}");
   e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find("encoder.json: token \"b\": id 5 is outside 0..1"), std::string::npos) << e;
-  dir.write("encoder.json", "[1, 2]");
+  dir.file("encoder.json", "[1, 2]");
   e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find("encoder.json: expected a JSON object"), std::string::npos) << e;
 }
 
 TEST(TokenizerErrors, MalformedMergesLine) {
   TempDir dir;
-  dir.copy_gpt2("encoder.json");
-  dir.write("vocab.bpe", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0" "a\n");
+  copy_gpt2(dir, "encoder.json");
+  dir.file("vocab.bpe", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0" "a\n");
   std::string e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find(dir.str() + "/vocab.bpe:3: expected two tokens separated by one space"), std::string::npos) << e;
-  dir.write("vocab.bpe", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0t \xC4\xA0t\n");  // "Ġt Ġt": no token ĠtĠt
+  dir.file("vocab.bpe", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0t \xC4\xA0t\n");  // "Ġt Ġt": no token ĠtĠt
   e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find("vocab.bpe:3: '\xC4\xA0t\xC4\xA0t' is not a token in encoder.json"), std::string::npos) << e;
-  dir.write("vocab.bpe", "#version: 0.2\n\xC4\xA0 t\nxyzzyxyzzy a\n");
+  dir.file("vocab.bpe", "#version: 0.2\n\xC4\xA0 t\nxyzzyxyzzy a\n");
   e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find("vocab.bpe:3: 'xyzzyxyzzy' is not a token in encoder.json"), std::string::npos) << e;
 }

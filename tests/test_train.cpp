@@ -16,39 +16,17 @@
 #include "train/optimizer.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
+#include "tests/test_util.h"
 
 namespace kiln {
 namespace {
 
+using test::TempDir;
+using test::error_of;
+using test::mentions;
+using test::read_file;
+
 namespace fs = std::filesystem;
-
-// A fresh directory per test, removed afterwards.
-class TempDir {
- public:
-  TempDir() : path_(fs::temp_directory_path() / ("kiln_test_" + std::to_string(::getpid()) + "_" + std::to_string(next_++))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name, const std::string& contents) const {
-    const fs::path p = path_ / name;
-    std::ofstream(p) << contents;
-    return p.string();
-  }
-  std::string path(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  static inline int next_ = 0;
-  fs::path path_;
-};
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 TEST(TrainConfig, FileValuesAndOverrides) {
   TempDir dir;
