@@ -19,10 +19,7 @@
 namespace kiln {
 namespace {
 
-using test::TempDir;
-using test::error_of;
-using test::mentions;
-using test::read_file;
+using namespace kiln::test;  // TempDir, error_of, mentions, read_file
 
 namespace fs = std::filesystem;
 
