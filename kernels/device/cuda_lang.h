@@ -8,7 +8,11 @@
 #include "kernels/emu/lang.h"
 #define KILN_NS emu
 #define KILN_ARCH 900  // the emulator follows sm_90's semantics
+// The runtime API's namespace: qualified calls, so that argument-dependent lookup cannot also
+// find the toolkit's declarations in the global namespace.
+#define KILN_RT ::kiln::emu::
 #else
+#define KILN_RT ::
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #define KILN_NS cuda

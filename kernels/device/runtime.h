@@ -19,9 +19,9 @@ namespace kiln::KILN_NS {
 
 // Throws naming the call, file and line, and (on the emulator) the kernel, block and thread.
 [[noreturn]] inline void fail_call(cudaError_t error, const char* call, const char* file, int line) {
-  std::string message = std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + cudaGetErrorString(error);
+  std::string message = std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + KILN_RT cudaGetErrorString(error);
 #ifdef KILN_EMU
-  if (const std::string detail = last_error_message(); !detail.empty()) message += "\n  " + detail;
+  if (const std::string detail = KILN_RT last_error_message(); !detail.empty()) message += "\n  " + detail;
 #endif
   throw std::runtime_error(message);
 }
@@ -34,12 +34,12 @@ namespace kiln::KILN_NS {
 
 class Stream {
  public:
-  Stream() { KILN_CHECK(cudaStreamCreate(&stream_)); }
-  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream() { KILN_CHECK(KILN_RT cudaStreamCreate(&stream_)); }
+  ~Stream() { KILN_RT cudaStreamDestroy(stream_); }
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
   cudaStream_t get() const { return stream_; }
-  void synchronize() const { KILN_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() const { KILN_CHECK(KILN_RT cudaStreamSynchronize(stream_)); }
 
  private:
   cudaStream_t stream_ = nullptr;
@@ -47,14 +47,14 @@ class Stream {
 
 class Event {
  public:
-  Event() { KILN_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
-  ~Event() { cudaEventDestroy(event_); }
+  Event() { KILN_CHECK(KILN_RT cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  ~Event() { KILN_RT cudaEventDestroy(event_); }
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;
-  void record(const Stream& s) { KILN_CHECK(cudaEventRecord(event_, s.get())); }
+  void record(const Stream& s) { KILN_CHECK(KILN_RT cudaEventRecord(event_, s.get())); }
   // `s` waits (on the device) for the work recorded so far.
-  void make_wait(const Stream& s) const { KILN_CHECK(cudaStreamWaitEvent(s.get(), event_, 0)); }
-  void synchronize() const { KILN_CHECK(cudaEventSynchronize(event_)); }
+  void make_wait(const Stream& s) const { KILN_CHECK(KILN_RT cudaStreamWaitEvent(s.get(), event_, 0)); }
+  void synchronize() const { KILN_CHECK(KILN_RT cudaEventSynchronize(event_)); }
 
  private:
   cudaEvent_t event_ = nullptr;
@@ -67,20 +67,20 @@ class DeviceBuffer {
   DeviceBuffer() = default;
   explicit DeviceBuffer(size_t n) : size_(n) {
     void* p = nullptr;
-    KILN_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+    KILN_CHECK(KILN_RT cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
     data_.reset(static_cast<T*>(p));
   }
   T* data() const { return data_.get(); }
   size_t size() const { return size_; }
   void upload(std::span<const T> host, const Stream& s) {
     check_size(host.size());
-    KILN_CHECK(cudaMemcpyAsync(data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, s.get()));
+    KILN_CHECK(KILN_RT cudaMemcpyAsync(data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, s.get()));
   }
   void download(std::span<T> host, const Stream& s) const {
     check_size(host.size());
-    KILN_CHECK(cudaMemcpyAsync(host.data(), data(), host.size_bytes(), cudaMemcpyDeviceToHost, s.get()));
+    KILN_CHECK(KILN_RT cudaMemcpyAsync(host.data(), data(), host.size_bytes(), cudaMemcpyDeviceToHost, s.get()));
   }
-  void fill_bytes(int value, const Stream& s) { KILN_CHECK(cudaMemsetAsync(data(), value, size_ * sizeof(T), s.get())); }
+  void fill_bytes(int value, const Stream& s) { KILN_CHECK(KILN_RT cudaMemsetAsync(data(), value, size_ * sizeof(T), s.get())); }
   // Convenience for tests and set-up: a synchronous copy to a new host vector.
   std::vector<T> to_host(const Stream& s) const {
     std::vector<T> out(size_);
@@ -94,7 +94,7 @@ class DeviceBuffer {
     if (n != size_) throw std::invalid_argument("copy of " + std::to_string(n) + " elements into a buffer of " + std::to_string(size_));
   }
   struct Free {
-    void operator()(T* p) const { cudaFree(p); }
+    void operator()(T* p) const { KILN_RT cudaFree(p); }
   };
   std::unique_ptr<T, Free> data_;
   size_t size_ = 0;
@@ -109,18 +109,18 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
   static_assert(sizeof...(Params) == sizeof...(Args), "launch: argument count differs from the kernel's parameters");
 #ifdef KILN_EMU
   auto packed = std::make_shared<std::tuple<std::decay_t<Params>...>>(static_cast<std::decay_t<Params>>(args)...);
-  KILN_CHECK(launch_kernel(reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, stream.get(),
+  KILN_CHECK(KILN_RT launch_kernel(reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, stream.get(),
                            [kernel, packed] { std::apply(kernel, *packed); }));
 #else
   kernel<<<grid, block, shared_bytes, stream.get()>>>(static_cast<std::decay_t<Params>>(args)...);
-  KILN_CHECK(cudaGetLastError());
+  KILN_CHECK(KILN_RT cudaGetLastError());
 #endif
 }
 
 // Raises a kernel's dynamic shared memory limit above the default 48 KB (up to 227 KB on H100).
 template <class... Params>
 void set_max_dynamic_shared(void (*kernel)(Params...), size_t bytes) {
-  KILN_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+  KILN_CHECK(KILN_RT cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)bytes));
 }
 

@@ -91,6 +91,7 @@ class BlockRunner {
   size_t shared_bytes = 0;
 
  private:
+  void run_block_lanes(const GridLaunch& g, uint3 block_idx, uint64_t block_linear);
   void ensure_lanes(size_t n);
   void resume(Lane& lane);
   [[noreturn]] void fail(const std::string& what) const;
@@ -166,6 +167,8 @@ void BlockRunner::ensure_lanes(size_t n) {
                              while (!quitting_) {
                                try {
                                  grid_->body();
+                               } catch (const ctx::detail::forced_unwind&) {
+                                 throw;  // the fiber is being destroyed: let Boost unwind it
                                } catch (...) {
                                  if (!kernel_exception_) kernel_exception_ = std::current_exception();
                                }
@@ -231,6 +234,17 @@ void BlockRunner::release_barrier_if_complete() {
 }
 
 void BlockRunner::run_block(const GridLaunch& g, uint3 block_idx, uint64_t block_linear) {
+  try {
+    run_block_lanes(g, block_idx, block_linear);
+  } catch (...) {
+    // Threads of the failed block may be suspended mid-kernel: destroy (unwind) every fiber so
+    // that the next block starts from fresh ones.
+    lanes_.clear();
+    throw;
+  }
+}
+
+void BlockRunner::run_block_lanes(const GridLaunch& g, uint3 block_idx, uint64_t block_linear) {
   grid_ = &g;
   block_idx_ = block_idx;
   const size_t n = (size_t)g.block.x * g.block.y * g.block.z;
@@ -278,9 +292,12 @@ void BlockRunner::run_block(const GridLaunch& g, uint3 block_idx, uint64_t block
     if (exited == n) break;
     if (!progressed) fail("no thread can proceed (deadlock):" + describe_lanes());
   }
-  for (size_t i = 0; i < n; i++)
-    if (!lanes_[i].copies.open.empty() || !lanes_[i].copies.committed.empty())
-      fail("thread " + coords(lanes_[i].coords.thread_idx) + " exited with cp.async copies never waited for");
+  for (size_t i = 0; i < n; i++) {
+    const AsyncCopyGroups& c = lanes_[i].copies;
+    const bool pending = !c.open.empty() || std::any_of(c.committed.begin(), c.committed.end(),
+                                                         [](const auto& group) { return !group.empty(); });
+    if (pending) fail("thread " + coords(lanes_[i].coords.thread_idx) + " exited with cp.async copies never waited for");
+  }
 }
 
 // The persistent pool of OS threads that run blocks.
