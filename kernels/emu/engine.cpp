@@ -71,6 +71,9 @@ struct KernelError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown at a suspended thread's yield point to unwind it on its own stack when its block failed.
+struct Abandoned {};
+
 std::string coords(const uint3& v) { return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")"; }
 std::string where(const std::source_location& s) { return std::string(s.file_name()) + ":" + std::to_string(s.line()); }
 
@@ -85,6 +88,9 @@ class BlockRunner {
   }
 
   void run_block(const GridLaunch& g, uint3 block_idx, uint64_t block_linear);
+  // Called by a thread arriving at __syncthreads; throws on a divergent barrier.
+  void arrive_at_barrier(Lane& lane, const std::source_location& site);
+  bool abandoning() const { return abandoning_; }
 
   Lane* current = nullptr;  // lane whose fiber is running on this OS thread
   std::vector<std::byte> shared;  // dynamic shared memory
@@ -97,13 +103,16 @@ class BlockRunner {
   [[noreturn]] void fail(const std::string& what) const;
   std::string describe_lanes() const;
   void release_barrier_if_complete();
+  void abandon_block();
 
   std::vector<Lane> lanes_;
   size_t live_lanes_ = 0;  // lanes of the current block
   const GridLaunch* grid_ = nullptr;
   uint3 block_idx_{};
-  bool quitting_ = false;
+  bool quitting_ = false, abandoning_ = false;
   std::exception_ptr kernel_exception_;
+  size_t at_barrier_ = 0, exited_ = 0;  // counts over the current block's lanes
+  std::source_location barrier_site_;
 };
 
 thread_local BlockRunner* this_runner = nullptr;
@@ -165,14 +174,16 @@ void BlockRunner::ensure_lanes(size_t n) {
                              me->caller = std::move(caller);
                              SwitchAnnotation().end();  // arrived on this fiber's stack
                              while (!quitting_) {
-                               try {
-                                 grid_->body();
-                               } catch (const ctx::detail::forced_unwind&) {
-                                 throw;  // the fiber is being destroyed: let Boost unwind it
-                               } catch (...) {
-                                 if (!kernel_exception_) kernel_exception_ = std::current_exception();
+                               if (!abandoning_) {
+                                 try {
+                                   grid_->body();
+                                 } catch (const Abandoned&) {
+                                 } catch (...) {
+                                   if (!kernel_exception_) kernel_exception_ = std::current_exception();
+                                 }
                                }
                                me->state = State::exited;
+                               exited_++;
                                yield_to_scheduler(*me);
                              }
                              SwitchAnnotation().begin(scheduler_stack.bottom, scheduler_stack.size);
@@ -215,31 +226,40 @@ void BlockRunner::fail(const std::string& what) const {
   throw KernelError("emu: kernel '" + grid_->kernel + "' block " + coords(block_idx_) + ": " + what);
 }
 
+bool same_site(const std::source_location& a, const std::source_location& b) {
+  return a.line() == b.line() && (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
+}
+
+void BlockRunner::arrive_at_barrier(Lane& l, const std::source_location& site) {
+  l.state = State::at_barrier;
+  l.site = site;
+  if (at_barrier_ > 0 && !same_site(site, barrier_site_))
+    throw std::runtime_error("threads wait at different __syncthreads (divergent barrier):" + describe_lanes());
+  if (at_barrier_++ == 0) barrier_site_ = site;
+}
+
+// Exited threads count as arrived, as on the GPU.
 void BlockRunner::release_barrier_if_complete() {
-  size_t waiting = 0, exited = 0;
-  const Lane* first = nullptr;
-  for (size_t i = 0; i < live_lanes_; i++) {
-    const Lane& l = lanes_[i];
-    if (l.state == State::exited) exited++;
-    if (l.state == State::at_barrier) {
-      waiting++;
-      if (!first) first = &l;
-      else if (l.site.line() != first->site.line() || std::strcmp(l.site.file_name(), first->site.file_name()) != 0)
-        fail("threads wait at different __syncthreads (divergent barrier):" + describe_lanes());
-    }
-  }
-  if (waiting == 0 || waiting + exited != live_lanes_) return;
+  if (at_barrier_ == 0 || at_barrier_ + exited_ != live_lanes_) return;
   for (size_t i = 0; i < live_lanes_; i++)
     if (lanes_[i].state == State::at_barrier) lanes_[i].state = State::runnable;
+  at_barrier_ = 0;
+}
+
+// Unwinds every thread of a failed block that is suspended mid-kernel, each on its own stack,
+// so that the next block runs on clean fibers.
+void BlockRunner::abandon_block() {
+  abandoning_ = true;
+  for (size_t i = 0; i < live_lanes_; i++)
+    if (lanes_[i].state != State::exited) resume(lanes_[i]);
+  abandoning_ = false;
 }
 
 void BlockRunner::run_block(const GridLaunch& g, uint3 block_idx, uint64_t block_linear) {
   try {
     run_block_lanes(g, block_idx, block_linear);
   } catch (...) {
-    // Threads of the failed block may be suspended mid-kernel: destroy (unwind) every fiber so
-    // that the next block starts from fresh ones.
-    lanes_.clear();
+    abandon_block();
     throw;
   }
 }
@@ -251,6 +271,7 @@ void BlockRunner::run_block_lanes(const GridLaunch& g, uint3 block_idx, uint64_t
   ensure_lanes(1024);
   live_lanes_ = n;
   kernel_exception_ = nullptr;
+  at_barrier_ = exited_ = 0;
   shared_bytes = g.dynamic_smem;
   if (shared.empty()) shared.resize(kMaxDynamicShared);
 #ifdef KILN_EMU_ASAN
@@ -287,9 +308,7 @@ void BlockRunner::run_block_lanes(const GridLaunch& g, uint3 block_idx, uint64_t
       }
       release_barrier_if_complete();
     }
-    size_t exited = 0;
-    for (size_t i = 0; i < n; i++) exited += lanes_[i].state == State::exited;
-    if (exited == n) break;
+    if (exited_ == n) break;
     if (!progressed) fail("no thread can proceed (deadlock):" + describe_lanes());
   }
   for (size_t i = 0; i < n; i++) {
@@ -403,10 +422,11 @@ const ThreadContext& current_thread() { return lane().coords; }
 void run_grid(const GridLaunch& g) { Pool::get().run(g); }
 
 void syncthreads(std::source_location site) {
-  Lane& l = lane();
-  l.state = State::at_barrier;
-  l.site = site;
+  BlockRunner& r = runner();
+  Lane& l = *r.current;
+  r.arrive_at_barrier(l, site);
   yield_to_scheduler(l);
+  if (r.abandoning()) throw Abandoned{};
 }
 
 void warp_collective(const char* op, unsigned mask, const void* in, size_t in_bytes, void* out, size_t out_bytes,
@@ -449,6 +469,7 @@ void warp_collective(const char* op, unsigned mask, const void* in, size_t in_by
   } else {
     me.state = State::at_collective;
     yield_to_scheduler(me);
+    if (r.abandoning()) throw Abandoned{};
   }
   std::memcpy(out, me.out, out_bytes);
 }

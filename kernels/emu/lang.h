@@ -60,7 +60,8 @@ void combine_shuffle(const std::byte (*in)[kCollectiveBytes], std::byte (*out)[k
     if constexpr (kMode == Shuffle::idx) src = segment + (me.arg & (me.width - 1));
     if constexpr (kMode == Shuffle::up) src = (lane - segment) >= me.arg ? lane - me.arg : lane;
     if constexpr (kMode == Shuffle::down) src = (lane - segment) + me.arg < me.width ? lane + me.arg : lane;
-    if constexpr (kMode == Shuffle::bfly) src = ((lane ^ me.arg) & ~(me.width - 1)) == segment ? lane ^ me.arg : lane;
+    // xor may read earlier segments but not later ones (CUDA Programming Guide, warp shuffle).
+    if constexpr (kMode == Shuffle::bfly) src = ((lane ^ me.arg) & ~(me.width - 1)) <= segment ? lane ^ me.arg : lane;
     if (!(mask & (1u << src)))
       throw std::runtime_error("shuffle reads lane " + std::to_string(src) + ", which is not in the mask");
     std::memcpy(out[lane], in[src], 8);

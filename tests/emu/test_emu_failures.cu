@@ -14,10 +14,7 @@ namespace kiln::KILN_NS {
 
 #ifdef KILN_EMU
 
-// Kernels with external linkage, so that the emulator finds their names for its messages. The
-// broken ones touch no memory after the point where they fail: the emulator leaves the failed
-// block's waiting threads suspended there and resumes them later (see the disabled test below),
-// and they must not then write into a buffer the test has freed.
+// Kernels with external linkage, so that the emulator finds their names for its messages.
 namespace failures {
 
 constexpr unsigned kFull = 0xffffffffu;
@@ -193,13 +190,9 @@ TEST_F(EmuFailures, LaunchConfigurationErrors) {
 }
 
 // After a kernel fails, the emulator must run the next launches normally: every block of a grid
-// large enough to reach each of the emulator's worker threads.
-// DISABLED: fails on the emulator as it stands. When a block fails, its threads still suspended at
-// a barrier or in a warp collective keep their fibers, and the next block that worker runs resumes
-// them in the old kernel's code (writing through its arguments, possibly freed buffers) instead of
-// starting the new one: those threads' work is lost or a spurious error is reported. Until that is
-// fixed, the other tests of this file pass only run one per process, as CTest runs them.
-TEST_F(EmuFailures, DISABLED_NextLaunchAfterAnErrorIsUnaffected) {
+// large enough to reach each of the emulator's worker threads. (The failed block's threads that
+// wait at a barrier or in a collective must not be resumed in the old kernel by a later block.)
+TEST_F(EmuFailures, NextLaunchAfterAnErrorIsUnaffected) {
   const int n = 64 * 256;
   auto check_clean_run = [&](const char* after) {
     Stream s;
