@@ -1,15 +1,31 @@
 #include "model/cpu_ops.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 
+#include "kernels/cpu/ops.h"
+
 namespace kiln {
 namespace {
 
+// Adds the time of its scope to one op category of the breakdown.
+class OpTimer {
+ public:
+  OpTimer(std::map<std::string, double>& times, const char* op) : slot_(times[op]) {}
+  ~OpTimer() { slot_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+
+ private:
+  double& slot_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
 class CpuOps final : public Ops {
  public:
-  std::string name() const override { return "cpu"; }
+  explicit CpuOps(CpuPath path) : fast_(path == CpuPath::fast) {}
+  std::string name() const override { return fast_ ? "cpu" : "cpu-reference"; }
+  const std::map<std::string, double>& op_seconds() const override { return times_; }
 
   Buffer allocate(int64_t numel, DType dtype) override {
     if (dtype == DType::bf16) throw std::invalid_argument("cpu backend stores f32 and i32 only, not bf16");
@@ -19,7 +35,10 @@ class CpuOps final : public Ops {
     std::memset(p, 0, bytes);
     return Buffer({p, dtype, numel}, std::shared_ptr<void>(p, std::free));
   }
-  void zero(const Tensor& t) override { std::memset(t.data, 0, (size_t)t.numel * dtype_size(t.dtype)); }
+  void zero(const Tensor& t) override {
+    OpTimer timer(times_, "other");
+    std::memset(t.data, 0, (size_t)t.numel * dtype_size(t.dtype));
+  }
   void upload(const Tensor& dst, std::span<const float> src) override { copy(dst.f32(), dst.numel, src); }
   void upload(const Tensor& dst, std::span<const int32_t> src) override { copy(dst.i32(), dst.numel, src); }
   void download(std::span<float> dst, const Tensor& src) override {
@@ -28,63 +47,92 @@ class CpuOps final : public Ops {
 
   void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int B, int T,
                          int C, int vocab_begin, int vocab_rows) override {
+    OpTimer t(times_, "embedding");
     ref::embedding_forward(out.f32(), tokens.i32(), wte.f32(), wpe.f32(), B, T, C, vocab_begin, vocab_rows);
   }
   void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens, int B,
                           int T, int C, int vocab_begin, int vocab_rows) override {
+    OpTimer t(times_, "embedding");
     ref::embedding_backward(dwte.f32(), dwpe.f32(), dout.f32(), tokens.i32(), B, T, C, vocab_begin, vocab_rows);
   }
   void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& x,
                          const Tensor& weight, const Tensor& bias, int N, int C) override {
-    ref::layernorm_forward(out.f32(), mean.f32(), rstd.f32(), x.f32(), weight.f32(), bias.f32(), N, C);
+    OpTimer t(times_, "layernorm");
+    (fast_ ? cpu::layernorm_forward : ref::layernorm_forward<float>)(out.f32(), mean.f32(), rstd.f32(), x.f32(),
+                                                                      weight.f32(), bias.f32(), N, C);
   }
   void residual_layernorm_forward(const Tensor& residual_out, const Tensor& out, const Tensor& mean,
                                   const Tensor& rstd, const Tensor& a, const Tensor& b, const Tensor& weight,
                                   const Tensor& bias, int N, int C) override {
+    OpTimer t(times_, "layernorm");
+    if (fast_) {
+      cpu::residual_layernorm_forward(residual_out.f32(), out.f32(), mean.f32(), rstd.f32(), a.f32(), b.f32(),
+                                      weight.f32(), bias.f32(), N, C);
+      return;
+    }
     ref::residual_forward(residual_out.f32(), a.f32(), b.f32(), (int64_t)N * C);
     ref::layernorm_forward(out.f32(), mean.f32(), rstd.f32(), residual_out.f32(), weight.f32(), bias.f32(), N, C);
   }
   void layernorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                           const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd, int N,
                           int C) override {
-    ref::layernorm_backward(dx.f32(), dweight.f32(), dbias.f32(), dout.f32(), x.f32(), weight.f32(), mean.f32(),
-                            rstd.f32(), N, C);
+    OpTimer t(times_, "layernorm");
+    (fast_ ? cpu::layernorm_backward : ref::layernorm_backward<float>)(
+        dx.f32(), dweight.f32(), dbias.f32(), dout.f32(), x.f32(), weight.f32(), mean.f32(), rstd.f32(), N, C);
   }
   void matmul_forward(const Tensor& out, const Tensor& x, const Tensor& weight, const Tensor& bias, int N, int C,
                       int OC) override {
-    ref::matmul_forward(out.f32(), x.f32(), weight.f32(), bias.f32(), N, C, OC);
+    OpTimer t(times_, "matmul");
+    (fast_ ? cpu::matmul_forward : ref::matmul_forward<float>)(out.f32(), x.f32(), weight.f32(), bias.f32(), N, C, OC);
   }
   void matmul_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                        const Tensor& x, const Tensor& weight, int N, int C, int OC) override {
-    ref::matmul_backward(dx.f32(), dweight.f32(), dbias.f32(), dout.f32(), x.f32(), weight.f32(), N, C, OC);
+    OpTimer t(times_, "matmul");
+    (fast_ ? cpu::matmul_backward : ref::matmul_backward<float>)(dx.f32(), dweight.f32(), dbias.f32(), dout.f32(),
+                                                                  x.f32(), weight.f32(), N, C, OC);
   }
   void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv, int B, int T, int NH,
                          int HS) override {
-    ref::attention_forward(out.f32(), lse.f32(), qkv.f32(), B, T, NH, HS);
+    OpTimer t(times_, "attention");
+    (fast_ ? cpu::attention_forward : ref::attention_forward<float>)(out.f32(), lse.f32(), qkv.f32(), B, T, NH, HS);
   }
   void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
                           const Tensor& lse, int B, int T, int NH, int HS) override {
-    ref::attention_backward(dqkv.f32(), dout.f32(), qkv.f32(), out.f32(), lse.f32(), B, T, NH, HS);
+    OpTimer t(times_, "attention");
+    (fast_ ? cpu::attention_backward : ref::attention_backward<float>)(dqkv.f32(), dout.f32(), qkv.f32(), out.f32(),
+                                                                        lse.f32(), B, T, NH, HS);
   }
   void gelu_forward(const Tensor& out, const Tensor& x, int64_t n) override {
-    ref::gelu_forward(out.f32(), x.f32(), n);
+    OpTimer t(times_, "gelu");
+    (fast_ ? cpu::gelu_forward : ref::gelu_forward<float>)(out.f32(), x.f32(), n);
   }
   void gelu_backward(const Tensor& dx, const Tensor& x, const Tensor& dout, int64_t n) override {
-    ref::gelu_backward(dx.f32(), x.f32(), dout.f32(), n);
+    OpTimer t(times_, "gelu");
+    (fast_ ? cpu::gelu_backward : ref::gelu_backward<float>)(dx.f32(), x.f32(), dout.f32(), n);
   }
   void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets, int N, int V, int Vp,
                      bool with_grad, float dloss) override {
-    ref::cross_entropy_forward_backward(losses.f32(), with_grad ? logits.f32() : nullptr, logits.f32(),
-                                        targets.i32(), N, V, Vp, dloss);
+    OpTimer t(times_, "cross_entropy");
+    (fast_ ? cpu::cross_entropy_forward_backward : ref::cross_entropy_forward_backward<float>)(
+        losses.f32(), with_grad ? logits.f32() : nullptr, logits.f32(), targets.i32(), N, V, Vp, dloss);
   }
-  double sum_squares(const Tensor& x) override { return ref::sum_squares(x.f32(), x.numel); }
-  void scale(const Tensor& x, double s) override { ref::scale(x.f32(), x.numel, s); }
+  double sum_squares(const Tensor& x) override {
+    OpTimer t(times_, "adamw");
+    return ref::sum_squares(x.f32(), x.numel);
+  }
+  void scale(const Tensor& x, double s) override {
+    OpTimer t(times_, "adamw");
+    ref::scale(x.f32(), x.numel, s);
+  }
   void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                     const ref::AdamWParams& hp) override {
+    OpTimer t(times_, "adamw");
     ref::adamw_update(params.f32(), grads.f32(), m.f32(), v.f32(), params.numel, hp);
   }
 
  private:
+  bool fast_;
+  std::map<std::string, double> times_;  // seconds per op category, since construction
   template <class T>
   static void copy(T* dst, int64_t dst_numel, std::span<const T> src) {
     if ((int64_t)src.size() != dst_numel)
@@ -96,6 +144,6 @@ class CpuOps final : public Ops {
 
 }  // namespace
 
-std::unique_ptr<Ops> make_cpu_ops() { return std::make_unique<CpuOps>(); }
+std::unique_ptr<Ops> make_cpu_ops(CpuPath path) { return std::make_unique<CpuOps>(path); }
 
 }  // namespace kiln

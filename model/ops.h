@@ -3,6 +3,7 @@
 // Semantics follow kernels/ref.h: backward ops accumulate (+=) into the gradients they produce.
 #pragma once
 
+#include <map>
 #include <span>
 #include <string>
 
@@ -15,6 +16,8 @@ class Ops {
  public:
   virtual ~Ops() = default;
   virtual std::string name() const = 0;
+  // Seconds spent per op category ("matmul", "attention", ...) since the backend was made.
+  virtual const std::map<std::string, double>& op_seconds() const = 0;
 
   // Memory. Buffers come back zero-filled.
   virtual Buffer allocate(int64_t numel, DType dtype) = 0;

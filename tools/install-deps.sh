@@ -19,6 +19,7 @@ packages=(
   libfmt-dev                          # formatting
   libpcre2-dev                        # GPT-2 pre-tokenizer regex
   libomp-dev                          # OpenMP
+  libopenblas-openmp-dev              # BLAS for the CPU backend (OpenMP build: shares kiln's threads)
   libboost-context-dev                # fibers for the SIMT emulator
   bible-kjv                           # demo corpus: the King James Bible (public domain), see tools/get-corpus.sh
 )

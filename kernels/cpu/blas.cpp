@@ -1,0 +1,18 @@
+#include "kernels/cpu/blas.h"
+
+#include <cblas.h>
+
+namespace kiln::cpu {
+
+void sgemm(bool transpose_a, bool transpose_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc) {
+  cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, M, N, K,
+              alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+std::string blas_name() {
+  std::string config = openblas_get_config();
+  return "OpenBLAS " + config;
+}
+
+}  // namespace kiln::cpu

@@ -1,0 +1,37 @@
+#include <algorithm>
+
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/ops.h"
+
+namespace kiln::cpu {
+
+// out = x W^T + bias: the bias rows are the product's initial value (beta = 1).
+void matmul_forward(float* out, const float* x, const float* weight, const float* bias, int N, int C, int OC) {
+  if (bias) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) std::copy(bias, bias + OC, out + (int64_t)n * OC);
+  }
+  sgemm(false, true, N, OC, C, 1.0f, x, C, weight, C, bias ? 1.0f : 0.0f, out, OC);
+}
+
+void matmul_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x, const float* weight,
+                     int N, int C, int OC) {
+  sgemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dx, C);      // dx += dout W
+  sgemm(true, false, OC, C, N, 1.0f, dout, OC, x, C, 1.0f, dweight, C);       // dW += dout^T x
+  if (!dbias) return;
+  // Column sums in blocks of columns: each thread owns its columns, rows summed in order.
+  constexpr int kColumns = 64;
+#pragma omp parallel for
+  for (int o0 = 0; o0 < OC; o0 += kColumns) {
+    const int o1 = std::min(OC, o0 + kColumns);
+    float sum[kColumns] = {};
+    for (int n = 0; n < N; n++) {
+      const float* row = dout + (int64_t)n * OC;
+#pragma omp simd
+      for (int o = o0; o < o1; o++) sum[o - o0] += row[o];
+    }
+    for (int o = o0; o < o1; o++) dbias[o] += sum[o - o0];
+  }
+}
+
+}  // namespace kiln::cpu
