@@ -65,12 +65,14 @@ template <class T>
 void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets, int N, int V,
                                     int Vp, T dloss);
 
-// One AdamW step (decoupled weight decay, bias correction) on n parameters, as torch.optim.AdamW:
+// One AdamW step (decoupled weight decay, bias correction) on n parameters, as torch.optim.AdamW,
+// on gradients g = grad_scale * grads (global-norm clipping folded in, saving a pass):
 //   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
 //   p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).   t counts from 1.
 struct AdamWParams {
   double lr, beta1, beta2, eps, weight_decay;
   int64_t step;
+  double grad_scale = 1.0;
 };
 template <class T>
 void adamw_update(T* params, const T* grads, T* m, T* v, int64_t n, const AdamWParams& hp);

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "data/prepare.h"
+#include "model/gpt.h"
 #include "model/cpu_ops.h"
 #include "train/config.h"
 #include "train/optimizer.h"
@@ -78,16 +79,30 @@ TEST(Schedule, WarmupThenCosineToTheFloor) {
   EXPECT_NEAR(learning_rate(o, 99, 100), 0.1, 1e-12);
 }
 
-TEST(Optimizer, ClipGradNormScalesToTheLimit) {
+TEST(Optimizer, GradScaleIsTheSameAsScalingTheGradients) {
   auto ops = make_cpu_ops();
-  Buffer g = ops->allocate(2, DType::f32);
-  ops->upload(g, std::vector<float>{3.0f, 4.0f});
-  EXPECT_DOUBLE_EQ(clip_grad_norm(*ops, g, 10.0), 5.0);  // inside: untouched
-  EXPECT_DOUBLE_EQ(clip_grad_norm(*ops, g, 1.0), 5.0);   // returns the norm before clipping
-  std::vector<float> after(2);
-  ops->download(after, g);
-  EXPECT_NEAR(std::hypot(after[0], after[1]), 1.0, 1e-6);
-  EXPECT_NEAR(after[0] / after[1], 0.75, 1e-6);
+  const GPTConfig cfg = GPTConfig::preset("test");
+  GPT folded(cfg, *ops, 1, 4), scaled(cfg, *ops, 1, 4);
+  const std::vector<int32_t> tokens = {1, 2, 3, 4}, targets = {2, 3, 4, 5};
+  for (GPT* m : {&folded, &scaled}) {
+    m->init_weights(3);
+    m->zero_grads();
+    m->forward_backward(tokens, targets, 1, 4);
+  }
+  const double norm = grad_norm(*ops, folded.grads());
+  EXPECT_GT(norm, 0.0);
+  const double factor = ref::clip_factor(norm, 0.5 * norm);
+  EXPECT_NEAR(factor, 0.5, 1e-6);
+  ops->scale(scaled.grads(), factor);
+  EXPECT_NEAR(grad_norm(*ops, scaled.grads()), 0.5 * norm, 1e-5 * norm);
+  OptimConfig o;
+  AdamW a(folded, o), b(scaled, o);
+  a.step(1e-3, factor);
+  b.step(1e-3);
+  std::vector<float> pa(folded.params().numel), pb(scaled.params().numel);
+  ops->download(pa, folded.params());
+  ops->download(pb, scaled.params());
+  EXPECT_EQ(pa, pb);
 }
 
 std::string repetitive_text() {

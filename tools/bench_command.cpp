@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/device_info.h"
 #include "tools/commands.h"
 
@@ -92,6 +93,26 @@ void add_bench_command(CLI::App& app) {
   data->add_option("--batches", o->batches, "Batches timed")->capture_default_str();
   data->add_option("--json", o->json, "Write the figures to this JSON file");
   data->callback([o] { bench_data(*o); });
+
+  CLI::App* blas = cmd->add_subcommand("blas", "sgemm GFLOP/s of the CPU backend's BLAS (the CPU MFU denominator)");
+  auto blas_n = std::make_shared<int>(2048);
+  auto blas_threads = std::make_shared<int>(0);
+  blas->add_option("--size", *blas_n, "Square matrix size")->capture_default_str();
+  blas->add_option("--threads", *blas_threads, "Threads (0: all cores)");
+  blas->callback([blas_n, blas_threads] {
+    if (*blas_threads > 0) omp_set_num_threads(*blas_threads);
+    const int n = *blas_n;
+    std::vector<float> a((size_t)n * n, 1.0f), b((size_t)n * n, 0.5f), c((size_t)n * n);
+    cpu::sgemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+      const auto start = Clock::now();
+      cpu::sgemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+      best = std::min(best, seconds_since(start));
+    }
+    fmt::print("{}, {} threads\nsgemm {}^3 best of 3, GFLOP/s: {:.1f}\n", cpu::blas_name(), omp_get_max_threads(), n,
+               2.0 * n * n * n / best / 1e9);
+  });
 
   CLI::App* kernels = cmd->add_subcommand("kernels", "Kernel microbenchmarks on a real GPU");
   auto device = std::make_shared<std::string>("cuda");

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 # Model sizes of kiln's presets (model/config.cpp); the context is taken from --seq-len.
 PRESETS = {
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, vocab=257),
+    "tiny": dict(n_layer=4, n_head=4, n_embd=256, vocab=257),
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, vocab=50257),
 }
 RUN_DEFAULTS = dict(batch=8, seq_len=128, steps=30, warmup_steps=5, threads=os.cpu_count(), vocab_multiple=128)

@@ -1,5 +1,6 @@
 // kiln train: a config file plus --section.key=value overrides.
 #include <iostream>
+#include <tuple>
 
 #include "parallel/context.h"
 #include "tools/commands.h"
@@ -12,17 +13,31 @@ void add_train_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("train", "Train a GPT from a config file plus --section.key=value overrides");
   auto config_path = std::make_shared<std::string>();
   cmd->add_option("-c,--config", *config_path, "TOML config file (see configs/)")->check(CLI::ExistingFile);
+  // Short forms of the most used keys; they win over the config file.
+  auto shortcuts = std::make_shared<std::vector<std::pair<std::string, std::string>>>();
+  for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
+           {"--device", "run.device", "cpu, cuda or emu (run.device)"},
+           {"--batch-size", "train.batch_size", "sequences per micro-batch (train.batch_size)"},
+           {"--seq-len", "train.seq_len", "tokens per sequence (train.seq_len)"},
+           {"--max-steps", "train.steps", "optimizer steps (train.steps)"},
+           {"--run-dir", "run.dir", "run directory for metrics (run.dir)"},
+           {"--threads", "run.threads", "CPU threads, 0 = all cores (run.threads)"},
+           {"--data", "data.path", "prepared dataset directory, or 'random' (data.path)"}}) {
+    cmd->add_option_function<std::string>(
+        flag, [shortcuts, key = std::string(key)](const std::string& v) { shortcuts->emplace_back(key, v); }, help);
+  }
   cmd->allow_extras();
   cmd->footer(
       "Overrides: any config key as --section.key=value, e.g. --train.steps=200 --optim.lr=3e-4 "
       "--model.preset=gpt2-124m --run.dir=runs/x");
-  cmd->callback([cmd, config_path] {
+  cmd->callback([cmd, config_path, shortcuts] {
     std::vector<std::string> overrides;
     for (const std::string& arg : cmd->remaining()) {
       if (!arg.starts_with("--") || arg.find('=') == std::string::npos)
         throw std::runtime_error("unexpected argument '" + arg + "': overrides are written --section.key=value");
       overrides.push_back(arg.substr(2));
     }
+    for (const auto& [key, value] : *shortcuts) overrides.push_back(key + "=" + value);
     const TrainConfig cfg = load_train_config(*config_path, overrides);
     if (detect_process().world_size > 1)
       throw std::runtime_error("multi-process training is not implemented yet: run one process");

@@ -10,8 +10,9 @@ namespace kiln {
 class AdamW {
  public:
   AdamW(GPT& model, const OptimConfig& cfg);
-  // One update at `lr`; the step counter (for bias correction) advances by one.
-  void step(double lr);
+  // One update at `lr` with the gradients multiplied by grad_scale (the clipping factor); the step
+  // counter (for bias correction) advances by one.
+  void step(double lr, double grad_scale = 1.0);
   int64_t steps_taken() const { return step_; }
 
  private:
@@ -21,8 +22,7 @@ class AdamW {
   int64_t step_ = 0;
 };
 
-// Global L2 norm of the gradients; when max_norm > 0 and the norm exceeds it, the gradients are
-// scaled down to norm max_norm. Returns the norm before clipping.
-double clip_grad_norm(Ops& ops, const Tensor& grads, double max_norm);
+// Global L2 norm of the gradients (clip with AdamW::step's grad_scale = ref::clip_factor(norm, max)).
+double grad_norm(Ops& ops, const Tensor& grads);
 
 }  // namespace kiln

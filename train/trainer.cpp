@@ -3,10 +3,14 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
+#include <optional>
+#include <random>
 
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/device_info.h"
 #include "model/cpu_ops.h"
 #include "model/gpt.h"
@@ -58,6 +62,74 @@ std::unique_ptr<Ops> make_ops(const TrainConfig& cfg) {
   throw std::runtime_error("run.device = " + cfg.device + ": the CUDA backend is not implemented yet; use cpu");
 }
 
+// Where training batches come from: a prepared dataset (with its validation split), or uniform
+// random tokens over the model's vocabulary (data.path = "random", for benchmarks).
+class BatchSource {
+ public:
+  BatchSource(const TrainConfig& cfg, GPTConfig& model_cfg) : rng_(cfg.train.seed) {
+    batch_.B = cfg.train.batch_size;
+    batch_.T = cfg.train.seq_len;
+    if (cfg.data.path == "random") {
+      vocab_ = model_cfg.vocab_size;
+      return;
+    }
+    data_.emplace(Dataset::open(cfg.data.path));
+    if (!cfg.vocab_size_set) model_cfg.vocab_size = (int)data_->meta.vocab_size;
+    if (model_cfg.vocab_size != data_->meta.vocab_size)
+      throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +
+                               " differs from the vocabulary of " + cfg.data.path + " (" +
+                               std::to_string(data_->meta.vocab_size) + ", tokenizer " + data_->meta.tokenizer + ")");
+    train_ = std::make_unique<DataLoader>(data_->train, LoaderOptions{batch_.B, batch_.T, cfg.train.seed, 0, 1, true, 4});
+    if (cfg.train.eval_every > 0 && data_->val.num_tokens > 0)
+      val_ = std::make_unique<DataLoader>(data_->val, LoaderOptions{batch_.B, batch_.T, cfg.train.seed, 0, 1, false, 4});
+  }
+
+  // The next training batch, loss mask applied. Reuses its buffers: no allocation per step.
+  const Batch& next() {
+    if (train_) {
+      const Batch& b = *train_->next();
+      batch_.inputs.assign(b.inputs.begin(), b.inputs.end());
+      batch_.targets.assign(b.targets.begin(), b.targets.end());
+      batch_.loss_mask.assign(b.loss_mask.begin(), b.loss_mask.end());
+      apply_loss_mask(batch_);
+      return batch_;
+    }
+    std::uniform_int_distribution<int32_t> token(0, vocab_ - 1);
+    batch_.inputs.resize((size_t)batch_.B * batch_.T);
+    batch_.targets.resize(batch_.inputs.size());
+    for (int32_t& t : batch_.inputs) t = token(rng_);
+    for (int32_t& t : batch_.targets) t = token(rng_);
+    return batch_;
+  }
+  DataLoader* validation() const { return val_.get(); }
+  std::string describe(const std::string& path) const {
+    if (!data_) return fmt::format("random tokens over {} ids (no validation)", vocab_);
+    return fmt::format("{} ({}, {} train / {} val tokens, {} batches/epoch)", path, data_->meta.tokenizer,
+                       data_->train.num_tokens, data_->val.num_tokens, train_->batches_per_epoch());
+  }
+
+ private:
+  std::optional<Dataset> data_;
+  std::unique_ptr<DataLoader> train_, val_;
+  std::mt19937_64 rng_;
+  int vocab_ = 0;
+  Batch batch_;
+};
+
+// Time per op category over the run, largest first, and the rest of the step as "other".
+std::string op_breakdown(const Ops& ops, double total_s) {
+  std::vector<std::pair<double, std::string>> rows;
+  double timed = 0;
+  for (const auto& [op, s] : ops.op_seconds()) {
+    rows.emplace_back(s, op);
+    if (op != "other") timed += s;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  std::string out = "time per op:";
+  for (const auto& [s, op] : rows) out += fmt::format(" {} {:.1f}%", op, 100 * s / total_s);
+  return out + fmt::format(" (untimed {:.1f}%)", 100 * std::max(0.0, total_s - timed) / total_s);
+}
+
 }  // namespace
 
 double flops_per_token(int64_t params, int n_layer, int seq_len, int n_embd) {
@@ -67,18 +139,9 @@ double flops_per_token(int64_t params, int n_layer, int seq_len, int n_embd) {
 std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
   std::unique_ptr<Ops> ops = make_ops(cfg);
-  const Dataset data = Dataset::open(cfg.data.path);
   GPTConfig model_cfg = cfg.model;
-  if (!cfg.vocab_size_set) model_cfg.vocab_size = (int)data.meta.vocab_size;
-  if (model_cfg.vocab_size != data.meta.vocab_size)
-    throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +
-                             " differs from the vocabulary of " + cfg.data.path + " (" +
-                             std::to_string(data.meta.vocab_size) + ", tokenizer " + data.meta.tokenizer + ")");
+  BatchSource data(cfg, model_cfg);
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
-  DataLoader loader(data.train, {B, T, cfg.train.seed, 0, 1, true, 4});
-  const bool eval_enabled = cfg.train.eval_every > 0 && data.val.num_tokens > 0;
-  std::unique_ptr<DataLoader> val_loader;
-  if (eval_enabled) val_loader = std::make_unique<DataLoader>(data.val, LoaderOptions{B, T, cfg.train.seed, 0, 1, false, 4});
   MetricsWriter metrics(cfg.run_dir);
 
   GPT model(model_cfg, *ops, B, T);
@@ -91,38 +154,35 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
   log << fmt::format("kiln train: model {} ({} layers, {} heads, width {}, vocab {} padded to {}), {:.2f}M parameters\n",
                      cfg.preset, model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.vocab_size,
                      model_cfg.padded_vocab(), model.layout().trained() / 1e6);
-  log << fmt::format("data: {} ({}, {} train / {} val tokens), batch {}x{} x{} accum = {} tokens/step, "
-                     "{} steps/epoch, {} threads\n",
-                     cfg.data.path, data.meta.tokenizer, data.train.num_tokens, data.val.num_tokens, B, T,
-                     cfg.train.grad_accum, tokens_per_step, loader.batches_per_epoch() / cfg.train.grad_accum,
-                     omp_get_max_threads());
+  log << fmt::format("data: {}; batch {}x{} x{} accum = {} tokens/step, {} threads, {}\n", data.describe(cfg.data.path),
+                     B, T, cfg.train.grad_accum, tokens_per_step, omp_get_max_threads(), ops->name() == "cpu" ? cpu::blas_name() : ops->name());
   log << fmt::format("memory plan (device {}): params {}, grads {}, AdamW moments {}, activations {}\n", ops->name(),
                      format_bytes(params * 4), format_bytes(params * 4), format_bytes(params * 8),
                      format_bytes(model.activation_bytes()));
   log << "metrics: " << metrics.path() << "\n";
 
   std::vector<StepRecord> records;
-  double elapsed_s = 0;
+  double elapsed_s = 0;  // training steps only (for tokens/s); the breakdown covers evaluation too
+  const auto run_start = Clock::now();
   for (int64_t step = 0; step < cfg.train.steps; step++) {
     const auto start = Clock::now();
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < cfg.train.grad_accum; micro++) {
-      Batch batch = *loader.next();
-      apply_loss_mask(batch);
+      const Batch& batch = data.next();
       loss += model.forward_backward(batch.inputs, batch.targets, B, T, 1.0f / cfg.train.grad_accum);
     }
     loss /= cfg.train.grad_accum;
-    const double grad_norm = clip_grad_norm(*ops, model.grads(), cfg.optim.grad_clip);
+    const double norm = grad_norm(*ops, model.grads());
     const double lr = learning_rate(cfg.optim, step, cfg.train.steps);
-    optimizer.step(lr);
+    optimizer.step(lr, ref::clip_factor(norm, cfg.optim.grad_clip));
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     elapsed_s += seconds;
 
-    StepRecord rec{step + 1, loss, lr, grad_norm, seconds * 1e3, tokens_per_step / seconds, std::nullopt};
+    StepRecord rec{step + 1, loss, lr, norm, seconds * 1e3, tokens_per_step / seconds, std::nullopt};
     const bool last = step + 1 == cfg.train.steps;
-    if (eval_enabled && ((step + 1) % cfg.train.eval_every == 0 || last))
-      rec.val_loss = evaluate(model, *val_loader, cfg.train.eval_batches);
+    if (data.validation() && ((step + 1) % cfg.train.eval_every == 0 || last))
+      rec.val_loss = evaluate(model, *data.validation(), cfg.train.eval_batches);
 
     nlohmann::json row = {{"step", rec.step}, {"loss", rec.loss}, {"lr", rec.lr}, {"grad_norm", rec.grad_norm},
                           {"ms", rec.ms}, {"tokens_per_s", rec.tokens_per_s}};
@@ -137,7 +197,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
       const double eta = elapsed_s / (double)(step + 1) * (double)(cfg.train.steps - step - 1);
       log << fmt::format("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.1f} ms | {:.0f} tok/s | "
                          "{:.2f} GFLOP/s | MFU {} | ETA {}",
-                         rec.step, std::to_string(cfg.train.steps).size(), cfg.train.steps, loss, lr, grad_norm,
+                         rec.step, std::to_string(cfg.train.steps).size(), cfg.train.steps, loss, lr, norm,
                          rec.ms, rec.tokens_per_s, step_flops / seconds / 1e9, mfu, format_duration(eta));
       if (rec.val_loss) log << fmt::format(" | val loss {:.4f}", *rec.val_loss);
       log << std::endl;
@@ -146,6 +206,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
   }
   log << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg.train.steps, format_duration(elapsed_s),
                      tokens_per_step * cfg.train.steps / elapsed_s);
+  log << op_breakdown(*ops, std::chrono::duration<double>(Clock::now() - run_start).count()) << "\n";
   return records;
 }
 

@@ -10,9 +10,6 @@ void sgemm(bool transpose_a, bool transpose_b, int M, int N, int K, float alpha,
               alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-std::string blas_name() {
-  std::string config = openblas_get_config();
-  return "OpenBLAS " + config;
-}
+std::string blas_name() { return openblas_get_config(); }  // "OpenBLAS 0.3.21 ... USE_OPENMP ..."
 
 }  // namespace kiln::cpu

@@ -12,6 +12,6 @@ namespace kiln::cpu {
 void sgemm(bool transpose_a, bool transpose_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 
-std::string blas_name();  // e.g. "OpenBLAS 0.3.21 (OpenMP)"
+std::string blas_name();  // OpenBLAS's build description, e.g. "OpenBLAS 0.3.21 ... USE_OPENMP Zen"
 
 }  // namespace kiln::cpu
