@@ -23,15 +23,7 @@ double sum_squares(const T* x, int64_t n) {
   return total;
 }
 
-template <class T>
-void scale(T* x, int64_t n, double s) {
-#pragma omp parallel for simd
-  for (int64_t i = 0; i < n; i++) x[i] *= T(s);
-}
-
-#define KILN_INSTANTIATE(T)                            \
-  template double sum_squares<T>(const T*, int64_t);   \
-  template void scale<T>(T*, int64_t, double);
+#define KILN_INSTANTIATE(T) template double sum_squares<T>(const T*, int64_t);
 KILN_INSTANTIATE(float)
 KILN_INSTANTIATE(double)
 

@@ -80,9 +80,6 @@ void adamw_update(T* params, const T* grads, T* m, T* v, int64_t n, const AdamWP
 // Sum of squares of n values, accumulated in double.
 template <class T>
 double sum_squares(const T* x, int64_t n);
-// x *= s.
-template <class T>
-void scale(T* x, int64_t n, double s);
 // Factor to multiply gradients by so their global norm is at most max_norm (1 when already inside).
 inline double clip_factor(double grad_norm, double max_norm) {
   return (max_norm > 0 && grad_norm > max_norm) ? max_norm / (grad_norm + 1e-6) : 1.0;

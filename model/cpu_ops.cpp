@@ -120,10 +120,6 @@ class CpuOps final : public Ops {
     OpTimer t(times_, "adamw");
     return ref::sum_squares(x.f32(), x.numel);
   }
-  void scale(const Tensor& x, double s) override {
-    OpTimer t(times_, "adamw");
-    ref::scale(x.f32(), x.numel, s);
-  }
   void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                     const ref::AdamWParams& hp) override {
     OpTimer t(times_, "adamw");

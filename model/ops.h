@@ -62,7 +62,6 @@ class Ops {
                              bool with_grad, float dloss) = 0;
 
   virtual double sum_squares(const Tensor& x) = 0;
-  virtual void scale(const Tensor& x, double s) = 0;
   virtual void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                             const ref::AdamWParams& hp) = 0;
 };
