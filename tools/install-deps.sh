@@ -36,6 +36,13 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+# nvdisasm, for the SASS check of the CUDA kernels (tools/check-sass-vectors.py), is not a Debian
+# package: NVIDIA publishes it on PyPI.
+if command -v nvcc >/dev/null && ! command -v nvdisasm >/dev/null &&
+   ! python3 -c "import glob, nvidia; assert glob.glob(list(nvidia.__path__)[0] + '/cu*/bin/nvdisasm')" 2>/dev/null; then
+  echo "install-deps: installing nvidia-cuda-nvdisasm (PyPI)"
+  python3 -m pip install --quiet nvidia-cuda-nvdisasm
+fi
 if ((${#missing[@]} == 0)); then
   echo "install-deps: nothing to install"
   exit 0
