@@ -22,53 +22,7 @@ constexpr unsigned kFull = 0xffffffffu;
 
 // ---- Helpers -------------------------------------------------------------------------------
 
-// Restores the emulator's settings after each test, whatever the test changed.
-class EmuSelftest : public ::testing::Test {
-#ifdef KILN_EMU
- protected:
-  void SetUp() override { saved_ = ::kiln::emu::settings(); }
-  void TearDown() override { ::kiln::emu::settings() = saved_; }
-
- private:
-  ::kiln::emu::Settings saved_;
-#endif
-};
-
-template <class T>
-std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
-  std::vector<unsigned char> out(v.size() * sizeof(T));
-  if (!v.empty()) std::memcpy(out.data(), v.data(), out.size());
-  return out;
-}
-
-// Runs `run` (which returns a std::vector of results) under the forward, reverse and random
-// (seed 1) orders and expects the results to be bitwise identical. On the GPU: runs it once.
-template <class F>
-void expect_same_under_orders(F run) {
-#ifdef KILN_EMU
-  using ::kiln::emu::Order;
-  ::kiln::emu::Settings& s = ::kiln::emu::settings();
-  const ::kiln::emu::Settings saved = s;
-  s.order = Order::forward;
-  const auto reference = bytes_of(run());
-  const struct {
-    Order order;
-    const char* name;
-  } others[] = {{Order::reverse, "reverse"}, {Order::random, "random (seed 1)"}};
-  for (const auto& o : others) {
-    s.order = o.order;
-    s.seed = 1;
-    const auto got = bytes_of(run());
-    ASSERT_EQ(got.size(), reference.size()) << o.name;
-    const auto diff = std::mismatch(got.begin(), got.end(), reference.begin());
-    EXPECT_TRUE(diff.first == got.end())
-        << "order " << o.name << " differs from forward at byte " << (diff.first - got.begin());
-  }
-  s = saved;
-#else
-  run();
-#endif
-}
+using EmuSelftest = EmuSettingsTest;
 
 template <class T>
 std::vector<T> random_ints(size_t n, int lo, int hi, uint32_t seed) {
@@ -77,13 +31,6 @@ std::vector<T> random_ints(size_t n, int lo, int hi, uint32_t seed) {
   std::vector<T> v(n);
   for (T& x : v) x = (T)dist(rng);
   return v;
-}
-
-template <class T>
-DeviceBuffer<T> to_device(const std::vector<T>& host, const Stream& s) {
-  DeviceBuffer<T> d(host.size());
-  d.upload(host, s);
-  return d;
 }
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -123,7 +70,7 @@ TEST_F(EmuSelftest, BlockMaxOver2DBlocks) {
       std::vector<float> got = out.to_host(s);
       EXPECT_EQ(got, expected) << "n = " << n;
       return got;
-    });
+    }, /*repeat_on_gpu=*/false);
   }
 }
 
@@ -192,7 +139,7 @@ TEST_F(EmuSelftest, HistogramCountsAreExact) {
     EXPECT_EQ(got_shared, expected) << "shared-memory histogram";
     got.insert(got.end(), got_shared.begin(), got_shared.end());
     return got;
-  });
+  }, /*repeat_on_gpu=*/false);
 }
 
 // ---- 4. Tiled transpose through a padded shared tile ------------------------------------------
@@ -229,7 +176,7 @@ TEST_F(EmuSelftest, TiledTransposeOfOddSizes) {
       std::vector<float> got = out.to_host(s);
       EXPECT_EQ(got, expected) << rows << " x " << cols;
       return got;
-    });
+    }, /*repeat_on_gpu=*/false);
   }
 }
 

@@ -17,76 +17,9 @@
 namespace kiln::KILN_NS {
 namespace {
 
-using bf16 = __nv_bfloat16;
-
 // ---- Helpers -------------------------------------------------------------------------------
 
-// Restores the emulator's settings after each test, whatever the test changed.
-class AdamW : public ::testing::Test {
-#ifdef KILN_EMU
- protected:
-  void SetUp() override { saved_ = ::kiln::emu::settings(); }
-  void TearDown() override { ::kiln::emu::settings() = saved_; }
-
- private:
-  ::kiln::emu::Settings saved_;
-#endif
-};
-
-template <class T>
-std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
-  std::vector<unsigned char> out(v.size() * sizeof(T));
-  if (!v.empty()) std::memcpy(out.data(), v.data(), out.size());
-  return out;
-}
-
-// Runs `run` (which returns a std::vector of results) under the forward, reverse and random
-// (seed 1) orders and expects bitwise identical results. On the GPU: runs it twice, same check.
-template <class F>
-void expect_same_under_orders(F run) {
-#ifdef KILN_EMU
-  using ::kiln::emu::Order;
-  ::kiln::emu::Settings& s = ::kiln::emu::settings();
-  const ::kiln::emu::Settings saved = s;
-  s.order = Order::forward;
-  const auto reference = bytes_of(run());
-  const struct {
-    Order order;
-    const char* name;
-  } others[] = {{Order::reverse, "reverse"}, {Order::random, "random (seed 1)"}};
-  for (const auto& o : others) {
-    s.order = o.order;
-    s.seed = 1;
-    const auto got = bytes_of(run());
-    ASSERT_EQ(got.size(), reference.size()) << o.name;
-    const auto diff = std::mismatch(got.begin(), got.end(), reference.begin());
-    EXPECT_TRUE(diff.first == got.end()) << "order " << o.name << " differs from forward at byte "
-                                         << (diff.first - got.begin());
-  }
-  s = saved;
-#else
-  const auto first = bytes_of(run());
-  EXPECT_TRUE(bytes_of(run()) == first) << "a repeated run differs";
-#endif
-}
-
-template <class T>
-DeviceBuffer<T> to_device(const std::vector<T>& host, const Stream& s) {
-  DeviceBuffer<T> d(host.size());
-  d.upload(host, s);
-  return d;
-}
-
-// max|got - want| / max|want|; infinity if a got value is NaN or inf.
-double rel_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < got.size(); i++) {
-    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::abs((double)got[i] - want[i]));
-    scale = std::max(scale, std::abs(want[i]));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
+using AdamW = EmuSettingsTest;
 
 std::vector<float> normal_floats(size_t n, float stddev, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -95,8 +28,6 @@ std::vector<float> normal_floats(size_t n, float stddev, uint32_t seed) {
   for (float& x : v) x = normal(rng);
   return v;
 }
-
-std::vector<double> to_double(const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); }
 
 ref::AdamWParams hyperparameters(int64_t step, double grad_scale) {
   ref::AdamWParams hp{};
@@ -301,16 +232,6 @@ TEST_F(AdamW, GradNormDeterministic) {
 }
 
 // ---- Launcher errors ----------------------------------------------------------------------------
-
-template <class F>
-void expect_invalid(F call, const std::string& message) {
-  try {
-    call();
-    ADD_FAILURE() << "no exception; expected: " << message;
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << "got: " << e.what();
-  }
-}
 
 TEST_F(AdamW, RangeTableErrors) {
   const std::string name = "check_adamw_ranges: ";

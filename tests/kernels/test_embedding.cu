@@ -22,71 +22,7 @@
 namespace kiln::KILN_NS {
 namespace {
 
-using bf16 = __nv_bfloat16;
-
-// Restores the emulator's settings after each test, whatever the test changed.
-class embedding : public ::testing::Test {
-#ifdef KILN_EMU
- protected:
-  void SetUp() override { saved_ = ::kiln::emu::settings(); }
-  void TearDown() override { ::kiln::emu::settings() = saved_; }
-
- private:
-  ::kiln::emu::Settings saved_;
-#endif
-};
-
-template <class T>
-std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
-  std::vector<unsigned char> out(v.size() * sizeof(T));
-  if (!v.empty()) std::memcpy(out.data(), v.data(), out.size());
-  return out;
-}
-
-// Runs `run` (returning a std::vector) under the emulator's forward, reverse and random orders and
-// expects bitwise identical results; on the GPU, runs it twice and expects the same.
-template <class F>
-void expect_same_under_orders(F run) {
-  const auto reference = bytes_of(run());
-#ifdef KILN_EMU
-  using ::kiln::emu::Order;
-  ::kiln::emu::Settings& s = ::kiln::emu::settings();
-  const ::kiln::emu::Settings saved = s;
-  const struct {
-    Order order;
-    uint64_t seed;
-    const char* name;
-  } others[] = {{Order::forward, 0, "forward (again)"}, {Order::reverse, 0, "reverse"}, {Order::random, 1, "random (seed 1)"},
-                {Order::random, 7, "random (seed 7)"}};
-  for (const auto& o : others) {
-    s.order = o.order;
-    s.seed = o.seed;
-    const auto got = bytes_of(run());
-    ASSERT_EQ(got.size(), reference.size()) << o.name;
-    EXPECT_TRUE(got == reference) << "order " << o.name << " differs from the first run";
-  }
-  s = saved;
-#else
-  EXPECT_TRUE(bytes_of(run()) == reference) << "a repeated run differs";
-#endif
-}
-
-float to_float(bf16 v) { return __bfloat162float(v); }
-float to_float(float v) { return v; }
-
-// max |got - want| / max |want|; infinite if any value is NaN (so NaN never passes).
-template <class G>
-double relative_error(const std::vector<G>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < want.size() && i < got.size(); i++) {
-    const double g = to_float(got[i]);
-    if (std::isnan(g) || std::isnan(want[i])) return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::abs(g - (double)want[i]));
-    scale = std::max(scale, std::abs((double)want[i]));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
+using embedding = EmuSettingsTest;
 
 // A device array of n elements starting `offset` elements into its buffer (offset 1 breaks the
 // 16-byte alignment the 8-wide path needs), 0xff-poisoned, optionally filled from `host`.
@@ -302,18 +238,8 @@ TEST_F(embedding, DeterministicUnderAllOrders) {
   for (int C : {768, 3}) {
     SCOPED_TRACE("C " + std::to_string(C));
     const Problem p = make_problem(3, 64, C, 0, 10, random_tokens(192, 0, 9, 90), 91);
-    expect_same_under_orders([&] { return run_backward(p, 0); });
-    expect_same_under_orders([&] { return run_forward(p, 0); });
-  }
-}
-
-template <class F>
-void expect_invalid(F call, const std::string& message) {
-  try {
-    call();
-    ADD_FAILURE() << "no exception; expected: " << message;
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    expect_same_under_all_orders([&] { return run_backward(p, 0); });
+    expect_same_under_all_orders([&] { return run_forward(p, 0); });
   }
 }
 

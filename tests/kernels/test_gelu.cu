@@ -20,54 +20,7 @@
 namespace kiln::KILN_NS {
 namespace {
 
-using bf16 = __nv_bfloat16;
-
-// Restores the emulator's settings after each test, whatever the test changed.
-class gelu : public ::testing::Test {
-#ifdef KILN_EMU
- protected:
-  void SetUp() override { saved_ = ::kiln::emu::settings(); }
-  void TearDown() override { ::kiln::emu::settings() = saved_; }
-
- private:
-  ::kiln::emu::Settings saved_;
-#endif
-};
-
-template <class T>
-std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
-  std::vector<unsigned char> out(v.size() * sizeof(T));
-  if (!v.empty()) std::memcpy(out.data(), v.data(), out.size());
-  return out;
-}
-
-// Runs `run` (returning a std::vector) under the emulator's forward, reverse and random orders and
-// expects bitwise identical results; on the GPU, runs it twice and expects the same.
-template <class F>
-void expect_same_under_orders(F run) {
-  const auto reference = bytes_of(run());
-#ifdef KILN_EMU
-  using ::kiln::emu::Order;
-  ::kiln::emu::Settings& s = ::kiln::emu::settings();
-  const ::kiln::emu::Settings saved = s;
-  const struct {
-    Order order;
-    uint64_t seed;
-    const char* name;
-  } others[] = {{Order::forward, 0, "forward (again)"}, {Order::reverse, 0, "reverse"}, {Order::random, 1, "random (seed 1)"},
-                {Order::random, 7, "random (seed 7)"}};
-  for (const auto& o : others) {
-    s.order = o.order;
-    s.seed = o.seed;
-    const auto got = bytes_of(run());
-    ASSERT_EQ(got.size(), reference.size()) << o.name;
-    EXPECT_TRUE(got == reference) << "order " << o.name << " differs from the first run";
-  }
-  s = saved;
-#else
-  EXPECT_TRUE(bytes_of(run()) == reference) << "a repeated run differs";
-#endif
-}
+using gelu = EmuSettingsTest;
 
 // Random values rounded to bf16; `rounded` receives the same values as float for the reference.
 std::vector<bf16> random_bf16(size_t n, float lo, float hi, uint32_t seed, std::vector<float>& rounded) {
@@ -80,18 +33,6 @@ std::vector<bf16> random_bf16(size_t n, float lo, float hi, uint32_t seed, std::
     rounded[i] = __bfloat162float(out[i]);
   }
   return out;
-}
-
-// max |got - want| / max |want|; infinite if any value is NaN (so NaN never passes).
-double relative_error(const std::vector<bf16>& got, const std::vector<float>& want) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < want.size(); i++) {
-    const double g = __bfloat162float(got[i]);
-    if (std::isnan(g) || std::isnan(want[i])) return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::abs(g - (double)want[i]));
-    scale = std::max(scale, std::abs((double)want[i]));
-  }
-  return scale > 0 ? diff / scale : diff;
 }
 
 // A device copy of `host` starting `offset` elements into its buffer (offset 1: 2-byte aligned
@@ -129,7 +70,7 @@ TEST_F(gelu, ForwardMatchesReference) {
     ref::gelu_forward(want.data(), xf.data(), n);
     for (const auto& [xo, oo] : kOffsets) {
       SCOPED_TRACE("n = " + std::to_string(n) + ", offsets x " + std::to_string(xo) + ", out " + std::to_string(oo));
-      expect_same_under_orders([&] {
+      expect_same_under_all_orders([&] {
         Stream s;
         Placed dx = place(x, n, xo, s), dout = place({}, n, oo, s);
         gelu_forward(s, dout.data, dx.data, n);
@@ -154,7 +95,7 @@ TEST_F(gelu, BackwardMatchesReference) {
     ref::gelu_backward(want.data(), xf.data(), gf.data(), n);
     for (const auto& [xo, oo] : kOffsets) {
       SCOPED_TRACE("n = " + std::to_string(n) + ", offsets x and dout " + std::to_string(xo) + ", dx " + std::to_string(oo));
-      expect_same_under_orders([&] {
+      expect_same_under_all_orders([&] {
         Stream s;
         Placed dx_in = place(x, n, xo, s), dout = place(g, n, xo, s), dx = place({}, n, oo, s);
         gelu_backward(s, dx.data, dx_in.data, dout.data, n);
@@ -232,16 +173,6 @@ TEST_F(gelu, WritesNothingBeyondN) {
 }
 
 // Every argument check of both launchers, with its message.
-template <class F>
-void expect_invalid(F call, const std::string& message) {
-  try {
-    call();
-    ADD_FAILURE() << "no exception; expected: " << message;
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
-  }
-}
-
 TEST_F(gelu, LauncherErrors) {
   Stream s;
   DeviceBuffer<bf16> a(16), b(16), c(16);

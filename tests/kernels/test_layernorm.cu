@@ -23,24 +23,12 @@
 namespace kiln::KILN_NS {
 namespace {
 
-using bf16 = __nv_bfloat16;
-
 const int kRows[] = {1, 3, 64};
 const int kChannels[] = {3, 8, 100, 768};  // C % 8 != 0 takes the scalar path, 8 and 768 the 128-bit one
 
 // ---- Helpers -------------------------------------------------------------------------------
 
-// Restores the emulator's settings after each test, whatever the test changed.
-class LayerNorm : public ::testing::Test {
-#ifdef KILN_EMU
- protected:
-  void SetUp() override { saved_ = ::kiln::emu::settings(); }
-  void TearDown() override { ::kiln::emu::settings() = saved_; }
-
- private:
-  ::kiln::emu::Settings saved_;
-#endif
-};
+using LayerNorm = EmuSettingsTest;
 
 template <class T>
 void append_bytes(std::vector<unsigned char>& out, const std::vector<T>& v) {
@@ -83,16 +71,6 @@ void expect_reproducible(const std::function<std::vector<unsigned char>()>& run)
 #endif
 }
 
-double as_double(bf16 v) { return (double)__bfloat162float(v); }
-double as_double(float v) { return (double)v; }
-
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (size_t i = 0; i < v.size(); i++) out[i] = as_double(v[i]);
-  return out;
-}
-
 // Uniform in [lo, hi], rounded to bf16 (the host keeps the rounded values for the reference).
 std::vector<bf16> random_bf16(size_t n, float lo, float hi, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -122,21 +100,6 @@ std::vector<bf16> random_rows(int N, int C, uint32_t seed) {
     for (int c = 0; c < C; c++) v[(size_t)n * C + c] = __float2bfloat16(offset + sc * u(rng));
   }
   return v;
-}
-
-template <class T>
-DeviceBuffer<T> to_device(const std::vector<T>& host, const Stream& s) {
-  DeviceBuffer<T> d(host.size());
-  d.upload(host, s);
-  return d;
-}
-
-// An output buffer filled with 0xff bytes: NaN as bf16 and as float.
-template <class T>
-DeviceBuffer<T> poisoned(size_t n, const Stream& s) {
-  DeviceBuffer<T> d(n);
-  d.fill_bytes(0xff, s);
-  return d;
 }
 
 // max |got - want| / max |want|; infinite if anything in `got` is not finite (NaN never passes).
@@ -356,16 +319,6 @@ TEST_F(LayerNorm, ScratchSize) {
 }
 
 // ---- Argument checks -----------------------------------------------------------------------
-
-// Calls `call` and expects std::invalid_argument whose message contains `message`.
-void expect_invalid(const std::function<void()>& call, const std::string& message) {
-  try {
-    call();
-    ADD_FAILURE() << "no exception; expected \"" << message << "\"";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << "message: " << e.what();
-  }
-}
 
 // Device buffers with room for a pointer one element past the start (misaligned for 128-bit).
 struct Buffers {
