@@ -10,6 +10,7 @@
 // strided set of 4-element packs in fp32; per-block tree (shuffles, then shared memory) into
 // partials[block]; a second launch of one block sums the partials in a tree of the same shape.
 #include "kernels/adamw.h"
+#include "kernels/device/checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -162,23 +163,6 @@ __global__ void __launch_bounds__(kGradNormPartials) grad_norm_finish_kernel(flo
 }
 
 }  // namespace detail
-
-namespace {
-
-void require(bool ok, const char* launcher, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string(launcher) + ": " + what);
-}
-
-void require_pointer(const void* p, const char* launcher, const char* name) {
-  require(p != nullptr, launcher, std::string(name) + " is null");
-}
-
-void require_aligned(const void* p, size_t alignment, const char* launcher, const char* name) {
-  require(reinterpret_cast<uintptr_t>(p) % alignment == 0, launcher,
-          std::string(name) + " must be " + std::to_string(alignment) + "-byte aligned");
-}
-
-}  // namespace
 
 void check_adamw_ranges(std::span<const AdamWRange> ranges, int64_t n) {
   constexpr const char* kName = "check_adamw_ranges";

@@ -9,6 +9,7 @@
 // hazard of the in-place update is the target's logit, read by thread 0 before the barriers of the
 // block merge.
 #include "kernels/cross_entropy.h"
+#include "kernels/device/checks.h"
 
 #include <stdexcept>
 #include <string>
@@ -174,14 +175,6 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace detail
 
 namespace {
-
-void require(bool ok, const char* launcher, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string(launcher) + ": " + what);
-}
-
-void require_pointer(const void* p, const char* launcher, const char* name) {
-  require(p != nullptr, launcher, std::string(name) + " is null");
-}
 
 // The 128-bit path needs rows of a multiple of 8 bf16 starting on 16-byte boundaries.
 bool use_packs(const void* rows, int row_length, const char* launcher, const char* name) {

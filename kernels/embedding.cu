@@ -1,4 +1,5 @@
 #include "kernels/embedding.h"
+#include "kernels/device/checks.h"
 
 #include <algorithm>
 #include <climits>
@@ -115,28 +116,20 @@ constexpr int64_t kMaxBlocks = 4096;  // grid-stride loops: a few waves of an H1
 
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-[[noreturn]] void fail(const char* launcher, const std::string& what) {
-  throw std::invalid_argument(std::string(launcher) + ": " + what);
-}
-
 // Null, or not aligned to its own element type (bf16 2 bytes, int32 and float 4).
 template <class T>
 void check_pointer(const char* launcher, const char* name, const T* p) {
-  if (p == nullptr) fail(launcher, std::string(name) + " is null");
-  if (!aligned(p, alignof(T))) fail(launcher, std::string(name) + " is not aligned to " + std::to_string(alignof(T)) + " bytes");
-}
-
-void check_positive(const char* launcher, const char* name, int v) {
-  if (v <= 0) fail(launcher, std::string(name) + " must be positive, got " + std::to_string(v));
+  require_pointer(p, launcher, name);
+  require(aligned(p, alignof(T)), launcher,
+          std::string(name) + " is not aligned to " + std::to_string(alignof(T)) + " bytes");
 }
 
 void check_shape(const char* launcher, int B, int T, int vocab_begin, int vocab_rows) {
-  check_positive(launcher, "B", B);
-  check_positive(launcher, "T", T);
-  check_positive(launcher, "vocab_rows", vocab_rows);
-  if (vocab_begin < 0) fail(launcher, "vocab_begin must be >= 0, got " + std::to_string(vocab_begin));
-  if ((int64_t)vocab_begin + vocab_rows > INT_MAX)
-    fail(launcher, "vocab_begin + vocab_rows exceeds the int32 token range");
+  require_positive(B, launcher, "B");
+  require_positive(T, launcher, "T");
+  require_positive(vocab_rows, launcher, "vocab_rows");
+  require(vocab_begin >= 0, launcher, "vocab_begin must be >= 0, got " + std::to_string(vocab_begin));
+  require((int64_t)vocab_begin + vocab_rows <= INT_MAX, launcher, "vocab_begin + vocab_rows exceeds the int32 token range");
 }
 
 dim3 grid_for(int64_t work) { return dim3((unsigned)std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks)); }
@@ -151,7 +144,7 @@ void embedding_forward(const Stream& stream, __nv_bfloat16* out, const int32_t* 
   check_pointer(name, "wte", wte);
   check_pointer(name, "wpe", wpe);
   check_shape(name, B, T, vocab_begin, vocab_rows);
-  check_positive(name, "C", C);
+  require_positive(C, name, "C");
   // Packs of 8 need every row start 16-byte aligned: C % 8 == 0 and aligned base pointers.
   const bool vector = C % 8 == 0 && aligned(out, 16) && aligned(wte, 16) && aligned(wpe, 16);
   const int64_t positions = (int64_t)B * T;
@@ -166,9 +159,9 @@ void embedding_forward(const Stream& stream, __nv_bfloat16* out, const int32_t* 
 EmbeddingBackwardPlan make_embedding_backward_plan(const int32_t* host_tokens, int B, int T, int vocab_begin,
                                                    int vocab_rows) {
   const char* name = "make_embedding_backward_plan";
-  if (host_tokens == nullptr) fail(name, "host_tokens is null");
+  require_pointer(host_tokens, name, "host_tokens");
   check_shape(name, B, T, vocab_begin, vocab_rows);
-  if ((int64_t)B * T > INT_MAX) fail(name, "B*T exceeds INT_MAX positions");
+  require((int64_t)B * T <= INT_MAX, name, "B*T exceeds INT_MAX positions");
   const int positions = B * T;
   // (row, position) pairs of the in-shard positions; sorting them groups by row, and orders each
   // group by position (the pairs are distinct, so the order is fully determined).
@@ -198,10 +191,10 @@ void embedding_backward(const Stream& stream, float* dwte, float* dwpe, const __
   check_pointer(name, "dout", dout);
   check_pointer(name, "tokens", tokens);
   check_shape(name, B, T, vocab_begin, vocab_rows);
-  check_positive(name, "C", C);
-  if ((int64_t)B * T > INT_MAX) fail(name, "B*T exceeds INT_MAX positions");
-  if (segments < 0 || segments > B * T)
-    fail(name, "segments must be in [0, B*T = " + std::to_string(B * T) + "], got " + std::to_string(segments));
+  require_positive(C, name, "C");
+  require((int64_t)B * T <= INT_MAX, name, "B*T exceeds INT_MAX positions");
+  require(segments >= 0 && segments <= B * T, name,
+          "segments must be in [0, B*T = " + std::to_string(B * T) + "], got " + std::to_string(segments));
   if (segments > 0) {
     check_pointer(name, "order", order);
     check_pointer(name, "segment_starts", segment_starts);

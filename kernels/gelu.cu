@@ -1,4 +1,5 @@
 #include "kernels/gelu.h"
+#include "kernels/device/checks.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -84,14 +85,11 @@ constexpr int64_t kMaxBlocks = 4096;
 
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
+// Non-null and bf16-aligned, in this file's wording.
 void check_pointer(const char* launcher, const char* name, const void* p) {
-  if (p == nullptr) throw std::invalid_argument(std::string(launcher) + ": " + name + " is null");
-  if (!aligned(p, alignof(__nv_bfloat16)))
-    throw std::invalid_argument(std::string(launcher) + ": " + name + " is not aligned to 2 bytes (not a bf16 array)");
-}
-
-void check_count(const char* launcher, int64_t n) {
-  if (n <= 0) throw std::invalid_argument(std::string(launcher) + ": n must be positive, got " + std::to_string(n));
+  require_pointer(p, launcher, name);
+  require(aligned(p, alignof(__nv_bfloat16)), launcher,
+          std::string(name) + " is not aligned to 2 bytes (not a bf16 array)");
 }
 
 // Blocks for `work` items of grid-stride work (packs plus the scalar tail, or single values).
@@ -105,7 +103,7 @@ dim3 grid_for(int64_t n, bool vector) {
 void gelu_forward(const Stream& stream, __nv_bfloat16* out, const __nv_bfloat16* x, int64_t n) {
   check_pointer("gelu_forward", "out", out);
   check_pointer("gelu_forward", "x", x);
-  check_count("gelu_forward", n);
+  require_positive(n, "gelu_forward", "n");
   const bool vector = aligned(out, 16) && aligned(x, 16);
   if (vector)
     launch(detail::gelu_forward_kernel<true>, grid_for(n, true), kThreads, 0, stream, out, x, n);
@@ -118,7 +116,7 @@ void gelu_backward(const Stream& stream, __nv_bfloat16* dx, const __nv_bfloat16*
   check_pointer("gelu_backward", "dx", dx);
   check_pointer("gelu_backward", "x", x);
   check_pointer("gelu_backward", "dout", dout);
-  check_count("gelu_backward", n);
+  require_positive(n, "gelu_backward", "n");
   const bool vector = aligned(dx, 16) && aligned(x, 16) && aligned(dout, 16);
   if (vector)
     launch(detail::gelu_backward_kernel<true>, grid_for(n, true), kThreads, 0, stream, dx, x, dout, n);

@@ -6,6 +6,7 @@
 // idle threads (a 256-thread block per row would leave 160 of them without a pack at C = 768).
 // The parallelism comes from the rows.
 #include "kernels/layernorm.h"
+#include "kernels/device/checks.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -217,13 +218,10 @@ constexpr int kMaxBackwardBlocks = 512;
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-void require(bool ok, const char* launcher, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string(launcher) + ": " + what);
-}
-
-// Non-null and aligned to `alignment` bytes (16 when the vector path is taken).
-void require_pointer(const void* p, const char* launcher, const char* name, size_t alignment) {
-  require(p != nullptr, launcher, std::string(name) + " is null");
+// Non-null and aligned to `alignment` bytes (16 when the vector path is taken). Keeps this file's
+// own wording ("is not N-byte aligned"), with a hint on the vector path.
+void require_array(const void* p, const char* launcher, const char* name, size_t alignment) {
+  require_pointer(p, launcher, name);
   require(reinterpret_cast<uintptr_t>(p) % alignment == 0, launcher,
           std::string(name) + " is not " + std::to_string(alignment) + "-byte aligned" +
               (alignment == 16 ? " (128-bit accesses when C % 8 == 0)" : ""));
@@ -260,17 +258,17 @@ void forward(const char* launcher, const Stream& stream, bf16* residual_out, bf1
   const bool vector = C % 8 == 0;
   const size_t align = vector ? 16 : alignof(bf16);
   if (residual) {
-    require_pointer(residual_out, launcher, "residual_out", align);
-    require_pointer(x_or_a, launcher, "a", align);
-    require_pointer(b, launcher, "b", align);
+    require_array(residual_out, launcher, "residual_out", align);
+    require_array(x_or_a, launcher, "a", align);
+    require_array(b, launcher, "b", align);
   } else {
-    require_pointer(x_or_a, launcher, "x", align);
+    require_array(x_or_a, launcher, "x", align);
   }
-  require_pointer(out, launcher, "out", align);
-  require_pointer(mean, launcher, "mean", alignof(float));
-  require_pointer(rstd, launcher, "rstd", alignof(float));
-  require_pointer(weight, launcher, "weight", align);
-  require_pointer(bias, launcher, "bias", align);
+  require_array(out, launcher, "out", align);
+  require_array(mean, launcher, "mean", alignof(float));
+  require_array(rstd, launcher, "rstd", alignof(float));
+  require_array(weight, launcher, "weight", align);
+  require_array(bias, launcher, "bias", align);
 
   auto kernel = residual ? (vector ? detail::layernorm_forward_kernel<true, 8> : detail::layernorm_forward_kernel<true, 1>)
                          : (vector ? detail::layernorm_forward_kernel<false, 8> : detail::layernorm_forward_kernel<false, 1>);
@@ -303,15 +301,15 @@ void layernorm_backward(const Stream& stream, bf16* dx, float* dweight, float* d
   require_sizes(launcher, N, C);
   const bool vector = C % 8 == 0;
   const size_t align = vector ? 16 : alignof(bf16);
-  require_pointer(dx, launcher, "dx", align);
-  require_pointer(dweight, launcher, "dweight", alignof(float));
-  require_pointer(dbias, launcher, "dbias", alignof(float));
-  require_pointer(scratch, launcher, "scratch", alignof(float));
-  require_pointer(dout, launcher, "dout", align);
-  require_pointer(x, launcher, "x", align);
-  require_pointer(weight, launcher, "weight", align);
-  require_pointer(mean, launcher, "mean", alignof(float));
-  require_pointer(rstd, launcher, "rstd", alignof(float));
+  require_array(dx, launcher, "dx", align);
+  require_array(dweight, launcher, "dweight", alignof(float));
+  require_array(dbias, launcher, "dbias", alignof(float));
+  require_array(scratch, launcher, "scratch", alignof(float));
+  require_array(dout, launcher, "dout", align);
+  require_array(x, launcher, "x", align);
+  require_array(weight, launcher, "weight", align);
+  require_array(mean, launcher, "mean", alignof(float));
+  require_array(rstd, launcher, "rstd", alignof(float));
 
   auto kernel = vector ? detail::layernorm_backward_kernel<8> : detail::layernorm_backward_kernel<1>;
   const size_t shared = (size_t)detail::kWarps * 2 * C * sizeof(float);  // per-warp dweight, dbias
