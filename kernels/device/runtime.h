@@ -47,7 +47,10 @@ class Stream {
 
 class Event {
  public:
-  Event() { KILN_CHECK(KILN_RT cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  // Timing events (for benchmarks and algorithm selection) cost a little more to record.
+  explicit Event(bool timing = false) {
+    KILN_CHECK(KILN_RT cudaEventCreateWithFlags(&event_, timing ? cudaEventDefault : cudaEventDisableTiming));
+  }
   ~Event() { KILN_RT cudaEventDestroy(event_); }
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;
@@ -55,6 +58,12 @@ class Event {
   // `s` waits (on the device) for the work recorded so far.
   void make_wait(const Stream& s) const { KILN_CHECK(KILN_RT cudaStreamWaitEvent(s.get(), event_, 0)); }
   void synchronize() const { KILN_CHECK(KILN_RT cudaEventSynchronize(event_)); }
+  // Milliseconds from `start` to this event; both timing events, both complete.
+  float elapsed_ms_since(const Event& start) const {
+    float ms = 0;
+    KILN_CHECK(KILN_RT cudaEventElapsedTime(&ms, start.event_, event_));
+    return ms;
+  }
 
  private:
   cudaEvent_t event_ = nullptr;

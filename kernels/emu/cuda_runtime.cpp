@@ -1,5 +1,7 @@
 #include "kernels/emu/cuda_runtime.h"
 
+#include <driver_types.h>  // cudaEventDisableTiming
+
 #include <cxxabi.h>
 #include <dlfcn.h>
 
@@ -95,6 +97,8 @@ struct EmuEvent {
   std::mutex mutex;
   std::condition_variable cv;
   uint64_t recorded = 0, completed = 0;  // generations
+  bool timing = false;
+  std::chrono::steady_clock::time_point completed_at;
 
   void wait_for(uint64_t generation) {
     std::unique_lock lock(mutex);
@@ -135,6 +139,8 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
   }
   return "unknown error";
@@ -217,8 +223,9 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) { return stream_or_default(s).
 // Synchronizes the default stream; kiln keeps track of its own streams and syncs those.
 cudaError_t cudaDeviceSynchronize() { return stream_or_default(nullptr).synchronize(); }
 
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
   *e = new EmuEvent();
+  (*e)->timing = !(flags & cudaEventDisableTiming);
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
@@ -234,6 +241,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   stream_or_default(s).enqueue([e, generation] {
     std::lock_guard lock(e->mutex);
     e->completed = std::max(e->completed, generation);
+    e->completed_at = std::chrono::steady_clock::now();
     e->cv.notify_all();
   });
   return cudaSuccess;
@@ -245,6 +253,15 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e) {
     generation = e->recorded;
   }
   e->wait_for(generation);
+  return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (!start->timing || !end->timing)
+    return set_error(cudaErrorInvalidResourceHandle, "emu: cudaEventElapsedTime: an event was created with cudaEventDisableTiming");
+  std::scoped_lock lock(start->mutex, end->mutex);
+  if (start->completed == 0 || end->completed == 0 || start->completed < start->recorded || end->completed < end->recorded)
+    return set_error(cudaErrorNotReady, "emu: cudaEventElapsedTime: an event has not completed");
+  *ms = std::chrono::duration<float, std::milli>(end->completed_at - start->completed_at).count();
   return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
@@ -263,6 +280,11 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
                                                 std::to_string(value) + " outside 0.." + std::to_string(kMaxDynamicShared));
   std::lock_guard lock(attribute_mutex);
   max_dynamic_shared[func] = value;
+  return cudaSuccess;
+}
+
+cudaError_t enqueue_on_stream(cudaStream_t stream, std::function<void()> work) {
+  stream_or_default(stream).enqueue(std::move(work));
   return cudaSuccess;
 }
 

@@ -16,6 +16,8 @@ enum cudaError_t {
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorNotReady = 600,
   cudaErrorLaunchFailure = 719,
 };
 enum cudaMemcpyKind {
@@ -66,6 +68,9 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
+// Host time between the two events' completions on their streams: real milliseconds of the
+// emulator's work, which say nothing about a GPU.
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value);
 
@@ -73,6 +78,9 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
 // `body` (which runs the kernel for the current thread) on the stream.
 cudaError_t launch_kernel(const void* func, dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
                           std::function<void()> body);
+// The emulated libraries' work (kernels/emu/cublaslt.cpp), queued in stream order; an exception
+// it throws becomes the stream's error, as a failing kernel's would.
+cudaError_t enqueue_on_stream(cudaStream_t stream, std::function<void()> work);
 // The full message of the last error (kernel, block, thread and what went wrong).
 std::string last_error_message();
 
