@@ -94,8 +94,8 @@ class Matmul {
   void backward_input_gelu(const Stream& stream, __nv_bfloat16* dpre, float* dbias_pre, float* scratch,
                            const __nv_bfloat16* dout, const __nv_bfloat16* weight, const __nv_bfloat16* pre, int N,
                            int C, int OC);
-  // dweight[OC,C] += dout[N,OC]^T @ x[N,C] in fp32; dbias[OC] += sum_n dout unless dbias is null
-  // (then scratch, matmul_scratch_floats(N, OC) floats, is used).
+  // dweight[OC,C] += dout[N,OC]^T @ x[N,C] in fp32; dbias[OC] += sum_n dout unless dbias is null.
+  // scratch (matmul_scratch_floats(N, OC) floats) is used only for dbias and may be null without it.
   void backward_weight(const Stream& stream, float* dweight, float* dbias, float* scratch, const __nv_bfloat16* dout,
                        const __nv_bfloat16* x, int N, int C, int OC);
 

@@ -5,9 +5,12 @@ Memory-bound kernels reach the copy bandwidth only with 16-byte accesses (LDG.E.
 a change that loses them is a silent 2-4x slowdown. Checking the SASS catches it without a GPU.
 
     tools/check-sass-vectors.py [--allow-scalar SUBSTR]... FILE.cu... [-- extra nvcc args]
+    tools/check-sass-vectors.py --only SUBSTR... --require REGEX... FILE.cu...
 
 Every __global__ function in kiln::cuda of the given files is checked, except kernels whose
 demangled name contains an --allow-scalar substring (small reductions over a few hundred floats).
+With --only, just the kernels whose name contains one of the substrings; with --require, their SASS
+must match every REGEX instead (e.g. HMMA and LDGSTS: tensor cores and cp.async in attention).
 nvdisasm comes from the CUDA toolkit or PyPI's nvidia-cuda-nvdisasm (tools/install-deps.sh).
 """
 import argparse
@@ -61,7 +64,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+")
     p.add_argument("--allow-scalar", action="append", default=[], metavar="SUBSTR")
+    p.add_argument("--only", action="append", default=[], metavar="SUBSTR")
+    p.add_argument("--require", action="append", default=[], metavar="REGEX")
     args = p.parse_args(argv)
+    required = args.require or [r"\b(LDG|STG)\.E[.\w]*\.128\b"]
+    what = ", ".join(args.require) if args.require else "128-bit global load or store"
     nvdisasm = find_nvdisasm()
     if not nvdisasm:
         sys.exit("check-sass-vectors: nvdisasm not found (pip install nvidia-cuda-nvdisasm)")
@@ -77,13 +84,15 @@ def main():
                 name = names[mangled]
                 if "kiln::cuda::" not in name or any(s in name for s in args.allow_scalar):
                     continue
+                if args.only and not any(s in name for s in args.only):
+                    continue
                 checked += 1
-                vector = re.search(r"\b(LDG|STG)\.E[.\w]*\.128\b", body)
-                print(f"{'ok  ' if vector else 'FAIL'} {os.path.relpath(source, ROOT)}: {name.split('(')[0]}"
-                      f"{'' if vector else ': no 128-bit global load or store'}")
-                if not vector:
+                missing = [r for r in required if not re.search(r, body)]
+                print(f"{'FAIL' if missing else 'ok  '} {os.path.relpath(source, ROOT)}: {name.split('(')[0]}"
+                      f"{': no match for ' + ', '.join(missing) if missing else ''}")
+                if missing:
                     failures.append(name)
-    print(f"check-sass-vectors: {checked} kernels checked, {len(failures)} without 128-bit accesses")
+    print(f"check-sass-vectors: {checked} kernels checked, {len(failures)} without {what}")
     sys.exit(1 if failures or checked == 0 else 0)
 
 

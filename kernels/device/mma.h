@@ -15,6 +15,7 @@
 #endif
 
 #ifdef KILN_EMU
+#include <atomic>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -54,6 +55,13 @@ struct MmaIn {
 };
 static_assert(sizeof(MmaIn) <= kCollectiveBytes);
 
+// Warp-level mma instructions executed since the process started (the emulator's own statistic:
+// tests check that causal attention skips the tiles above the diagonal).
+inline std::atomic<uint64_t>& mma_count() {
+  static std::atomic<uint64_t> count{0};
+  return count;
+}
+
 template <float (*kToFloat)(uint16_t)>
 void combine_mma(const std::byte (*in)[kCollectiveBytes], std::byte (*out)[kCollectiveBytes], unsigned) {
   float A[16][16], B[16][8], D[16][8];
@@ -74,6 +82,7 @@ void combine_mma(const std::byte (*in)[kCollectiveBytes], std::byte (*out)[kColl
   for (int m = 0; m < 16; m++)
     for (int n = 0; n < 8; n++)
       for (int k = 0; k < 16; k++) D[m][n] += A[m][k] * B[k][n];
+  mma_count().fetch_add(1, std::memory_order_relaxed);
   for (int lane = 0; lane < 32; lane++) {
     const int g = lane >> 2, t = lane % 4;
     float d[4];
