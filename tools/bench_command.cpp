@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "kernels/bench.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/device_info.h"
 #include "tools/commands.h"
@@ -76,6 +77,71 @@ void bench_data(const BenchOptions& o) {
   if (!o.json.empty()) std::ofstream(o.json) << out.dump(2) << '\n';
 }
 
+struct KernelsOptions {
+  std::string device = "cuda", json;
+  bool functional_check = false;
+  KernelBenchOptions bench;
+};
+
+KernelBenchReport run_on_gpu([[maybe_unused]] const KernelBenchOptions& o) {
+  const CudaInfo cuda = query_cuda();
+#ifdef KILN_HAVE_CUDA
+  if (!cuda.devices.empty()) return cuda::run_kernel_benchmarks(o);
+#endif
+  throw std::runtime_error("kiln bench kernels: " + cuda.status);
+}
+
+void print_kernel_report(const KernelBenchReport& r) {
+  fmt::print("{}: copy bandwidth {:.1f} GB/s (device-to-device cudaMemcpyAsync, read + write)\n", r.device_name,
+             r.copy_gb_per_s);
+  fmt::print("{:<30} {:<5} {:>6} {:<42} {:>9} {:>8} {:>7} {:>8} {:>8}\n", "kernel", "model", "tokens", "shape", "ms",
+             "GB/s", "% copy", "TFLOP/s", "vs plain");
+  for (const KernelBenchRow& row : r.rows) {
+    const bool gemm = row.flops > 0, has_plain = row.plain_tflops > 0;  // attention has no plain baseline
+    fmt::print("{:<30} {:<5} {:>6} {:<42} {:>9.4f} {:>8.1f} {:>6.1f}% {:>8} {:>8}\n", row.kernel, row.model,
+               row.tokens > 0 ? std::to_string(row.tokens) : "-", row.shape, row.median_ms, row.gb_per_s,
+               100 * row.copy_fraction, gemm ? fmt::format("{:.1f}", row.tflops) : "-",
+               has_plain ? fmt::format("{:.2f}x", row.tflops / row.plain_tflops) : "-");
+  }
+}
+
+void write_kernel_report(const KernelBenchReport& r, const std::string& device, const std::string& path) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const KernelBenchRow& row : r.rows)
+    rows.push_back({{"kernel", row.kernel}, {"model", row.model}, {"tokens", row.tokens}, {"shape", row.shape},
+                    {"median_ms", row.median_ms}, {"bytes", row.bytes}, {"gb_per_s", row.gb_per_s},
+                    {"copy_fraction", row.copy_fraction}, {"flops", row.flops}, {"tflops", row.tflops},
+                    {"plain_tflops", row.plain_tflops}});
+  const nlohmann::json out = {{"device", device}, {"copy_gb_per_s", r.copy_gb_per_s}, {"rows", rows}};
+  std::ofstream file(path);
+  if (!(file << out.dump(2) << '\n')) throw std::runtime_error("kiln bench kernels: cannot write " + path + " (--json)");
+}
+
+void bench_kernels(const KernelsOptions& o) {
+  if (o.device == "emu") {
+    if (!o.functional_check)
+      throw std::runtime_error(
+          "kiln bench kernels: refusing to time on the emulator: it models function, not time (--functional-check "
+          "runs the benchmarks at tiny shapes, as a test of their code)");
+    fmt::print("emulator functional check at tiny shapes: the times below are the emulator's CPU times, NOT GPU "
+               "figures\n");
+    KernelBenchOptions tiny = o.bench;
+    tiny.tiny = true;
+    tiny.warmup = 1;
+    tiny.reps = 2;
+    const KernelBenchReport report = emu::run_kernel_benchmarks(tiny);
+    print_kernel_report(report);
+    if (!o.json.empty()) write_kernel_report(report, "emu (functional check, no GPU figures)", o.json);
+    return;
+  }
+  if (o.device != "cuda")
+    throw std::runtime_error("kiln bench kernels: --device '" + o.device + "': expected cuda (or emu with --functional-check)");
+  if (o.functional_check) throw std::runtime_error("kiln bench kernels: --functional-check is for --device emu only");
+  const KernelBenchReport report = run_on_gpu(o.bench);
+  print_kernel_report(report);
+  if (!o.json.empty()) write_kernel_report(report, report.device_name, o.json);
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
@@ -114,18 +180,21 @@ void add_bench_command(CLI::App& app) {
                2.0 * n * n * n / best / 1e9);
   });
 
-  CLI::App* kernels = cmd->add_subcommand("kernels", "Kernel microbenchmarks on a real GPU");
-  auto device = std::make_shared<std::string>("cuda");
-  kernels->add_option("--device", *device, "cuda (emu is refused: it models function, not time)")
+  CLI::App* kernels = cmd->add_subcommand("kernels", "Kernel microbenchmarks on a real GPU (docs/kernels.md)");
+  auto k = std::make_shared<KernelsOptions>();
+  kernels->add_option("--device", k->device,
+                      "cuda; emu only with --functional-check (the emulator models function, not time)")
       ->capture_default_str();
-  kernels->callback([device] {
-    if (*device == "emu")
-      throw std::runtime_error("kiln bench kernels: refusing to time on the emulator: it models function, not time");
-    if (*device != "cuda") throw std::runtime_error("kiln bench kernels: --device '" + *device + "': expected cuda");
-    const CudaInfo cuda = query_cuda();
-    if (cuda.devices.empty()) throw std::runtime_error("kiln bench kernels: " + cuda.status);
-    throw std::runtime_error("kiln bench kernels: no kernel benchmarks exist yet");
-  });
+  kernels->add_option("--models", k->bench.models, "GPT-2 sizes, comma-separated")->delimiter(',')->capture_default_str();
+  kernels->add_option("--tokens", k->bench.tokens, "B*T token counts, comma-separated (multiples of 1024)")
+      ->delimiter(',')
+      ->capture_default_str();
+  kernels->add_option("--warmup", k->bench.warmup, "Untimed runs before timing")->capture_default_str();
+  kernels->add_option("--reps", k->bench.reps, "Timed runs; the median is reported")->capture_default_str();
+  kernels->add_option("--json", k->json, "Also write the figures to this JSON file");
+  kernels->add_flag("--functional-check", k->functional_check,
+                    "With --device emu: run the benchmarks at tiny shapes to test their code (no GPU figures)");
+  kernels->callback([k] { bench_kernels(*k); });
 }
 
 }  // namespace kiln::cli
