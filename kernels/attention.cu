@@ -156,9 +156,10 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kTile = 64;
 
-template <int kD>
+template <int kCols>
 __device__ __forceinline__ int swizzle(int row, int col) {
-  return row * kD + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+  constexpr int kChunks = kCols / 8 < 8 ? kCols / 8 : 8;  // a 32-wide row has 4 chunks to permute
+  return row * kCols + (((col >> 3) ^ (row & (kChunks - 1))) << 3) + (col & 7);
 }
 
 // Issues cp.async copies of rows [first, first + kRows) of a [T, stride] bf16 matrix into a
@@ -213,6 +214,26 @@ __device__ __forceinline__ void mma_scores_by_rows(float (&acc)[kD / 8][4], cons
       const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
       mma_m16n8k16_bf16(acc[2 * dp], a, b0, acc[2 * dp]);
       mma_m16n8k16_bf16(acc[2 * dp + 1], a, b1, acc[2 * dp + 1]);
+    }
+  }
+}
+
+// acc[16 x 8 kN] += A[16 x 16 kK] B, with A stored transposed in a swizzled tile of kACols
+// columns (A[m][k] at row k, column a_col + m; ldmatrix .trans yields the A fragment) and B rows
+// 0..16 kK of a swizzled tile of kD columns, from column b_col: dQ = dS K from the stored dS^T.
+template <int kACols, int kD, int kK, int kN>
+__device__ __forceinline__ void mma_transposed_by_rows(float (&acc)[kN][4], const bf16* a_tile, int a_col,
+                                                       const bf16* b_tile, int b_col) {
+  const int lane = threadIdx.x % 32;
+  for (int ks = 0; ks < kK; ks++) {
+    uint32_t a[4];
+    ldmatrix_x4_trans(a, a_tile + swizzle<kACols>(ks * 16 + lane % 8 + 8 * (lane / 16), a_col + 8 * ((lane / 8) % 2)));
+    for (int np = 0; np < kN / 2; np++) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, b_tile + swizzle<kD>(ks * 16 + lane % 16, b_col + np * 16 + 8 * (lane / 16)));
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_m16n8k16_bf16(acc[2 * np], a, b0, acc[2 * np]);
+      mma_m16n8k16_bf16(acc[2 * np + 1], a, b1, acc[2 * np + 1]);
     }
   }
 }
@@ -387,18 +408,21 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(bf16* dqkv, cons
 
 // dk and dv for 64 key rows (16 per warp), over the query tiles that see them, in the transposed
 // orientation so that both stay in registers: S^T = K Q^T, P^T from the saved lse, dV += P^T dO,
-// dP^T = V dO^T, dS^T = P^T (dP^T - Delta), dK += dS^T Q. kQueries = 32 at D = 128 keeps the
-// accumulators within the register file.
-template <int kD, int kQueries>
-__global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv,
-                                                                  const float* lse, const float* delta, QkvIndex ix,
-                                                                  bool causal) {
+// dP^T = V dO^T, dS^T = P^T (dP^T - Delta), dK += dS^T Q. kQueries = 16 at D = 128 keeps the
+// accumulators (dK and dV alone take 128 registers a thread) within the register file.
+// kAccumulateDq (the fast mode): also dQ += dS K for the query tile, from dS^T staged in shared
+// memory, added into the fp32 dq_accum [B, T, H, D] with atomics, in an order that varies.
+template <int kD, int kQueries, bool kAccumulateDq>
+__global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(bf16* dqkv, float* dq_accum, const bf16* dout,
+                                                                  const bf16* qkv, const float* lse, const float* delta,
+                                                                  QkvIndex ix, bool causal) {
   bf16* k_tile = dynamic_shared<bf16>();
   bf16* v_tile = k_tile + kTile * kD;
   bf16* q_tiles = v_tile + kTile * kD;           // [2][kQueries][kD]
   bf16* do_tiles = q_tiles + 2 * kQueries * kD;  // [2][kQueries][kD]
   float* lse_rows = reinterpret_cast<float*>(do_tiles + 2 * kQueries * kD);  // [2][kQueries], log2 units
   float* delta_rows = lse_rows + 2 * kQueries;                                // [2][kQueries]
+  bf16* ds_tile = reinterpret_cast<bf16*>(delta_rows + 2 * kQueries);         // [kTile][kQueries]: dS^T
   const int warp = threadIdx.x / 32;
   const int tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t stride = ix.row_stride(), out_stride = (int64_t)ix.H * kD;
@@ -453,11 +477,42 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(bf16* dqkv, co
     for (int n = 0; n < kQueries / 8; n++)
       for (int e = 0; e < 4; e++) p[n][e] *= dp[n][e] - rows_delta[fragment_col(n, e)];  // dS^T
     mma_scores_by_rows<kD, kQueries / 8>(dk, p, q_tile);
+    if constexpr (kAccumulateDq) {
+      for (int n = 0; n < kQueries / 8; n++)
+        for (int half = 0; half < 2; half++)
+          *reinterpret_cast<__nv_bfloat162*>(ds_tile + swizzle<kQueries>(16 * warp + fragment_row(2 * half),
+                                                                          fragment_col(n, 0))) =
+              __floats2bfloat162_rn(p[n][2 * half], p[n][2 * half + 1]);
+      __syncthreads();
+      // The query tile's dQ [kQueries x kD] in slabs of 16 queries, each slab's columns split
+      // over kWarps / slabs warps and done 32 at a time (fewer live registers at D = 128).
+      constexpr int kSlabs = kQueries / 16, kCols = kD * kSlabs / kWarps, kChunk = 32;
+      const int slab = warp % kSlabs;
+      float* dq_rows = dq_accum + (int64_t)b * ix.T * ix.H * kD + (int64_t)h * kD;
+#pragma unroll 1
+      for (int first_col = (warp / kSlabs) * kCols, end = first_col + kCols; first_col < end; first_col += kChunk) {
+        float dq[kChunk / 8][4] = {};
+        mma_transposed_by_rows<kQueries, kD, kTile / 16, kChunk / 8>(dq, ds_tile, 16 * slab, k_tile, first_col);
+        for (int n = 0; n < kChunk / 8; n++)
+          for (int e = 0; e < 4; e++) {
+            const int query = i * kQueries + 16 * slab + fragment_row(e);
+            if (query < ix.T)
+              atomicAdd(dq_rows + (int64_t)query * ix.H * kD + first_col + fragment_col(n, e), dq[n][e]);
+          }
+      }
+    }
     __syncthreads();
   }
   const float dk_scale[2] = {scale, scale}, dv_scale[2] = {1.0f, 1.0f};
   store_rows<kD>(dqkv + ix.part(b, 1, h), stride, warp_key, ix.T, dk, dk_scale);
   store_rows<kD>(dqkv + ix.part(b, 2, h), stride, warp_key, ix.T, dv, dv_scale);
+}
+
+// The fast mode's dq: dqkv's q part = bf16(scale * dq_accum), row by row ([B, T, H*D] both).
+__global__ void attention_dq_convert_kernel(bf16* dqkv, const float* dq_accum, int64_t rows, int width, float scale) {
+  const int64_t n = rows * width;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x)
+    dqkv[(e / width) * 3 * width + e % width] = __float2bfloat16(dq_accum[e] * scale);
 }
 
 }  // namespace detail
@@ -466,7 +521,7 @@ namespace {
 
 template <int kD>
 constexpr int dkdv_queries() {
-  return kD == 128 ? 32 : 64;
+  return kD == 128 ? 16 : 64;
 }
 template <int kD>
 constexpr size_t forward_shared_bytes() {
@@ -477,8 +532,9 @@ constexpr size_t dq_shared_bytes() {
   return (size_t)6 * kTile * kD * sizeof(bf16);
 }
 template <int kD>
-constexpr size_t dkdv_shared_bytes() {
-  return (size_t)(2 * kTile + 4 * dkdv_queries<kD>()) * kD * sizeof(bf16) + 4 * dkdv_queries<kD>() * sizeof(float);
+constexpr size_t dkdv_shared_bytes(bool accumulate_dq) {
+  return (size_t)(2 * kTile + 4 * dkdv_queries<kD>()) * kD * sizeof(bf16) + 4 * dkdv_queries<kD>() * sizeof(float) +
+         (accumulate_dq ? (size_t)kTile * dkdv_queries<kD>() * sizeof(bf16) : 0);
 }
 
 void check_shape(const char* launcher, const AttentionShape& s) {
@@ -509,9 +565,20 @@ void forward(const Stream& stream, bf16* out, float* lse, const bf16* qkv, const
          lse, qkv, ix, s.causal);
 }
 
+template <int kD, bool kAccumulateDq>
+void launch_dkdv(const Stream& stream, bf16* dqkv, float* dq_accum, const float* delta, const bf16* dout,
+                 const bf16* qkv, const float* lse, const AttentionShape& s) {
+  constexpr auto kernel = detail::attention_dkdv_kernel<kD, dkdv_queries<kD>(), kAccumulateDq>;
+  const size_t shared = dkdv_shared_bytes<kD>(kAccumulateDq);
+  set_max_dynamic_shared(kernel, shared);
+  launch(kernel, row_grid(s, kTile), kThreads, shared, stream, dqkv, dq_accum, dout, qkv, lse, delta,
+         detail::QkvIndex{s.T, s.H, kD}, s.causal);
+}
+
 template <int kD>
-void backward(const Stream& stream, bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv, const bf16* out,
-              const float* lse, const AttentionShape& s, AttentionKernel kernel) {
+void backward(const Stream& stream, bf16* dqkv, float* scratch, const bf16* dout, const bf16* qkv, const bf16* out,
+              const float* lse, const AttentionShape& s, AttentionKernel kernel, AttentionMode mode) {
+  float* delta = scratch;
   const detail::QkvIndex ix{s.T, s.H, kD};
   const dim3 rows = row_grid(s, detail::kReferenceWarps);
   launch(detail::attention_delta_kernel<kD>, rows, 32 * detail::kReferenceWarps, 0, stream, delta, dout, out, ix);
@@ -522,13 +589,20 @@ void backward(const Stream& stream, bf16* dqkv, float* delta, const bf16* dout, 
            lse, delta, ix, s.causal);
     return;
   }
+  if (mode == AttentionMode::fast) {
+    float* dq_accum = scratch + (size_t)s.B * s.H * s.T;
+    const int64_t tokens = (int64_t)s.B * s.T;
+    KILN_CHECK(KILN_RT cudaMemsetAsync(dq_accum, 0, tokens * s.H * kD * sizeof(float), stream.get()));
+    launch_dkdv<kD, true>(stream, dqkv, dq_accum, delta, dout, qkv, lse, s);
+    constexpr int64_t kMaxBlocks = 4096;
+    launch(detail::attention_dq_convert_kernel, (unsigned)std::min<int64_t>((tokens * s.H * kD + 255) / 256, kMaxBlocks),
+           256, 0, stream, dqkv, dq_accum, tokens, s.H * kD, 1.0f / std::sqrt((float)kD));
+    return;
+  }
   set_max_dynamic_shared(detail::attention_dq_kernel<kD>, dq_shared_bytes<kD>());
   launch(detail::attention_dq_kernel<kD>, row_grid(s, kTile), kThreads, dq_shared_bytes<kD>(), stream, dqkv, dout, qkv,
          lse, delta, ix, s.causal);
-  constexpr auto dkdv = detail::attention_dkdv_kernel<kD, dkdv_queries<kD>()>;
-  set_max_dynamic_shared(dkdv, dkdv_shared_bytes<kD>());
-  launch(dkdv, row_grid(s, kTile), kThreads, dkdv_shared_bytes<kD>(), stream, dqkv, dout, qkv, lse, delta, ix,
-         s.causal);
+  launch_dkdv<kD, false>(stream, dqkv, nullptr, delta, dout, qkv, lse, s);
 }
 
 }  // namespace
@@ -545,13 +619,15 @@ void attention_forward(const Stream& stream, bf16* out, float* lse, const bf16* 
     forward<128>(stream, out, lse, qkv, shape, kernel);
 }
 
-size_t attention_backward_scratch_floats(const AttentionShape& shape) {
+size_t attention_backward_scratch_floats(const AttentionShape& shape, AttentionKernel kernel, AttentionMode mode) {
   check_shape("attention_backward_scratch_floats", shape);
-  return (size_t)shape.B * shape.H * shape.T;
+  const size_t rows = (size_t)shape.B * shape.H * shape.T;
+  return kernel == AttentionKernel::tensor_core && mode == AttentionMode::fast ? rows * (1 + shape.D) : rows;
 }
 
 void attention_backward(const Stream& stream, bf16* dqkv, float* scratch, const bf16* dout, const bf16* qkv,
-                        const bf16* out, const float* lse, const AttentionShape& shape, AttentionKernel kernel) {
+                        const bf16* out, const float* lse, const AttentionShape& shape, AttentionKernel kernel,
+                        AttentionMode mode) {
   check_shape("attention_backward", shape);
   check_tensor("attention_backward", "dqkv", dqkv);
   require_pointer(scratch, "attention_backward", "scratch");
@@ -560,9 +636,9 @@ void attention_backward(const Stream& stream, bf16* dqkv, float* scratch, const 
   check_tensor("attention_backward", "out", out);
   require_pointer(lse, "attention_backward", "lse");
   if (shape.D == 64)
-    backward<64>(stream, dqkv, scratch, dout, qkv, out, lse, shape, kernel);
+    backward<64>(stream, dqkv, scratch, dout, qkv, out, lse, shape, kernel, mode);
   else
-    backward<128>(stream, dqkv, scratch, dout, qkv, out, lse, shape, kernel);
+    backward<128>(stream, dqkv, scratch, dout, qkv, out, lse, shape, kernel, mode);
 }
 
 }  // namespace kiln::KILN_NS

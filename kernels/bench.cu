@@ -375,13 +375,13 @@ void bench_linear(Bench& b, Matmul& matmul, const ModelShape& m, int N, const Li
 
 // Causal attention over qkv[B, T, 3, H, D], counted as FlashAttention does: 4 B T^2 H D FLOPs for
 // the forward (two GEMMs), halved for causal, and 2.5x that for the backward (five GEMMs, one of
-// them recomputing the scores). The kiln backward's separate dq and dk/dv passes recompute the
-// scores and dP once more each, so it does more work than it is credited with.
+// them recomputing the scores), in both modes: the deterministic one's separate dq pass does 1.4x
+// that work, and is credited only with the same count, so its TFLOP/s compare times directly.
 void bench_attention(Bench& b, const ModelShape& m, const AttentionShape& s) {
   const size_t rows = (size_t)s.B * s.T, width = (size_t)s.H * s.D;
   const DeviceBuffer<bf16> qkv = b.random<bf16>(rows * 3 * width, -1, 1), dout = b.random<bf16>(rows * width, -1, 1);
   DeviceBuffer<bf16> out(rows * width), dqkv(rows * 3 * width);
-  DeviceBuffer<float> lse((size_t)s.B * s.H * s.T), scratch(attention_backward_scratch_floats(s));
+  DeviceBuffer<float> lse((size_t)s.B * s.H * s.T), scratch(attention_backward_scratch_floats(s));  // fast: the larger
   const double forward_flops = 4.0 * s.B * s.T * (double)s.T * s.H * s.D / (s.causal ? 2 : 1);
   const std::string shape = "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " H=" + std::to_string(s.H) +
                             " D=" + std::to_string(s.D);
@@ -392,10 +392,13 @@ void bench_attention(Bench& b, const ModelShape& m, const AttentionShape& s) {
         b.time_ms([&] { attention_forward(b.stream(), out.data(), lse.data(), qkv.data(), s); }), forward_flops);
   // qkv, out, dout read, dqkv written (bf16), lse read (fp32).
   const double backward_bytes = 2.0 * rows * 3 * width * 2 + 2.0 * rows * width * 2 + 4.0 * s.B * s.H * s.T;
-  b.add("attention_backward", m, (int64_t)rows, shape, backward_bytes, b.time_ms([&] {
-          attention_backward(b.stream(), dqkv.data(), scratch.data(), dout.data(), qkv.data(), out.data(), lse.data(), s);
-        }),
-        2.5 * forward_flops);
+  for (const AttentionMode mode : {AttentionMode::fast, AttentionMode::deterministic})
+    b.add(mode == AttentionMode::fast ? "attention_backward" : "attention_backward_deterministic", m, (int64_t)rows,
+          shape, backward_bytes, b.time_ms([&] {
+            attention_backward(b.stream(), dqkv.data(), scratch.data(), dout.data(), qkv.data(), out.data(),
+                               lse.data(), s, AttentionKernel::tensor_core, mode);
+          }),
+          2.5 * forward_flops);
 }
 
 // Head dim 128 at long contexts (2k to 8k), 16 heads, at about 16k tokens per batch.

@@ -60,7 +60,8 @@ struct Result {
 };
 
 // Runs forward (and backward, if asked) with outputs poisoned first.
-Result run(const Inputs& in, AttentionKernel kernel, bool with_backward) {
+Result run(const Inputs& in, AttentionKernel kernel, bool with_backward,
+           AttentionMode mode = AttentionMode::deterministic) {
   Stream s;
   auto qkv = to_device(in.qkv, s), dout = to_device(in.dout, s);
   auto out = poisoned<bf16>(in.out_size(), s);
@@ -69,8 +70,9 @@ Result run(const Inputs& in, AttentionKernel kernel, bool with_backward) {
   Result r{{out.to_host(s), lse.to_host(s)}, {}};
   if (with_backward) {
     auto dqkv = poisoned<bf16>(in.qkv.size(), s);
-    auto scratch = poisoned<float>(attention_backward_scratch_floats(in.s), s);
-    attention_backward(s, dqkv.data(), scratch.data(), dout.data(), qkv.data(), out.data(), lse.data(), in.s, kernel);
+    auto scratch = poisoned<float>(attention_backward_scratch_floats(in.s, kernel, mode), s);
+    attention_backward(s, dqkv.data(), scratch.data(), dout.data(), qkv.data(), out.data(), lse.data(), in.s, kernel,
+                       mode);
     r.dqkv = dqkv.to_host(s);
   }
   return r;
@@ -85,12 +87,13 @@ std::vector<size_t> part_indices(const AttentionShape& s, int part) {
 }
 
 // Causal only: ref::attention_* is the causal attention GPT-2 uses.
-void expect_matches_reference(const AttentionShape& shape, AttentionKernel kernel, bool with_backward, uint32_t seed) {
-  SCOPED_TRACE(name(shape, kernel));
+void expect_matches_reference(const AttentionShape& shape, AttentionKernel kernel, bool with_backward, uint32_t seed,
+                              AttentionMode mode = AttentionMode::deterministic) {
+  SCOPED_TRACE(name(shape, kernel) + (mode == AttentionMode::fast ? ", fast mode" : ", deterministic mode"));
   const Inputs in(shape, seed);
   std::vector<double> out(in.out_size()), lse(in.rows());
   ref::attention_forward(out.data(), lse.data(), to_double(in.qkv).data(), shape.B, shape.T, shape.H, shape.D);
-  const Result got = run(in, kernel, with_backward);
+  const Result got = run(in, kernel, with_backward, mode);
   EXPECT_LT(rel_error(floats(got.forward.out), out), 1e-2);
   EXPECT_LT(rel_error(got.forward.lse, lse), 1e-5);
   if (!with_backward) return;
@@ -120,9 +123,13 @@ TEST_F(attention, TensorCoreForwardMatchesCpuReference) {
 }
 
 TEST_F(attention, TensorCoreBackwardMatchesCpuReference) {
-  for (int T : {1, 7, 64, 257}) expect_matches_reference({2, T, 2, 64}, AttentionKernel::tensor_core, true, 20 + T);
-  expect_matches_reference({1, 1024, 1, 64}, AttentionKernel::tensor_core, true, 21);
-  for (int T : {1, 7, 100, 257}) expect_matches_reference({1, T, 2, 128}, AttentionKernel::tensor_core, true, 22 + T);
+  for (AttentionMode mode : {AttentionMode::deterministic, AttentionMode::fast}) {
+    for (int T : {1, 7, 64, 257})
+      expect_matches_reference({2, T, 2, 64}, AttentionKernel::tensor_core, true, 20 + T, mode);
+    expect_matches_reference({1, 1024, 1, 64}, AttentionKernel::tensor_core, true, 21, mode);
+    for (int T : {1, 7, 100, 257})
+      expect_matches_reference({1, T, 2, 128}, AttentionKernel::tensor_core, true, 22 + T, mode);
+  }
 }
 
 // Full (non-causal) attention has no CPU reference: the tensor-core kernels are checked against
@@ -132,13 +139,18 @@ TEST_F(attention, FullAttentionTensorCoreMatchesReferenceKernels) {
     const AttentionShape shape{1, 100, 2, D, false};
     SCOPED_TRACE(name(shape, AttentionKernel::tensor_core));
     const Inputs in(shape, 30 + D);
-    const Result want = run(in, AttentionKernel::reference, true), got = run(in, AttentionKernel::tensor_core, true);
-    EXPECT_LT(relative_error(got.forward.out, floats(want.forward.out)), 1e-2);
-    EXPECT_LT(relative_error(got.forward.lse, want.forward.lse), 1e-5);
-    EXPECT_LT(relative_error(got.dqkv, floats(want.dqkv)), 2e-2);  // two bf16 results compared
+    const Result want = run(in, AttentionKernel::reference, true);
+    for (AttentionMode mode : {AttentionMode::deterministic, AttentionMode::fast}) {
+      const Result got = run(in, AttentionKernel::tensor_core, true, mode);
+      EXPECT_LT(relative_error(got.forward.out, floats(want.forward.out)), 1e-2);
+      EXPECT_LT(relative_error(got.forward.lse, want.forward.lse), 1e-5);
+      EXPECT_LT(relative_error(got.dqkv, floats(want.dqkv)), 2e-2);  // two bf16 results compared
+    }
   }
 }
 
+// The deterministic mode (and the forward) give the same bits under every thread order; the fast
+// mode's dq atomics are added in an order that varies, so it is only compared within tolerance.
 TEST_F(attention, TensorCoreKernelsAreDeterministic) {
   for (int D : {64, 128}) {
     const Inputs in({1, 130, 2, D}, 40 + D);
@@ -153,13 +165,27 @@ TEST_F(attention, TensorCoreKernelsAreDeterministic) {
   }
 }
 
+TEST_F(attention, FastModeAgreesWithDeterministicModeUnderEveryOrder) {
+  const Inputs in({2, 130, 2, 64}, 45);
+  const std::vector<float> want = floats(run(in, AttentionKernel::tensor_core, true).dqkv);
+  expect_same_under_orders(
+      [&] {
+        const std::vector<bf16> got = run(in, AttentionKernel::tensor_core, true, AttentionMode::fast).dqkv;
+        EXPECT_LT(relative_error(got, want), 1e-2);
+        return std::vector<float>{};  // order-dependent: nothing to compare bitwise
+      },
+      false);
+}
+
 #ifdef KILN_EMU
 // n = T / 64 tiles per head: full attention visits n^2 (query, key) tile pairs, causal n (n + 1) / 2.
 // Each pair is 4 warps x (D/16 k-steps x 8 n-tiles for the scores + 4 k-steps x D/8 n-tiles for
 // P V) mma instructions in the forward pass; the backward's two passes visit the same pairs.
+// The backward's fast mode does 5 GEMMs per tile pair (S^T, dV, dP^T, dK, dQ), the deterministic
+// one 7 (its dq pass recomputes S and dP).
 TEST_F(attention, CausalLaunchesSkipTilesAboveTheDiagonal) {
   const int T = 256, n = T / 64, D = 64, B = 1, H = 2;
-  uint64_t forward[2], backward[2];
+  uint64_t forward[2], backward[2][2];  // [causal], [causal][fast]
   for (bool causal : {false, true}) {
     const Inputs in({B, T, H, D, causal}, 50);
     Stream s;
@@ -167,20 +193,25 @@ TEST_F(attention, CausalLaunchesSkipTilesAboveTheDiagonal) {
          dqkv = poisoned<bf16>(in.qkv.size(), s);
     auto lse = poisoned<float>(in.rows(), s), scratch = poisoned<float>(attention_backward_scratch_floats(in.s), s);
     s.synchronize();
-    const uint64_t start = mma_emu::mma_count().load();
+    uint64_t before = mma_emu::mma_count().load();
     attention_forward(s, out.data(), lse.data(), qkv.data(), in.s);
     s.synchronize();
-    const uint64_t middle = mma_emu::mma_count().load();
-    attention_backward(s, dqkv.data(), scratch.data(), dout.data(), qkv.data(), out.data(), lse.data(), in.s);
-    s.synchronize();
-    forward[causal] = middle - start;
-    backward[causal] = mma_emu::mma_count().load() - middle;
+    forward[causal] = mma_emu::mma_count().load() - before;
+    for (AttentionMode mode : {AttentionMode::deterministic, AttentionMode::fast}) {
+      before = mma_emu::mma_count().load();
+      attention_backward(s, dqkv.data(), scratch.data(), dout.data(), qkv.data(), out.data(), lse.data(), in.s,
+                         AttentionKernel::tensor_core, mode);
+      s.synchronize();
+      backward[causal][mode == AttentionMode::fast] = mma_emu::mma_count().load() - before;
+    }
   }
-  const uint64_t per_pair = 4 * (D / 16 * 8 + 4 * D / 8);
-  EXPECT_EQ(forward[false], (uint64_t)B * H * n * n * per_pair);
-  EXPECT_EQ(forward[true], (uint64_t)B * H * n * (n + 1) / 2 * per_pair);
+  const uint64_t gemm = 4 * D / 16 * 8;  // one 64 x 64 x D GEMM of a tile pair: 4 warps of 16 rows
+  EXPECT_EQ(forward[false], (uint64_t)B * H * n * n * 2 * gemm);
+  EXPECT_EQ(forward[true], (uint64_t)B * H * n * (n + 1) / 2 * 2 * gemm);
+  EXPECT_EQ(backward[true][true], (uint64_t)B * H * n * (n + 1) / 2 * 5 * gemm);
+  EXPECT_EQ(backward[true][false], (uint64_t)B * H * n * (n + 1) / 2 * 7 * gemm);
   EXPECT_DOUBLE_EQ((double)forward[true] / forward[false], (n + 1) / (2.0 * n));
-  EXPECT_DOUBLE_EQ((double)backward[true] / backward[false], (n + 1) / (2.0 * n));
+  for (int fast : {0, 1}) EXPECT_DOUBLE_EQ((double)backward[true][fast] / backward[false][fast], (n + 1) / (2.0 * n));
 }
 #endif
 
