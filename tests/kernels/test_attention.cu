@@ -132,6 +132,16 @@ TEST_F(attention, TensorCoreBackwardMatchesCpuReference) {
   }
 }
 
+#ifndef KILN_EMU
+// Longer sequences than the emulator can afford, on a real GPU only.
+TEST_F(attention, LongSequencesMatchCpuReference) {
+  for (AttentionMode mode : {AttentionMode::deterministic, AttentionMode::fast}) {
+    expect_matches_reference({1, 4096, 2, 64}, AttentionKernel::tensor_core, true, 60, mode);
+    expect_matches_reference({1, 2048, 2, 128}, AttentionKernel::tensor_core, true, 61, mode);
+  }
+}
+#endif
+
 // Full (non-causal) attention has no CPU reference: the tensor-core kernels are checked against
 // the CUDA-core ones, which differ from their causal form only in the loop bound.
 TEST_F(attention, FullAttentionTensorCoreMatchesReferenceKernels) {
