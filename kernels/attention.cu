@@ -174,6 +174,23 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int64_t s
   }
 }
 
+// The loop step of the passes over key/value tiles: starts copying tile j + 1 into the other
+// buffer (unless j is the last) and waits until tile j, in buffer j % 2, is there for every thread.
+template <int kD>
+__device__ __forceinline__ void next_kv_tile(bf16* k_tiles, bf16* v_tiles, const bf16* k, const bf16* v, int64_t stride,
+                                             int j, int last_tile, int T) {
+  if (j < last_tile) {
+    const int other = ((j + 1) & 1) * kTile * kD;
+    load_tile<kTile, kD>(k_tiles + other, k, stride, (j + 1) * kTile, T);
+    load_tile<kTile, kD>(v_tiles + other, v, stride, (j + 1) * kTile, T);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   uint32_t bits;
@@ -295,15 +312,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, 
   float acc[kD / 8][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
   for (int j = 0; j <= last_tile; j++) {
     const int buffer = j & 1;
-    if (j < last_tile) {
-      load_tile<kTile, kD>(k_tiles + (buffer ^ 1) * kTile * kD, k, stride, (j + 1) * kTile, ix.T);
-      load_tile<kTile, kD>(v_tiles + (buffer ^ 1) * kTile * kD, v, stride, (j + 1) * kTile, ix.T);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_kv_tile<kD>(k_tiles, v_tiles, k, v, stride, j, last_tile, ix.T);
 
     float s[kTile / 8][4] = {};
     mma_rows_by_rows<kD, kTile / 8>(s, q_tile, 16 * warp, k_tiles + buffer * kTile * kD);
@@ -378,15 +387,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(bf16* dqkv, cons
   float dq[kD / 8][4] = {};
   for (int j = 0; j <= last_tile; j++) {
     const int buffer = j & 1;
-    if (j < last_tile) {
-      load_tile<kTile, kD>(k_tiles + (buffer ^ 1) * kTile * kD, k, stride, (j + 1) * kTile, ix.T);
-      load_tile<kTile, kD>(v_tiles + (buffer ^ 1) * kTile * kD, v, stride, (j + 1) * kTile, ix.T);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_kv_tile<kD>(k_tiles, v_tiles, k, v, stride, j, last_tile, ix.T);
 
     const bf16 *k_tile = k_tiles + buffer * kTile * kD, *v_tile = v_tiles + buffer * kTile * kD;
     float p[kTile / 8][4] = {}, dp[kTile / 8][4] = {};
