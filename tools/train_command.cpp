@@ -2,6 +2,7 @@
 #include <iostream>
 #include <tuple>
 
+#include "parallel/comm.h"
 #include "parallel/context.h"
 #include "tools/commands.h"
 #include "train/config.h"
@@ -39,9 +40,20 @@ void add_train_command(CLI::App& app) {
     }
     for (const auto& [key, value] : *shortcuts) overrides.push_back(key + "=" + value);
     const TrainConfig cfg = load_train_config(*config_path, overrides);
-    if (detect_process().world_size > 1)
-      throw std::runtime_error("multi-process training is not implemented yet: run one process");
-    train(cfg, std::cout);
+    const ProcessInfo process = detect_process();
+    if (process.world_size == 1) {
+      train(cfg, std::cout);
+      return;
+    }
+    if (process.launcher == "env")
+      throw std::runtime_error("RANK/WORLD_SIZE launches (file rendezvous) are not implemented yet: use mpirun or srun");
+    const MpiSession mpi;
+    const std::unique_ptr<Comm> world = mpi.world();
+    if (world->size() != process.world_size || world->rank() != process.rank)
+      throw std::runtime_error("MPI sees rank " + std::to_string(world->rank()) + " of " + std::to_string(world->size()) +
+                               ", the " + process.launcher + " environment rank " + std::to_string(process.rank) +
+                               " of " + std::to_string(process.world_size));
+    train(cfg, std::cout, *world);
   });
 }
 

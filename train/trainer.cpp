@@ -64,9 +64,11 @@ std::unique_ptr<Ops> make_ops(const TrainConfig& cfg) {
 
 // Where training batches come from: a prepared dataset (with its validation split), or uniform
 // random tokens over the model's vocabulary (data.path = "random", for benchmarks).
+// With several data-parallel ranks, each gets rows [rank B, (rank + 1) B) of every global batch.
 class BatchSource {
  public:
-  BatchSource(const TrainConfig& cfg, GPTConfig& model_cfg) : rng_(cfg.train.seed) {
+  BatchSource(const TrainConfig& cfg, GPTConfig& model_cfg, int dp_rank, int dp_size)
+      : rng_(cfg.train.seed), dp_rank_(dp_rank), dp_size_(dp_size) {
     batch_.B = cfg.train.batch_size;
     batch_.T = cfg.train.seq_len;
     if (cfg.data.path == "random") {
@@ -79,8 +81,9 @@ class BatchSource {
       throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +
                                " differs from the vocabulary of " + cfg.data.path + " (" +
                                std::to_string(data_->meta.vocab_size) + ", tokenizer " + data_->meta.tokenizer + ")");
-    train_ = std::make_unique<DataLoader>(data_->train, LoaderOptions{batch_.B, batch_.T, cfg.train.seed, 0, 1, true, 4});
-    if (cfg.train.eval_every > 0 && data_->val.num_tokens > 0)
+    train_ = std::make_unique<DataLoader>(data_->train,
+                                          LoaderOptions{batch_.B, batch_.T, cfg.train.seed, dp_rank, dp_size, true, 4});
+    if (cfg.train.eval_every > 0 && data_->val.num_tokens > 0 && dp_rank == 0)
       val_ = std::make_unique<DataLoader>(data_->val, LoaderOptions{batch_.B, batch_.T, cfg.train.seed, 0, 1, false, 4});
   }
 
@@ -94,11 +97,16 @@ class BatchSource {
       apply_loss_mask(batch_);
       return batch_;
     }
+    // Every rank draws the whole global batch, inputs then targets, and keeps its rows.
     std::uniform_int_distribution<int32_t> token(0, vocab_ - 1);
-    batch_.inputs.resize((size_t)batch_.B * batch_.T);
-    batch_.targets.resize(batch_.inputs.size());
-    for (int32_t& t : batch_.inputs) t = token(rng_);
-    for (int32_t& t : batch_.targets) t = token(rng_);
+    const size_t rows = (size_t)batch_.B * batch_.T, first = (size_t)dp_rank_ * rows;
+    batch_.inputs.resize(rows);
+    batch_.targets.resize(rows);
+    for (std::vector<int32_t>* part : {&batch_.inputs, &batch_.targets})
+      for (size_t i = 0; i < rows * dp_size_; i++) {
+        const int32_t t = token(rng_);
+        if (i >= first && i < first + rows) (*part)[i - first] = t;
+      }
     return batch_;
   }
   DataLoader* validation() const { return val_.get(); }
@@ -112,8 +120,18 @@ class BatchSource {
   std::optional<Dataset> data_;
   std::unique_ptr<DataLoader> train_, val_;
   std::mt19937_64 rng_;
+  int dp_rank_, dp_size_;
   int vocab_ = 0;
   Batch batch_;
+};
+
+int64_t unmasked(const Batch& batch) {
+  return std::count_if(batch.targets.begin(), batch.targets.end(), [](int32_t t) { return t >= 0; });
+}
+
+// Discards everything written to it: the log of ranks other than 0.
+struct NullBuffer : std::streambuf {
+  int overflow(int c) override { return c; }
 };
 
 // Time per op category over the run, largest first, and the rest of the step as "other".
@@ -136,30 +154,35 @@ double flops_per_token(int64_t params, int n_layer, int seq_len, int n_embd) {
   return 6.0 * (double)params + 12.0 * n_layer * (double)seq_len * n_embd;
 }
 
-std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
+std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, Comm& comm) {
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
+  NullBuffer discard;
+  std::ostream silent(&discard);
+  std::ostream& log = comm.rank() == 0 ? rank0_log : silent;
   std::unique_ptr<Ops> ops = make_ops(cfg);
   GPTConfig model_cfg = cfg.model;
-  BatchSource data(cfg, model_cfg);
+  BatchSource data(cfg, model_cfg, comm.rank(), comm.size());
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
-  MetricsWriter metrics(cfg.run_dir);
+  std::optional<MetricsWriter> metrics;
+  if (comm.rank() == 0) metrics.emplace(cfg.run_dir);
 
   GPT model(model_cfg, *ops, B, T);
   model.init_weights(cfg.train.seed);
   AdamW optimizer(model, cfg.optim);
 
   const int64_t params = model.layout().total();
-  const int64_t tokens_per_step = (int64_t)B * T * cfg.train.grad_accum;
+  const int64_t tokens_per_step = (int64_t)B * T * cfg.train.grad_accum * comm.size();
   const double step_flops = flops_per_token(params, cfg.model.n_layer, T, cfg.model.n_embd) * tokens_per_step;
   log << fmt::format("kiln train: model {} ({} layers, {} heads, width {}, vocab {} padded to {}), {:.2f}M parameters\n",
                      cfg.preset, model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.vocab_size,
                      model_cfg.padded_vocab(), model.layout().trained() / 1e6);
-  log << fmt::format("data: {}; batch {}x{} x{} accum = {} tokens/step, {} threads, {}\n", data.describe(cfg.data.path),
-                     B, T, cfg.train.grad_accum, tokens_per_step, omp_get_max_threads(), ops->name() == "cpu" ? cpu::blas_name() : ops->name());
+  log << fmt::format("data: {}; batch {}x{} x{} accum x{} ranks = {} tokens/step, {} threads, {}\n",
+                     data.describe(cfg.data.path), B, T, cfg.train.grad_accum, comm.size(), tokens_per_step,
+                     omp_get_max_threads(), ops->name() == "cpu" ? cpu::blas_name() : ops->name());
   log << fmt::format("memory plan (device {}): params {}, grads {}, AdamW moments {}, activations {}\n", ops->name(),
                      format_bytes(params * 4), format_bytes(params * 4), format_bytes(params * 8),
                      format_bytes(model.activation_bytes()));
-  log << "metrics: " << metrics.path() << "\n";
+  if (metrics) log << "metrics: " << metrics->path() << "\n";
 
   std::vector<StepRecord> records;
   double elapsed_s = 0;  // training steps only (for tokens/s); the breakdown covers evaluation too
@@ -170,9 +193,18 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
     double loss = 0;
     for (int micro = 0; micro < cfg.train.grad_accum; micro++) {
       const Batch& batch = data.next();
-      loss += model.forward_backward(batch.inputs, batch.targets, B, T, 1.0f / cfg.train.grad_accum);
+      // This rank's share of the global batch's unmasked tokens weights its mean loss, so that the
+      // sum over ranks is the global mean (1 exactly on one rank).
+      const int64_t local_tokens = unmasked(batch);
+      int64_t global_tokens = local_tokens;
+      comm.all_reduce_sum(std::span<int64_t>(&global_tokens, 1));
+      const double share = global_tokens > 0 ? (double)local_tokens / (double)global_tokens : 0.0;
+      loss += share * model.forward_backward(batch.inputs, batch.targets, B, T, (float)(share / cfg.train.grad_accum));
     }
     loss /= cfg.train.grad_accum;
+    comm.all_reduce_sum(std::span<double>(&loss, 1));
+    const Tensor& grads = model.grads();
+    comm.all_reduce_sum(std::span<float>(grads.f32(), (size_t)grads.numel));
     const double norm = grad_norm(*ops, model.grads());
     const double lr = learning_rate(cfg.optim, step, cfg.train.steps);
     optimizer.step(lr, ref::clip_factor(norm, cfg.optim.grad_clip));
@@ -191,7 +223,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {
                                   : "-";
     if (cfg.train.peak_tflops > 0) row["mfu"] = step_flops / seconds / (cfg.train.peak_tflops * 1e12);
     if (rec.val_loss) row["val_loss"] = *rec.val_loss;
-    metrics.write(row);
+    if (metrics) metrics->write(row);
 
     if ((step + 1) % cfg.train.log_every == 0 || last || rec.val_loss) {
       const double eta = elapsed_s / (double)(step + 1) * (double)(cfg.train.steps - step - 1);

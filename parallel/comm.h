@@ -1,0 +1,49 @@
+// Collectives over a group of ranks (design.md §2): all-reduce, reduce-scatter, all-gather,
+// broadcast and barrier on host buffers. Two implementations: over MPI (the CPU backend's
+// transport, one communicator per group) and the trivial one of a single process, so that code
+// written for N ranks runs unchanged without a launcher. Every rank of a group must issue the
+// same collectives in the same order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace kiln {
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place: every rank ends with the element-wise sum over the group (the same bits on all).
+  virtual void all_reduce_sum(std::span<float> data) = 0;
+  virtual void all_reduce_sum(std::span<double> data) = 0;
+  virtual void all_reduce_sum(std::span<int64_t> data) = 0;
+  // in holds size() * out.size() values; rank r gets the sum of every rank's block r.
+  virtual void reduce_scatter_sum(std::span<const float> in, std::span<float> out) = 0;
+  // out holds size() * in.size() values: block r is rank r's in.
+  virtual void all_gather(std::span<const float> in, std::span<float> out) = 0;
+  // root's bytes to every rank.
+  virtual void broadcast(std::span<std::byte> data, int root) = 0;
+  virtual void barrier() = 0;
+};
+
+// The group of one process.
+std::unique_ptr<Comm> make_self_comm();
+
+// MPI for the lifetime of the object: MPI_Init_thread asking for MPI_THREAD_MULTIPLE (the loader's
+// and, later, the checkpoint writer's threads may call MPI), refusing a library that grants less.
+class MpiSession {
+ public:
+  MpiSession();
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+  // The whole job (a duplicate of MPI_COMM_WORLD, so that kiln's messages never mix with others').
+  std::unique_ptr<Comm> world() const;
+};
+
+}  // namespace kiln

@@ -1,0 +1,93 @@
+// parallel/comm.h over MPI, run under mpiexec with several ranks (and the one-process Comm): each
+// collective's result on every rank against the sums computed here from every rank's inputs.
+#include "parallel/comm.h"
+
+#include <gtest/gtest.h>
+
+#include <numeric>
+#include <stdexcept>
+#include <vector>
+
+namespace kiln {
+namespace {
+
+Comm* world = nullptr;
+
+// Rank r's i-th input value: distinct per rank and exactly representable in float.
+float value(int rank, size_t i) { return (float)(rank * 1000 + (int)i) * 0.5f; }
+
+TEST(Comm, AllReduceSumsOverRanks) {
+  const int n = world->size();
+  std::vector<float> f(1001);
+  std::vector<double> d(3);
+  std::vector<int64_t> k(2);
+  for (size_t i = 0; i < f.size(); i++) f[i] = value(world->rank(), i);
+  for (size_t i = 0; i < d.size(); i++) d[i] = world->rank() + 0.25 * i;
+  k = {world->rank() + 1, int64_t(1) << 40};
+  world->all_reduce_sum(f);
+  world->all_reduce_sum(d);
+  world->all_reduce_sum(k);
+  for (size_t i = 0; i < f.size(); i++) {
+    float want = 0;
+    for (int r = 0; r < n; r++) want += value(r, i);
+    ASSERT_EQ(f[i], want) << "element " << i;
+  }
+  for (size_t i = 0; i < d.size(); i++) EXPECT_EQ(d[i], n * (n - 1) / 2.0 + n * 0.25 * i);
+  EXPECT_EQ(k[0], (int64_t)n * (n + 1) / 2);
+  EXPECT_EQ(k[1], (int64_t)n << 40);
+}
+
+TEST(Comm, ReduceScatterGivesEachRankItsBlockOfTheSum) {
+  const int n = world->size(), block = 37;
+  std::vector<float> in((size_t)n * block), out(block, -1.0f);
+  for (size_t i = 0; i < in.size(); i++) in[i] = value(world->rank(), i);
+  world->reduce_scatter_sum(in, out);
+  for (int i = 0; i < block; i++) {
+    float want = 0;
+    for (int r = 0; r < n; r++) want += value(r, (size_t)world->rank() * block + i);
+    ASSERT_EQ(out[i], want) << "element " << i;
+  }
+  EXPECT_THROW(world->reduce_scatter_sum(in, std::span<float>(out.data(), block - 1)), std::invalid_argument);
+}
+
+TEST(Comm, AllGatherConcatenatesInRankOrder) {
+  const int n = world->size(), block = 5;
+  std::vector<float> in(block), out((size_t)n * block, -1.0f);
+  for (int i = 0; i < block; i++) in[i] = value(world->rank(), i);
+  world->all_gather(in, out);
+  for (int r = 0; r < n; r++)
+    for (int i = 0; i < block; i++) ASSERT_EQ(out[(size_t)r * block + i], value(r, i)) << "rank " << r;
+}
+
+TEST(Comm, BroadcastCopiesTheRootsBytes) {
+  for (int root = 0; root < world->size(); root++) {
+    std::vector<std::byte> data(100, std::byte(world->rank()));
+    world->broadcast(data, root);
+    for (std::byte b : data) ASSERT_EQ(b, std::byte(root));
+  }
+  world->barrier();
+}
+
+TEST(Comm, SelfCommIsTheIdentity) {
+  const std::unique_ptr<Comm> self = make_self_comm();
+  std::vector<float> f = {1.5f, 2.5f}, out(2);
+  self->all_reduce_sum(f);
+  EXPECT_EQ(f, (std::vector<float>{1.5f, 2.5f}));
+  self->all_gather(f, out);
+  EXPECT_EQ(out, f);
+  EXPECT_EQ(self->size(), 1);
+  EXPECT_THROW(self->broadcast({}, 1), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace kiln
+
+// MPI is initialised once for all tests; every rank runs every test and reports its own failures.
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  kiln::MpiSession mpi;
+  const std::unique_ptr<kiln::Comm> comm = mpi.world();
+  kiln::world = comm.get();
+  if (comm->rank() != 0) ::testing::GTEST_FLAG(print_time) = false;
+  return RUN_ALL_TESTS();
+}
