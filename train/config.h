@@ -37,6 +37,10 @@ struct OptimConfig {
   double grad_clip = 1.0;     // global-norm clipping; 0 disables
 };
 
+struct ParallelConfig {
+  int zero = 0;  // 1: ZeRO-1, the optimizer state sharded over the data-parallel ranks
+};
+
 struct TrainConfig {
   std::string source;  // where it came from, for messages
   std::string preset = "tiny";
@@ -45,6 +49,7 @@ struct TrainConfig {
   DataConfig data;
   TrainLoopConfig train;
   OptimConfig optim;
+  ParallelConfig parallel;
   std::string run_dir = "runs/default";
   std::string device = "cpu";
   int threads = 0;  // 0 = all cores

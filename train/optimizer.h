@@ -7,17 +7,23 @@
 
 namespace kiln {
 
+// Owns the moments of elements [first, first + count) of the flat parameter buffer: all of it, or
+// under ZeRO-1 this data-parallel rank's shard.
 class AdamW {
  public:
   AdamW(GPT& model, const OptimConfig& cfg);
+  AdamW(GPT& model, const OptimConfig& cfg, int64_t first, int64_t count);
   // One update at `lr` with the gradients multiplied by grad_scale (the clipping factor); the step
-  // counter (for bias correction) advances by one.
-  void step(double lr, double grad_scale = 1.0);
+  // counter (for bias correction) advances by one. The gradients are the model's, or `shard_grads`
+  // (count values, for elements first..) when given.
+  void step(double lr, double grad_scale = 1.0, const Tensor& shard_grads = {});
   int64_t steps_taken() const { return step_; }
+  int64_t state_floats() const { return 2 * count_; }  // m and v
 
  private:
   GPT& model_;
   OptimConfig cfg_;
+  int64_t first_, count_;
   Buffer m_, v_;
   int64_t step_ = 0;
 };

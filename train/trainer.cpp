@@ -14,6 +14,7 @@
 #include "kernels/device_info.h"
 #include "model/cpu_ops.h"
 #include "model/gpt.h"
+#include "train/data_parallel.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -168,7 +169,8 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
 
   GPT model(model_cfg, *ops, B, T);
   model.init_weights(cfg.train.seed);
-  AdamW optimizer(model, cfg.optim);
+  DataParallel data_parallel(model, comm, cfg.parallel.zero == 1);
+  AdamW optimizer(model, cfg.optim, data_parallel.shard_first(), data_parallel.shard_count());
 
   const int64_t params = model.layout().total();
   const int64_t tokens_per_step = (int64_t)B * T * cfg.train.grad_accum * comm.size();
@@ -179,9 +181,12 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   log << fmt::format("data: {}; batch {}x{} x{} accum x{} ranks = {} tokens/step, {} threads, {}\n",
                      data.describe(cfg.data.path), B, T, cfg.train.grad_accum, comm.size(), tokens_per_step,
                      omp_get_max_threads(), ops->name() == "cpu" ? cpu::blas_name() : ops->name());
-  log << fmt::format("memory plan (device {}): params {}, grads {}, AdamW moments {}, activations {}\n", ops->name(),
-                     format_bytes(params * 4), format_bytes(params * 4), format_bytes(params * 8),
+  log << fmt::format("memory plan (device {}, rank 0): params {}, grads {}, AdamW moments {}{}, activations {}\n",
+                     ops->name(), format_bytes(params * 4), format_bytes(params * 4),
+                     format_bytes(optimizer.state_floats() * 4),
+                     cfg.parallel.zero && comm.size() > 1 ? fmt::format(" (ZeRO-1 shard of {})", comm.size()) : "",
                      format_bytes(model.activation_bytes()));
+  log << fmt::format("optimizer state floats on rank 0: {}\n", optimizer.state_floats());
   if (metrics) log << "metrics: " << metrics->path() << "\n";
 
   std::vector<StepRecord> records;
@@ -203,11 +208,10 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     }
     loss /= cfg.train.grad_accum;
     comm.all_reduce_sum(std::span<double>(&loss, 1));
-    const Tensor& grads = model.grads();
-    comm.all_reduce_sum(std::span<float>(grads.f32(), (size_t)grads.numel));
-    const double norm = grad_norm(*ops, model.grads());
+    const double norm = data_parallel.reduce_gradients();
     const double lr = learning_rate(cfg.optim, step, cfg.train.steps);
-    optimizer.step(lr, ref::clip_factor(norm, cfg.optim.grad_clip));
+    optimizer.step(lr, ref::clip_factor(norm, cfg.optim.grad_clip), data_parallel.optimizer_grads());
+    data_parallel.gather_parameters();
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     elapsed_s += seconds;
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Data parallel on the CPU backend: the same global batch over 1, 2 and 4 ranks (mpiexec on this
 # 2-core machine: oversubscribed, one thread each) gives the same loss and gradient norm at every
-# step, within fp32 reduction-order noise (relative 1e-5). Two runs: random tokens with gradient
-# accumulation, and a prepared dataset (the loader's rank slices) with a loss mask-free corpus.
+# step, within fp32 reduction-order noise (relative 1e-5): random tokens with gradient
+# accumulation, a prepared dataset (the loader's rank slices), and ZeRO-1.
 set -euo pipefail
 kiln="$1" src="$2" work="$3"
 rm -rf "$work" && mkdir -p "$work"
@@ -32,9 +32,23 @@ for ranks in 1 2 4; do
   "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data "$work/data" --batch-size $batch \
     --run-dir "$work/data_$ranks" > "$work/data_$ranks.log"
 done
+# ZeRO-1: the same run with the optimizer state sharded.
+for ranks in 2 4; do
+  "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data random --batch-size $((8 / ranks)) --train.grad_accum=2 \
+    --parallel.zero=1 --run-dir "$work/zero_$ranks" > "$work/zero_$ranks.log"
+done
 for ranks in 2 4; do
   compare "$work/random_1" "$work/random_$ranks"
   compare "$work/data_1" "$work/data_$ranks"
+  compare "$work/random_1" "$work/zero_$ranks"
+done
+# The sharding is real: rank 0 keeps ceil(P / ranks) of the P parameters' moments under ZeRO-1.
+floats() { grep -o 'optimizer state floats on rank 0: [0-9]*' "$1" | grep -o '[0-9]*$'; }
+full=$(floats "$work/random_1.log")
+for ranks in 2 4; do
+  want=$(( 2 * ((full / 2 + ranks - 1) / ranks) )) got=$(floats "$work/zero_$ranks.log")
+  echo "ZeRO-1 at $ranks ranks: $got optimizer floats on rank 0 (all: $full, expected $want)"
+  [ "$got" -eq "$want" ]
 done
 # Only rank 0 writes metrics and logs.
 [ "$(grep -c '^step' "$work/random_4.log")" -eq 1 ]
