@@ -4,8 +4,10 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <fstream>
 #include <stdexcept>
 #include <string_view>
+#include <vector>
 
 namespace kiln {
 namespace {
@@ -55,6 +57,17 @@ ProcessInfo detect_process(const EnvLookup& getenv_fn) {
 
 ProcessInfo detect_process() {
   return detect_process([](const char* name) { return std::getenv(name); });
+}
+
+uint64_t binary_hash() {
+  std::ifstream in("/proc/self/exe", std::ios::binary);
+  if (!in) throw std::runtime_error("/proc/self/exe: cannot open this process's executable to hash it");
+  uint64_t hash = 0xcbf29ce484222325ull;
+  std::vector<char> chunk(1 << 20);
+  while (in.read(chunk.data(), (std::streamsize)chunk.size()) || in.gcount() > 0) {
+    for (std::streamsize i = 0; i < in.gcount(); i++) hash = (hash ^ (unsigned char)chunk[i]) * 0x100000001b3ull;
+  }
+  return hash;
 }
 
 std::string mpi_library_version() {

@@ -3,6 +3,7 @@
 // without a launcher is rank 0 of 1.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -24,5 +25,9 @@ ProcessInfo detect_process();
 
 // The MPI library kiln was built against (callable before MPI_Init).
 std::string mpi_library_version();
+
+// FNV-1a hash of this process's executable (/proc/self/exe): ranks of one job compare it, so that
+// a node running a different build is refused before training starts.
+uint64_t binary_hash();
 
 }  // namespace kiln

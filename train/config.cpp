@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <set>
+#include <sstream>
 #include <stdexcept>
 
 namespace kiln {
@@ -80,6 +81,25 @@ void apply_override(toml::table& root, const std::string& text) {
   table->insert_or_assign(key.substr(start), *parsed.get("v"));
 }
 
+// "section.key = value" lines in the table's (sorted) order: what the ranks of a job compare.
+std::string settings_text(const toml::table& root) {
+  std::ostringstream out;
+  for (const auto& [section, node] : root) {
+    if (const toml::table* table = node.as_table()) {
+      for (const auto& [key, value] : *table) {
+        out << section.str() << "." << key.str() << " = ";
+        value.visit([&](const auto& v) { out << v; });
+        out << "\n";
+      }
+    } else {
+      out << section.str() << " = ";
+      node.visit([&](const auto& v) { out << v; });
+      out << "\n";
+    }
+  }
+  return out.str();
+}
+
 }  // namespace
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -97,6 +117,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
 
   TrainConfig cfg;
   cfg.source = path.empty() ? "command line" : path;
+  cfg.settings = settings_text(root);
   Reader r(root, cfg.source);
   r.get("model.preset", cfg.preset);
   cfg.model = GPTConfig::preset(cfg.preset);

@@ -43,6 +43,7 @@ struct ParallelConfig {
 
 struct TrainConfig {
   std::string source;  // where it came from, for messages
+  std::string settings;  // every key set by the file or an override, "section.key = value" per line, sorted
   std::string preset = "tiny";
   GPTConfig model;
   bool vocab_size_set = false;  // model.vocab_size given; otherwise it is the dataset's

@@ -14,7 +14,9 @@
 #include "kernels/device_info.h"
 #include "model/cpu_ops.h"
 #include "model/gpt.h"
+#include "parallel/context.h"
 #include "train/data_parallel.h"
+#include "train/job_check.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -160,6 +162,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   NullBuffer discard;
   std::ostream silent(&discard);
   std::ostream& log = comm.rank() == 0 ? rank0_log : silent;
+  if (comm.size() > 1) check_ranks_agree(comm, binary_hash(), cfg.settings);
   std::unique_ptr<Ops> ops = make_ops(cfg);
   GPTConfig model_cfg = cfg.model;
   BatchSource data(cfg, model_cfg, comm.rank(), comm.size());

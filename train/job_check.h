@@ -1,0 +1,18 @@
+// Before a multi-process job trains, every rank must run the same build with the same settings:
+// a node with another binary or a rank given other flags would otherwise train something else, or
+// hang in a collective the others never issue.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "parallel/comm.h"
+
+namespace kiln {
+
+// Compares every rank's (binary hash, settings text) with rank 0's. Throws on every rank when any
+// differs: the differing ranks name the first differing setting ("section.key = value") or the
+// binary, the others say which ranks differ. A collective: all ranks call it.
+void check_ranks_agree(Comm& comm, uint64_t binary, const std::string& settings);
+
+}  // namespace kiln
