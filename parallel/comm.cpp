@@ -3,7 +3,12 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <stdexcept>
 #include <string>
 
@@ -45,20 +50,77 @@ class SelfComm final : public Comm {
     if (root != 0) throw std::invalid_argument("broadcast: root " + std::to_string(root) + " in a group of 1");
   }
   void barrier() override {}
+  void set_context(const std::string&) override {}
 };
 
 // Counts above INT_MAX go in pieces: MPI's counts are int.
 constexpr size_t kMaxCount = size_t(1) << 30;
 
+// Aborts the job when a collective takes longer than the timeout: a thread that looks at the
+// collective in flight every 100 ms. MPI_Abort from it is allowed under MPI_THREAD_MULTIPLE.
+class Watchdog {
+ public:
+  Watchdog(int rank, double timeout_s) : rank_(rank), timeout_(timeout_s), thread_([this] { watch(); }) {}
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  void begin(const char* op) {
+    std::lock_guard lock(mutex_);
+    op_ = op;
+    started_ = Clock::now();
+  }
+  void end() {
+    std::lock_guard lock(mutex_);
+    op_ = nullptr;
+  }
+  void set_context(const std::string& where) {
+    std::lock_guard lock(mutex_);
+    context_ = where;
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  void watch() {
+    std::unique_lock lock(mutex_);
+    while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [&] { return stop_; })) {
+      if (!op_ || std::chrono::duration<double>(Clock::now() - started_).count() < timeout_) continue;
+      std::fprintf(stderr,
+                   "kiln: rank %d: %s (%s) did not finish within %g s: another rank has died or hangs; "
+                   "aborting the job\n",
+                   rank_, op_, context_.empty() ? "start-up" : context_.c_str(), timeout_);
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 3);
+    }
+  }
+  const int rank_;
+  const double timeout_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  const char* op_ = nullptr;
+  Clock::time_point started_;
+  std::string context_;
+  std::thread thread_;  // last: starts after the state it reads
+};
+
 class MpiComm final : public Comm {
  public:
-  explicit MpiComm(MPI_Comm parent) {
+  MpiComm(MPI_Comm parent, double timeout_s) {
     KILN_MPI_CHECK(MPI_Comm_dup(parent, &comm_));
     KILN_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));  // errors become exceptions
     KILN_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     KILN_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    watchdog_ = std::make_unique<Watchdog>(rank_, timeout_s);
   }
-  ~MpiComm() override { MPI_Comm_free(&comm_); }
+  ~MpiComm() override {
+    watchdog_.reset();
+    MPI_Comm_free(&comm_);
+  }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void all_reduce_sum(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT); }
@@ -67,29 +129,44 @@ class MpiComm final : public Comm {
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     require_size(in.size(), out.size() * size_, "reduce_scatter_sum");
     if (out.size() > kMaxCount) throw std::invalid_argument("reduce_scatter_sum: block above 2^30 values");
+    const Watched w(*watchdog_, "reduce_scatter_sum");
     KILN_MPI_CHECK(MPI_Reduce_scatter_block(in.data(), out.data(), (int)out.size(), MPI_FLOAT, MPI_SUM, comm_));
   }
   void all_gather(std::span<const float> in, std::span<float> out) override {
     require_size(out.size(), in.size() * size_, "all_gather");
     if (in.size() > kMaxCount) throw std::invalid_argument("all_gather: block above 2^30 values");
+    const Watched w(*watchdog_, "all_gather");
     KILN_MPI_CHECK(MPI_Allgather(in.data(), (int)in.size(), MPI_FLOAT, out.data(), (int)in.size(), MPI_FLOAT, comm_));
   }
   void broadcast(std::span<std::byte> data, int root) override {
+    const Watched w(*watchdog_, "broadcast");
     for (size_t at = 0; at < data.size(); at += kMaxCount)
       KILN_MPI_CHECK(MPI_Bcast(data.data() + at, (int)std::min(kMaxCount, data.size() - at), MPI_BYTE, root, comm_));
   }
-  void barrier() override { KILN_MPI_CHECK(MPI_Barrier(comm_)); }
+  void barrier() override {
+    const Watched w(*watchdog_, "barrier");
+    KILN_MPI_CHECK(MPI_Barrier(comm_));
+  }
+  void set_context(const std::string& where) override { watchdog_->set_context(where); }
 
  private:
+  // The collective in flight, for the watchdog, for the lifetime of the object.
+  struct Watched {
+    Watched(Watchdog& w, const char* op) : watchdog(w) { watchdog.begin(op); }
+    ~Watched() { watchdog.end(); }
+    Watchdog& watchdog;
+  };
   void all_reduce(void* data, size_t count, MPI_Datatype type) {
     int bytes = 0;
     KILN_MPI_CHECK(MPI_Type_size(type, &bytes));
+    const Watched w(*watchdog_, "all_reduce_sum");
     for (size_t at = 0; at < count; at += kMaxCount)
       KILN_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + at * bytes, (int)std::min(kMaxCount, count - at),
                                    type, MPI_SUM, comm_));
   }
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
+  std::unique_ptr<Watchdog> watchdog_;
 };
 
 }  // namespace
@@ -108,6 +185,9 @@ MpiSession::MpiSession() {
 
 MpiSession::~MpiSession() { MPI_Finalize(); }
 
-std::unique_ptr<Comm> MpiSession::world() const { return std::make_unique<MpiComm>(MPI_COMM_WORLD); }
+std::unique_ptr<Comm> MpiSession::world(double timeout_s) const {
+  if (!(timeout_s > 0)) throw std::invalid_argument("collective timeout must be > 0 s");
+  return std::make_unique<MpiComm>(MPI_COMM_WORLD, timeout_s);
+}
 
 }  // namespace kiln

@@ -29,6 +29,8 @@ class Comm {
   // root's bytes to every rank.
   virtual void broadcast(std::span<std::byte> data, int root) = 0;
   virtual void barrier() = 0;
+  // What the job is doing ("step 12"), for the message of a collective that times out.
+  virtual void set_context(const std::string& where) = 0;
 };
 
 // The group of one process.
@@ -43,7 +45,9 @@ class MpiSession {
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
   // The whole job (a duplicate of MPI_COMM_WORLD, so that kiln's messages never mix with others').
-  std::unique_ptr<Comm> world() const;
+  // A collective still unfinished after timeout_s seconds (a rank died or hangs) aborts the whole
+  // job with MPI_Abort, after printing the rank, the collective and the context.
+  std::unique_ptr<Comm> world(double timeout_s) const;
 };
 
 }  // namespace kiln

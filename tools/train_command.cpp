@@ -48,7 +48,7 @@ void add_train_command(CLI::App& app) {
     if (process.launcher == "env")
       throw std::runtime_error("RANK/WORLD_SIZE launches (file rendezvous) are not implemented yet: use mpirun or srun");
     const MpiSession mpi;
-    const std::unique_ptr<Comm> world = mpi.world();
+    const std::unique_ptr<Comm> world = mpi.world(cfg.parallel.timeout_s);
     if (world->size() != process.world_size || world->rank() != process.rank)
       throw std::runtime_error("MPI sees rank " + std::to_string(world->rank()) + " of " + std::to_string(world->size()) +
                                ", the " + process.launcher + " environment rank " + std::to_string(process.rank) +

@@ -149,6 +149,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("optim.eps", cfg.optim.eps);
   r.get("optim.grad_clip", cfg.optim.grad_clip);
   r.get("parallel.zero", cfg.parallel.zero);
+  r.get("parallel.timeout_s", cfg.parallel.timeout_s);
   r.get("run.dir", cfg.run_dir);
   r.get("run.device", cfg.device);
   r.get("run.threads", cfg.threads);
@@ -175,6 +176,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   if (cfg.optim.schedule != "cosine" && cfg.optim.schedule != "wsd" && cfg.optim.schedule != "constant")
     bad("optim.schedule", "'" + cfg.optim.schedule + "': expected cosine, wsd or constant");
   if (cfg.parallel.zero != 0 && cfg.parallel.zero != 1) bad("parallel.zero", "expected 0 or 1 (ZeRO-1)");
+  if (!(cfg.parallel.timeout_s > 0)) bad("parallel.timeout_s", "expected > 0 seconds");
   if (cfg.device != "cpu" && cfg.device != "cuda" && cfg.device != "emu")
     bad("run.device", "'" + cfg.device + "': expected cpu, cuda or emu");
   return cfg;

@@ -39,6 +39,7 @@ struct OptimConfig {
 
 struct ParallelConfig {
   int zero = 0;  // 1: ZeRO-1, the optimizer state sharded over the data-parallel ranks
+  double timeout_s = 600;  // a collective unfinished after this long aborts the job
 };
 
 struct TrainConfig {

@@ -197,6 +197,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   const auto run_start = Clock::now();
   for (int64_t step = 0; step < cfg.train.steps; step++) {
     const auto start = Clock::now();
+    comm.set_context(fmt::format("step {}", step + 1));
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < cfg.train.grad_accum; micro++) {

@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <numeric>
 #include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
 
 namespace kiln {
@@ -83,10 +86,18 @@ TEST(Comm, SelfCommIsTheIdentity) {
 }  // namespace kiln
 
 // MPI is initialised once for all tests; every rank runs every test and reports its own failures.
+// With --stall, rank 1 never joins a barrier, and rank 0's watchdog (1 s) must abort the job.
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   kiln::MpiSession mpi;
-  const std::unique_ptr<kiln::Comm> comm = mpi.world();
+  if (argc > 1 && std::string(argv[1]) == "--stall") {
+    const std::unique_ptr<kiln::Comm> comm = mpi.world(1.0);
+    comm->set_context("step 7");
+    if (comm->rank() != 1) comm->barrier();
+    std::this_thread::sleep_for(std::chrono::seconds(60));  // only the watchdog ends this
+    return 0;
+  }
+  const std::unique_ptr<kiln::Comm> comm = mpi.world(60.0);
   kiln::world = comm.get();
   if (comm->rank() != 0) ::testing::GTEST_FLAG(print_time) = false;
   return RUN_ALL_TESTS();
