@@ -20,6 +20,16 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
   grads_ = ops.allocate(layout_.total(), DType::f32);
   w_ = bind(layout_, params_, cfg.n_layer);
   g_ = bind(layout_, grads_, cfg.n_layer);
+  auto span = [&](const std::string& first, const std::string& last) {
+    const ParamSpec& l = layout_.find(last);
+    return Range{layout_.find(first).offset, l.offset + l.numel};
+  };
+  embedding_range_ = span("wte", "wpe");
+  lnf_range_ = span("ln_f.weight", "ln_f.bias");
+  for (int l = 0; l < cfg.n_layer; l++) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    block_ranges_.push_back(span(p + "ln_1.weight", p + "mlp.c_proj.bias"));
+  }
 
   const int64_t N = (int64_t)max_batch * max_seq, C = cfg.n_embd;
   const int64_t A = local_.attn_width, H = local_.mlp_width, Vp = local_.vocab_rows;
@@ -76,9 +86,9 @@ double GPT::forward(std::span<const int32_t> tokens, std::span<const int32_t> ta
 }
 
 double GPT::forward_backward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
-                             float loss_scale) {
+                             float loss_scale, const GradsReady& ready) {
   const double loss = run_forward(tokens, targets, B, T, true, loss_scale);
-  backward(B, T);
+  backward(B, T, ready);
   return loss;
 }
 
@@ -144,7 +154,10 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
 
 // Reverse of run_forward. d_residual carries the gradient of the residual stream down the
 // network; each branch's gradient is added into it by the ops' accumulate semantics.
-void GPT::backward(int B, int T) {
+void GPT::backward(int B, int T, const GradsReady& ready) {
+  auto done = [&](Range r) {
+    if (ready) ready(r.first, r.end - r.first);
+  };
   const int64_t N = (int64_t)B * T;
   const int C = cfg_.n_embd, A = local_.attn_width, H = local_.mlp_width, Vp = local_.vocab_rows;
   auto rows = [N](const Buffer& b, int64_t width) { return b.view().slice(0, N * width); };
@@ -157,6 +170,7 @@ void GPT::backward(int B, int T) {
   ops_.zero(d_res);
   ops_.layernorm_backward(d_res, g_.lnf_w, g_.lnf_b, d_ln, rows(blocks_.back().residual3, C), w_.lnf_w,
                           rows(lnf_mean_, 1), rows(lnf_rstd_, 1), N, C);
+  done(lnf_range_);
   for (int l = cfg_.n_layer - 1; l >= 0; l--) {
     const BlockTensors &w = w_.blocks[l], &g = g_.blocks[l];
     BlockActivations& a = blocks_[l];
@@ -180,8 +194,10 @@ void GPT::backward(int B, int T) {
     ops_.matmul_backward(d_ln, g.qkv_w, g.qkv_b, d_qkv, rows(a.ln1, C), w.qkv_w, N, C, 3 * A);
     ops_.layernorm_backward(d_res, g.ln1_w, g.ln1_b, d_ln, residual, w.ln1_w, rows(a.ln1_mean, 1),
                             rows(a.ln1_rstd, 1), N, C);
+    done(block_ranges_[l]);
   }
   ops_.embedding_backward(g_.wte, g_.wpe, d_res, rows(tokens_, 1), B, T, C, local_.vocab_begin, local_.vocab_rows);
+  done(embedding_range_);  // wte is final only now: the tied LM head wrote into it first
 }
 
 }  // namespace kiln

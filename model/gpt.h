@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -32,9 +33,13 @@ class GPT {
   double forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T);
   // [B, T, padded_vocab] logits of the last forward().
   void download_logits(std::span<float> out);
+  // Called during the backward pass with each range [offset, offset + count) of the flat gradient
+  // buffer as soon as it is final, in backward order: ln_f, blocks n_layer-1 .. 0, the embeddings.
+  // Each range ends where the previous one began, so consecutive ranges form one contiguous span.
+  using GradsReady = std::function<void(int64_t offset, int64_t count)>;
   // forward, then grads += d(loss_scale * mean loss)/d(params). Returns the mean loss.
   double forward_backward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
-                          float loss_scale = 1.0f);
+                          float loss_scale = 1.0f, const GradsReady& ready = {});
   void zero_grads() { ops_.zero(grads_); }
 
  private:
@@ -44,7 +49,13 @@ class GPT {
   };
   double run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
                      bool with_grad, float loss_scale);
-  void backward(int B, int T);
+  void backward(int B, int T, const GradsReady& ready);
+  // [first, end) of the flat buffer: the embeddings, each block, ln_f.
+  struct Range {
+    int64_t first, end;
+  };
+  Range embedding_range_, lnf_range_;
+  std::vector<Range> block_ranges_;
 
   GPTConfig cfg_;
   Ops& ops_;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <vector>
 #include <stdexcept>
 #include <string>
 
@@ -38,6 +39,8 @@ class SelfComm final : public Comm {
   void all_reduce_sum(std::span<float>) override {}
   void all_reduce_sum(std::span<double>) override {}
   void all_reduce_sum(std::span<int64_t>) override {}
+  void all_reduce_sum_start(std::span<float>) override {}
+  void wait_all() override {}
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     require_size(in.size(), out.size(), "reduce_scatter_sum");
     std::copy(in.begin(), in.end(), out.begin());
@@ -126,6 +129,22 @@ class MpiComm final : public Comm {
   void all_reduce_sum(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT); }
   void all_reduce_sum(std::span<double> data) override { all_reduce(data.data(), data.size(), MPI_DOUBLE); }
   void all_reduce_sum(std::span<int64_t> data) override { all_reduce(data.data(), data.size(), MPI_INT64_T); }
+  void all_reduce_sum_start(std::span<float> data) override {
+    for (size_t at = 0; at < data.size(); at += kMaxCount) {
+      pending_.emplace_back();
+      KILN_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data.data() + at, (int)std::min(kMaxCount, data.size() - at),
+                                    MPI_FLOAT, MPI_SUM, comm_, &pending_.back()));
+    }
+    // MPI moves non-blocking collectives forward inside its calls: a test here lets the earlier
+    // buckets progress while the backward pass computes the next ones.
+    int done = 0;
+    KILN_MPI_CHECK(MPI_Testall((int)pending_.size(), pending_.data(), &done, MPI_STATUSES_IGNORE));
+  }
+  void wait_all() override {
+    const Watched w(*watchdog_, "all_reduce_sum (bucketed)");
+    KILN_MPI_CHECK(MPI_Waitall((int)pending_.size(), pending_.data(), MPI_STATUSES_IGNORE));
+    pending_.clear();
+  }
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     require_size(in.size(), out.size() * size_, "reduce_scatter_sum");
     if (out.size() > kMaxCount) throw std::invalid_argument("reduce_scatter_sum: block above 2^30 values");
@@ -166,6 +185,7 @@ class MpiComm final : public Comm {
   }
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
+  std::vector<MPI_Request> pending_;  // started by all_reduce_sum_start; completed requests become null
   std::unique_ptr<Watchdog> watchdog_;
 };
 

@@ -22,6 +22,10 @@ class Comm {
   virtual void all_reduce_sum(std::span<float> data) = 0;
   virtual void all_reduce_sum(std::span<double> data) = 0;
   virtual void all_reduce_sum(std::span<int64_t> data) = 0;
+  // Starts an in-place all-reduce of `data` and returns; wait_all() completes every one started.
+  // The data must not be touched in between.
+  virtual void all_reduce_sum_start(std::span<float> data) = 0;
+  virtual void wait_all() = 0;
   // in holds size() * out.size() values; rank r gets the sum of every rank's block r.
   virtual void reduce_scatter_sum(std::span<const float> in, std::span<float> out) = 0;
   // out holds size() * in.size() values: block r is rank r's in.

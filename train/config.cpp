@@ -150,6 +150,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("optim.grad_clip", cfg.optim.grad_clip);
   r.get("parallel.zero", cfg.parallel.zero);
   r.get("parallel.timeout_s", cfg.parallel.timeout_s);
+  r.get("parallel.bucket_mb", cfg.parallel.bucket_mb);
   r.get("run.dir", cfg.run_dir);
   r.get("run.device", cfg.device);
   r.get("run.threads", cfg.threads);
@@ -177,6 +178,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     bad("optim.schedule", "'" + cfg.optim.schedule + "': expected cosine, wsd or constant");
   if (cfg.parallel.zero != 0 && cfg.parallel.zero != 1) bad("parallel.zero", "expected 0 or 1 (ZeRO-1)");
   if (!(cfg.parallel.timeout_s > 0)) bad("parallel.timeout_s", "expected > 0 seconds");
+  if (!(cfg.parallel.bucket_mb >= 0)) bad("parallel.bucket_mb", "expected >= 0 (0: one all-reduce after the backward pass)");
   if (cfg.device != "cpu" && cfg.device != "cuda" && cfg.device != "emu")
     bad("run.device", "'" + cfg.device + "': expected cpu, cuda or emu");
   return cfg;

@@ -9,8 +9,12 @@
 
 namespace kiln {
 
-DataParallel::DataParallel(GPT& model, Comm& comm, bool zero1)
-    : model_(model), comm_(comm), zero1_(zero1 && comm.size() > 1), total_(model.layout().total()) {
+DataParallel::DataParallel(GPT& model, Comm& comm, bool zero1, double bucket_bytes)
+    : model_(model),
+      comm_(comm),
+      zero1_(zero1 && comm.size() > 1),
+      bucket_bytes_(zero1_ || comm.size() == 1 ? 0 : bucket_bytes),
+      total_(model.layout().total()) {
   if (comm.size() > 1 && model.ops().name() != "cpu")
     throw std::runtime_error("data parallelism over MPI needs the cpu backend (run.device = " + model.ops().name() + ")");
   // The flat buffer padded to a multiple of the ranks, so that every shard has the same size.
@@ -25,9 +29,39 @@ DataParallel::DataParallel(GPT& model, Comm& comm, bool zero1)
   }
 }
 
+GPT::GradsReady DataParallel::grads_ready() {
+  if (bucket_bytes_ <= 0) return {};
+  pending_first_ = pending_end_ = total_;
+  started_ = buckets_ = 0;
+  return [this](int64_t offset, int64_t count) {
+    if (offset + count != pending_first_)
+      throw std::logic_error("DataParallel: gradients [" + std::to_string(offset) + ", " + std::to_string(offset + count) +
+                             ") are not adjacent to the bucket being filled at " + std::to_string(pending_first_));
+    pending_first_ = offset;
+    if ((double)(pending_end_ - pending_first_) * sizeof(float) >= bucket_bytes_) start_pending();
+  };
+}
+
+void DataParallel::start_pending() {
+  if (pending_end_ == pending_first_) return;
+  comm_.all_reduce_sum_start(std::span<float>(model_.grads().f32() + pending_first_, (size_t)(pending_end_ - pending_first_)));
+  started_ += pending_end_ - pending_first_;
+  buckets_++;
+  pending_end_ = pending_first_;
+}
+
 double DataParallel::reduce_gradients() {
   const Tensor& grads = model_.grads();
   std::span<float> full(grads.f32(), (size_t)total_);
+  if (bucket_bytes_ > 0) {
+    start_pending();
+    comm_.wait_all();
+    if (started_ != total_)
+      throw std::logic_error("DataParallel: the backward pass reported " + std::to_string(started_) + " of " +
+                             std::to_string(total_) + " gradients final");
+    buckets_last_step_ = buckets_;
+    return grad_norm(model_.ops(), grads);
+  }
   if (!zero1_) {
     comm_.all_reduce_sum(full);
     return grad_norm(model_.ops(), grads);

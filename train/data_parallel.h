@@ -14,24 +14,36 @@ namespace kiln {
 
 class DataParallel {
  public:
-  DataParallel(GPT& model, Comm& comm, bool zero1);
+  // bucket_bytes > 0 (and no ZeRO-1): gradients are all-reduced in buckets of at least that many
+  // bytes during the backward pass, as GPT::forward_backward reports them final (grads_ready()).
+  DataParallel(GPT& model, Comm& comm, bool zero1, double bucket_bytes);
 
   // The elements of the flat buffer whose optimizer state this rank keeps.
   int64_t shard_first() const { return first_; }
   int64_t shard_count() const { return count_; }
 
-  // Sums the gradients over the ranks; returns their global L2 norm, each element counted once.
+  // For the last micro-batch's GPT::forward_backward: starts a bucket's all-reduce whenever the
+  // gradients made final since the previous one reach bucket_bytes. Empty when not bucketing.
+  GPT::GradsReady grads_ready();
+  // Sums the gradients over the ranks (finishing the buckets started); returns their global L2
+  // norm, each element counted once.
   double reduce_gradients();
+  int64_t buckets_last_step() const { return buckets_last_step_; }
   // The gradients the optimizer steps with: the model's (empty Tensor) or this rank's shard.
   Tensor optimizer_grads();
   // After the optimizer step: ZeRO-1 gives every rank every shard's parameters.
   void gather_parameters();
 
  private:
+  void start_pending();  // starts the all-reduce of the bucket being filled, if it holds anything
+
   GPT& model_;
   Comm& comm_;
   bool zero1_;
-  int64_t total_, shard_, first_, count_;  // shard_: the padded shard size, count_ <= shard_ real elements
+  double bucket_bytes_;
+  int64_t total_, shard_, first_, count_;
+  // The bucket being filled: [pending_first_, pending_end_), and what was started this step.
+  int64_t pending_first_ = 0, pending_end_ = 0, started_ = 0, buckets_ = 0, buckets_last_step_ = 0;  // shard_: the padded shard size, count_ <= shard_ real elements
   std::vector<float> padded_grads_, shard_grads_, shard_params_, gathered_;  // ZeRO-1 staging, allocated once
 };
 

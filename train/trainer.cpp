@@ -172,7 +172,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
 
   GPT model(model_cfg, *ops, B, T);
   model.init_weights(cfg.train.seed);
-  DataParallel data_parallel(model, comm, cfg.parallel.zero == 1);
+  DataParallel data_parallel(model, comm, cfg.parallel.zero == 1, cfg.parallel.bucket_mb * 1e6);
   AdamW optimizer(model, cfg.optim, data_parallel.shard_first(), data_parallel.shard_count());
 
   const int64_t params = model.layout().total();
@@ -208,7 +208,9 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
       int64_t global_tokens = local_tokens;
       comm.all_reduce_sum(std::span<int64_t>(&global_tokens, 1));
       const double share = global_tokens > 0 ? (double)local_tokens / (double)global_tokens : 0.0;
-      loss += share * model.forward_backward(batch.inputs, batch.targets, B, T, (float)(share / cfg.train.grad_accum));
+      const bool last_micro = micro + 1 == cfg.train.grad_accum;  // its backward finishes the gradients
+      loss += share * model.forward_backward(batch.inputs, batch.targets, B, T, (float)(share / cfg.train.grad_accum),
+                                             last_micro ? data_parallel.grads_ready() : GPT::GradsReady{});
     }
     loss /= cfg.train.grad_accum;
     comm.all_reduce_sum(std::span<double>(&loss, 1));
@@ -246,6 +248,13 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   }
   log << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg.train.steps, format_duration(elapsed_s),
                      tokens_per_step * cfg.train.steps / elapsed_s);
+  if (comm.size() > 1)
+    log << fmt::format("gradient reduction over {} ranks: {}\n", comm.size(),
+                       data_parallel.buckets_last_step() > 0
+                           ? fmt::format("{} bucket(s) per step, started during the backward pass",
+                                         data_parallel.buckets_last_step())
+                           : std::string(cfg.parallel.zero ? "reduce-scatter after the backward pass (ZeRO-1)"
+                                                           : "one all-reduce after the backward pass"));
   log << op_breakdown(*ops, std::chrono::duration<double>(Clock::now() - run_start).count()) << "\n";
   return records;
 }

@@ -2,7 +2,8 @@
 # Data parallel on the CPU backend: the same global batch over 1, 2 and 4 ranks (mpiexec on this
 # 2-core machine: oversubscribed, one thread each) gives the same loss and gradient norm at every
 # step, within fp32 reduction-order noise (relative 1e-5): random tokens with gradient
-# accumulation, a prepared dataset (the loader's rank slices), and ZeRO-1.
+# accumulation, a prepared dataset (the loader's rank slices), small and no gradient buckets, and
+# ZeRO-1.
 set -euo pipefail
 kiln="$1" src="$2" work="$3"
 rm -rf "$work" && mkdir -p "$work"
@@ -32,6 +33,16 @@ for ranks in 1 2 4; do
   "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data "$work/data" --batch-size $batch \
     --run-dir "$work/data_$ranks" > "$work/data_$ranks.log"
 done
+# Gradients in several buckets reduced during the backward pass (the test model's 80k parameters
+# are one 25 MB bucket), and in one all-reduce after it.
+for ranks in 2 4; do
+  "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data random --batch-size $((8 / ranks)) --train.grad_accum=2 \
+    --parallel.bucket_mb=0.05 --run-dir "$work/buckets_$ranks" > "$work/buckets_$ranks.log"
+  "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data random --batch-size $((8 / ranks)) --train.grad_accum=2 \
+    --parallel.bucket_mb=0 --run-dir "$work/unbucketed_$ranks" > "$work/unbucketed_$ranks.log"
+done
+grep -q "gradient reduction over 2 ranks: [2-9] bucket(s) per step" "$work/buckets_2.log"
+grep -q "one all-reduce after the backward pass" "$work/unbucketed_2.log"
 # ZeRO-1: the same run with the optimizer state sharded.
 for ranks in 2 4; do
   "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data random --batch-size $((8 / ranks)) --train.grad_accum=2 \
@@ -41,6 +52,8 @@ for ranks in 2 4; do
   compare "$work/random_1" "$work/random_$ranks"
   compare "$work/data_1" "$work/data_$ranks"
   compare "$work/random_1" "$work/zero_$ranks"
+  compare "$work/random_1" "$work/buckets_$ranks"
+  compare "$work/random_1" "$work/unbucketed_$ranks"
 done
 # The sharding is real: rank 0 keeps ceil(P / ranks) of the P parameters' moments under ZeRO-1.
 floats() { grep -o 'optimizer state floats on rank 0: [0-9]*' "$1" | grep -o '[0-9]*$'; }
