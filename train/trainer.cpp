@@ -86,7 +86,9 @@ class BatchSource {
                                std::to_string(data_->meta.vocab_size) + ", tokenizer " + data_->meta.tokenizer + ")");
     train_ = std::make_unique<DataLoader>(data_->train,
                                           LoaderOptions{batch_.B, batch_.T, cfg.train.seed, dp_rank, dp_size, true, 4});
-    if (cfg.train.eval_every > 0 && data_->val.num_tokens > 0 && dp_rank == 0)
+    // Every rank evaluates the whole validation split: the same time on all, so none waits for
+    // rank 0 in a collective (and trips the watchdog), and the same val_loss everywhere.
+    if (cfg.train.eval_every > 0 && data_->val.num_tokens > 0)
       val_ = std::make_unique<DataLoader>(data_->val, LoaderOptions{batch_.B, batch_.T, cfg.train.seed, 0, 1, false, 4});
   }
 

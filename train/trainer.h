@@ -25,9 +25,7 @@ double flops_per_token(int64_t params, int n_layer, int seq_len, int n_embd);
 // Data parallel over `comm` (one rank: make_self_comm()): each rank trains on its slice of every
 // global batch of train.batch_size x comm.size() sequences, gradients are summed over the ranks
 // after the backward pass, and the loss is the mean over all unmasked tokens of the global batch.
-// Rank 0 logs, evaluates and writes metrics.jsonl; the records are the same on every rank but for
-// val_loss, which only rank 0's carry. Gradients are reduced after the whole backward pass, not yet
-// in buckets overlapped with it.
+// Rank 0 logs and writes metrics.jsonl; every rank evaluates and returns the same records.
 std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log, Comm& comm);
 // One process.
 inline std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& log) {

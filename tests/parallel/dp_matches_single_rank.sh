@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Data parallel on the CPU backend: the same global batch over 1, 2 and 4 ranks (mpiexec on this
 # 2-core machine: oversubscribed, one thread each) gives the same loss and gradient norm at every
-# step, within fp32 reduction-order noise (relative 1e-5): random tokens with gradient
-# accumulation, a prepared dataset (the loader's rank slices), small and no gradient buckets, and
-# ZeRO-1.
+# step (and validation loss), within fp32 reduction-order noise (relative 1e-5): random tokens with
+# gradient accumulation, a prepared dataset (the loader's rank slices, evaluation on every rank),
+# small and no gradient buckets, and ZeRO-1.
 set -euo pipefail
 kiln="$1" src="$2" work="$3"
 rm -rf "$work" && mkdir -p "$work"
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpi=(mpiexec --oversubscribe --mca mpi_yield_when_idle 1 --mca btl self,vader)
-"$kiln" prepare "$src/README.md" "$src/docs/kernels.md" "$src/docs/emulator.md" --output "$work/data" > /dev/null
+"$kiln" prepare "$src/README.md" "$src/docs/kernels.md" "$src/docs/emulator.md" --val-docs 1 --output "$work/data" \
+  > /dev/null 2>&1
 
 compare() {  # compare RUN_A RUN_B: loss and grad_norm of every step
   python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
@@ -18,8 +19,10 @@ a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
 assert len(a) == len(b) > 0, (len(a), len(b))
 worst = 0.0
 for x, y in zip(a, b):
-    for key in ("loss", "grad_norm"):
-        worst = max(worst, abs(x[key] - y[key]) / abs(x[key]))
+    assert ("val_loss" in x) == ("val_loss" in y), (x, y)
+    for key in ("loss", "grad_norm", "val_loss"):
+        if key in x:
+            worst = max(worst, abs(x[key] - y[key]) / abs(x[key]))
 print(f"{sys.argv[2]}: {len(a)} steps, worst relative difference {worst:.2e}")
 sys.exit(0 if worst < 1e-5 else 1)
 PY
@@ -31,7 +34,7 @@ for ranks in 1 2 4; do
   "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data random --batch-size $batch --train.grad_accum=2 \
     --run-dir "$work/random_$ranks" > "$work/random_$ranks.log"
   "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data "$work/data" --batch-size $batch \
-    --run-dir "$work/data_$ranks" > "$work/data_$ranks.log"
+    --train.eval_every=4 --run-dir "$work/data_$ranks" > "$work/data_$ranks.log"
 done
 # Gradients in several buckets reduced during the backward pass (the test model's 80k parameters
 # are one 25 MB bucket), and in one all-reduce after it.
