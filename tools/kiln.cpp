@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   kiln::cli::add_prepare_command(app);
   kiln::cli::add_tokenize_command(app);
   kiln::cli::add_bench_command(app);
+  kiln::cli::add_plan_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

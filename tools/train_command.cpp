@@ -32,12 +32,7 @@ void add_train_command(CLI::App& app) {
       "Overrides: any config key as --section.key=value, e.g. --train.steps=200 --optim.lr=3e-4 "
       "--model.preset=gpt2-124m --run.dir=runs/x");
   cmd->callback([cmd, config_path, shortcuts] {
-    std::vector<std::string> overrides;
-    for (const std::string& arg : cmd->remaining()) {
-      if (!arg.starts_with("--") || arg.find('=') == std::string::npos)
-        throw std::runtime_error("unexpected argument '" + arg + "': overrides are written --section.key=value");
-      overrides.push_back(arg.substr(2));
-    }
+    std::vector<std::string> overrides = config_overrides(*cmd);
     for (const auto& [key, value] : *shortcuts) overrides.push_back(key + "=" + value);
     const TrainConfig cfg = load_train_config(*config_path, overrides);
     const ProcessInfo process = detect_process();

@@ -1,0 +1,117 @@
+#include "train/plan.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "model/params.h"
+#include "train/trainer.h"
+
+namespace kiln {
+namespace {
+
+constexpr int64_t kBf16 = 2, kFp32 = 4;
+constexpr int64_t kCublasWorkspace = 32 << 20;  // kernels/matmul.h
+
+int dp_size(const PlanInput& in) {
+  if (in.gpus < 1 || in.tp < 1 || in.gpus % in.tp != 0)
+    throw std::invalid_argument(std::to_string(in.gpus) + " GPUs do not split into tensor-parallel groups of " +
+                                std::to_string(in.tp));
+  if (in.micro_batch < 1 || in.seq_len < 1 || in.seq_len > in.model.max_seq_len)
+    throw std::invalid_argument("micro-batch " + std::to_string(in.micro_batch) + " x " + std::to_string(in.seq_len) +
+                                ": expected >= 1 sequence of 1.." + std::to_string(in.model.max_seq_len) + " tokens");
+  return in.gpus / in.tp;
+}
+
+// All-reduce of `bytes` over `ranks` by a ring: each rank sends and receives 2 (k - 1) / k of it.
+double all_reduce_s(double bytes, int ranks, double gb_per_s) {
+  return ranks <= 1 ? 0.0 : 2.0 * (ranks - 1) / ranks * bytes / (gb_per_s * 1e9);
+}
+
+}  // namespace
+
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::none;
+  if (name == "mlp") return Recompute::mlp;
+  if (name == "block") return Recompute::block;
+  throw std::invalid_argument("recompute '" + name + "': expected none, mlp or block");
+}
+
+const char* recompute_name(Recompute r) {
+  return r == Recompute::none ? "none" : r == Recompute::mlp ? "mlp" : "block";
+}
+
+MemoryPlan plan_memory(const PlanInput& in) {
+  const int dp = dp_size(in);
+  const LocalShape s(in.model, {in.tp, 0});
+  const int64_t P = ParamLayout(in.model, {in.tp, 0}).total();  // this rank's parameters
+  const int64_t optimizer_share = in.zero1 ? (P + dp - 1) / dp : P;
+  const int64_t N = (int64_t)in.micro_batch * in.seq_len, C = in.model.n_embd, A = s.attn_width, H = s.mlp_width;
+  const int64_t L = in.model.n_layer;
+
+  MemoryPlan m;
+  m.parameters = kBf16 * P;
+  m.gradients = kFp32 * P;
+  m.master = kFp32 * optimizer_share;
+  m.moments = 2 * kFp32 * optimizer_share;
+  // What a block saves per token (model/gpt.h's BlockActivations): ln_1 and ln_2 outputs, the
+  // attention projection, residual2 and residual3, the MLP output (C each), qkv (3A), attention
+  // output (A), fc and gelu(fc) (H) in bf16; mean and rstd of both layernorms and the lse of each
+  // local head in fp32.
+  const int64_t block = kBf16 * (6 * C + 4 * A + 2 * H) + kFp32 * (4 + s.heads);
+  const int64_t kept = in.recompute == Recompute::none  ? block
+                       : in.recompute == Recompute::mlp ? block - kBf16 * H
+                                                        : kBf16 * C;  // only the block's input
+  // Block recompute rebuilds one block's activations at a time, in one spare set.
+  m.activations = N * (L * kept + (in.recompute == Recompute::block ? block : 0) +
+                       kBf16 * 2 * C + kFp32 * 2);  // + embedding output, ln_f and its statistics
+  m.logits = N * (kBf16 * s.vocab_rows + kFp32);
+  // Backward scratch (d_residual, d_ln: C; d_qkv: 3A; d_att: A; d_fc, d_gelu: H), the fast attention
+  // backward's fp32 Delta and dq (D + 1 per head and token), and the cuBLASLt workspace.
+  m.workspace = N * (kBf16 * (2 * C + 4 * A + 2 * H) + kFp32 * s.heads * (s.head_size + 1)) + kCublasWorkspace;
+  m.reserved = (int64_t)in.gpu.reserved_bytes;
+  return m;
+}
+
+StepEstimate estimate_step(const PlanInput& in) {
+  const int dp = dp_size(in);
+  const GpuSpec& g = in.gpu;
+  const int64_t P_model = ParamLayout(in.model, {1, 0}).trained(), P = ParamLayout(in.model, {in.tp, 0}).total();
+  const double tokens = (double)in.micro_batch * in.seq_len;  // per data-parallel rank
+  const double flops = flops_per_token(P_model, in.model.n_layer, in.seq_len, in.model.n_embd) * tokens;
+  const double peak = g.peak_tflops * 1e12;
+  // Block recompute repeats the forward (a third of the FLOPs); mlp recompute only the GELU.
+  const double recompute = in.recompute == Recompute::block ? 4.0 / 3.0 : 1.0;
+
+  StepEstimate e;
+  e.compute_s = flops * recompute / in.tp / (peak * g.kernel_efficiency);
+  // Tensor parallel: per layer two all-reduces of N x C bf16 forward (after attention and MLP
+  // projections) and two backward (at their column-parallel inputs), within a node over NVLink.
+  const double activation_bytes = tokens * in.model.n_embd * kBf16;
+  e.tp_comm_s = 4.0 * in.model.n_layer * all_reduce_s(activation_bytes, in.tp, g.nvlink_gb_per_s);
+  // Data parallel: the fp32 gradients of this rank's parameters; across nodes when the job spans
+  // more than one. ZeRO-1 reduce-scatters them (half an all-reduce) and all-gathers bf16 parameters.
+  const double dp_bw = in.gpus > g.gpus_per_node ? g.network_gb_per_s : g.nvlink_gb_per_s;
+  const double gradients = all_reduce_s(kFp32 * (double)P, dp, dp_bw);
+  const double gather = in.zero1 ? all_reduce_s(kBf16 * (double)P, dp, dp_bw) / 2 : 0.0;
+  e.dp_comm_s = in.zero1 ? gradients / 2 + gather : gradients;
+  // Buckets overlap the reduction with the backward pass (two thirds of the compute); ZeRO-1's
+  // all-gather comes after the optimizer step and is exposed.
+  const double hidden_by = e.compute_s * 2.0 / 3.0;
+  e.exposed_dp_s = std::max(0.0, e.dp_comm_s - gather - hidden_by) + gather;
+  e.step_s = e.compute_s + e.tp_comm_s + e.exposed_dp_s;
+  e.tokens_per_s = tokens * dp / e.step_s;
+  e.mfu = flops * dp / (e.step_s * in.gpus * peak);
+  return e;
+}
+
+int largest_micro_batch(PlanInput in) {
+  int best = 0;
+  for (int b = 1; b <= 1024; b *= 2) {
+    in.micro_batch = b;
+    if ((double)plan_memory(in).total() > in.gpu.memory_bytes) break;
+    best = b;
+  }
+  return best;
+}
+
+}  // namespace kiln
