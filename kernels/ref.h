@@ -65,6 +65,21 @@ template <class T>
 void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets, int N, int V,
                                     int Vp, T dloss);
 
+// The tensor-parallel split of cross_entropy_forward_backward (as kernels/cross_entropy.h): a rank
+// holds columns [vocab_begin, vocab_begin + Vp_local) of every row, the first `valid` of them real.
+// Per rank, per row: row_max (-inf when valid = 0), row_sumexp = sum exp(z - row_max) over the valid
+// columns, target_logit = z[target] if this rank holds the target, else 0 (0 for ignored rows).
+// Combined over the ranks (global max M, sum of row_sumexp * exp(row_max - M), sum of target
+// logits), cross_entropy_from_stats writes every rank's losses (log S + M - target logit) and, if
+// dlogits is not null, the slice's gradient dloss * (exp(z - M) / S - onehot), 0 in the padding.
+template <class T>
+void cross_entropy_stats(T* row_max, T* row_sumexp, T* target_logit, const T* logits, const int32_t* targets, int N,
+                         int vocab_begin, int valid, int Vp_local);
+template <class T>
+void cross_entropy_from_stats(T* losses, T* dlogits, const T* logits, const int32_t* targets, const T* global_max,
+                              const T* global_sumexp, const T* global_target_logit, int N, int vocab_begin, int valid,
+                              int Vp_local, T dloss);
+
 // One AdamW step (decoupled weight decay, bias correction) on n parameters, as torch.optim.AdamW,
 // on gradients g = grad_scale * grads (global-norm clipping folded in, saving a pass):
 //   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;

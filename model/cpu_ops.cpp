@@ -1,6 +1,7 @@
 #include "model/cpu_ops.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -115,6 +116,25 @@ class CpuOps final : public Ops {
     OpTimer t(times_, "cross_entropy");
     (fast_ ? cpu::cross_entropy_forward_backward : ref::cross_entropy_forward_backward<float>)(
         losses.f32(), with_grad ? logits.f32() : nullptr, logits.f32(), targets.i32(), N, V, Vp, dloss);
+  }
+  void cross_entropy_stats(const Tensor& row_max, const Tensor& row_sumexp, const Tensor& target_logit,
+                           const Tensor& logits, const Tensor& targets, int N, int vocab_begin, int valid,
+                           int Vp_local) override {
+    OpTimer t(times_, "cross_entropy");
+    ref::cross_entropy_stats(row_max.f32(), row_sumexp.f32(), target_logit.f32(), logits.f32(), targets.i32(), N,
+                             vocab_begin, valid, Vp_local);
+  }
+  void rescale_sumexp(const Tensor& row_sumexp, const Tensor& row_max, const Tensor& global_max, int N) override {
+    float *s = row_sumexp.f32(), *m = row_max.f32(), *g = global_max.f32();
+    for (int n = 0; n < N; n++) s[n] = s[n] == 0 ? 0 : s[n] * std::exp(m[n] - g[n]);  // an empty slice stays 0
+  }
+  void cross_entropy_from_stats(const Tensor& losses, const Tensor& logits, const Tensor& targets,
+                                const Tensor& global_max, const Tensor& global_sumexp, const Tensor& global_target_logit,
+                                int N, int vocab_begin, int valid, int Vp_local, bool with_grad, float dloss) override {
+    OpTimer t(times_, "cross_entropy");
+    ref::cross_entropy_from_stats(losses.f32(), with_grad ? logits.f32() : nullptr, logits.f32(), targets.i32(),
+                                  global_max.f32(), global_sumexp.f32(), global_target_logit.f32(), N, vocab_begin,
+                                  valid, Vp_local, dloss);
   }
   double sum_squares(const Tensor& x) override {
     OpTimer t(times_, "adamw");

@@ -8,10 +8,20 @@
 
 namespace kiln {
 
-GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp)
-    : cfg_(cfg), ops_(ops), tp_(tp), local_(cfg, tp), layout_(cfg, tp), max_batch_(max_batch), max_seq_(max_seq) {
-  if (tp.size != 1)  // the layout already shards; the vocab-parallel cross-entropy does not exist yet
-    throw std::invalid_argument("GPT: tensor parallelism is not implemented yet (tp size " + std::to_string(tp.size) + ")");
+GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp, Comm* tp_comm)
+    : cfg_(cfg),
+      ops_(ops),
+      tp_(tp),
+      tp_comm_(tp.size > 1 ? tp_comm : nullptr),
+      local_(cfg, tp),
+      layout_(cfg, tp),
+      max_batch_(max_batch),
+      max_seq_(max_seq) {
+  if (tp.size > 1 && (!tp_comm || tp_comm->size() != tp.size || tp_comm->rank() != tp.rank))
+    throw std::invalid_argument("GPT: tensor parallel rank " + std::to_string(tp.rank) + " of " +
+                                std::to_string(tp.size) + " needs its group's Comm");
+  if (tp.size > 1 && !ops.name().starts_with("cpu"))
+    throw std::invalid_argument("GPT: tensor parallelism runs on the cpu backend only so far");
   if (max_batch < 1) throw std::invalid_argument("batch size " + std::to_string(max_batch) + ": expected >= 1");
   if (max_seq < 1 || max_seq > cfg.max_seq_len)
     throw std::invalid_argument("sequence length " + std::to_string(max_seq) + ": expected 1.." +
@@ -55,15 +65,33 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
   d_att_ = act(N * A);
   d_fc_ = act(N * H);
   d_fc_gelu_ = act(N * H);
+  if (tp_comm_) {
+    zero_wpe_ = ops.allocate((int64_t)cfg.max_seq_len * C, DType::f32);
+    ce_max_ = act(N);
+    ce_global_max_ = act(N);
+    ce_sums_ = act(2 * N);
+  }
   host_losses_.resize(N);
 }
 
-void GPT::init_weights(uint64_t seed) {
+void GPT::tp_all_reduce(const Tensor& t) {
+  if (tp_comm_) tp_comm_->all_reduce_sum(std::span<float>(t.f32(), (size_t)t.numel));
+}
+
+bool GPT::replicated(const std::string& name) {
+  return name == "wpe" || name.starts_with("ln_f") || name.find(".ln_") != std::string::npos ||
+         name.ends_with("c_proj.bias");
+}
+
+namespace {
+
+// The whole (one-process) model's initial weights, in the layout of `full`.
+std::vector<float> initial_weights(const GPTConfig& cfg, const ParamLayout& full, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> host(layout_.total(), 0.0f);
-  const float residual_std = 0.02f / std::sqrt(2.0f * cfg_.n_layer);
-  for (const ParamSpec& s : layout_.specs()) {
+  std::vector<float> host(full.total(), 0.0f);
+  const float residual_std = 0.02f / std::sqrt(2.0f * cfg.n_layer);
+  for (const ParamSpec& s : full.specs()) {
     float* p = host.data() + s.offset;
     const bool gain = s.name.ends_with("ln_1.weight") || s.name.ends_with("ln_2.weight") || s.name == "ln_f.weight";
     if (gain) {
@@ -75,9 +103,46 @@ void GPT::init_weights(uint64_t seed) {
     }
   }
   // The embedding's padding rows stay zero: they never receive gradient, so they never move.
-  const ParamSpec& wte = layout_.find("wte");
-  const int64_t real_rows = std::clamp<int64_t>(cfg_.vocab_size - local_.vocab_begin, 0, local_.vocab_rows);
-  std::fill(host.begin() + wte.offset + real_rows * cfg_.n_embd, host.begin() + wte.offset + wte.numel, 0.0f);
+  const ParamSpec& wte = full.find("wte");
+  std::fill(host.begin() + wte.offset + (int64_t)cfg.vocab_size * cfg.n_embd, host.begin() + wte.offset + wte.numel,
+            0.0f);
+  return host;
+}
+
+// Rows [first, first + count) of a row-major [rows, width] tensor, as many as it has; the rest zero.
+void copy_rows(float* dst, const float* src, int64_t src_rows, int64_t first, int64_t count, int64_t width) {
+  for (int64_t r = 0; r < count; r++)
+    if (first + r < src_rows) std::copy_n(src + (first + r) * width, width, dst + r * width);
+}
+
+}  // namespace
+
+void GPT::init_weights(uint64_t seed) {
+  const ParamLayout full(cfg_, {1, 0});
+  const std::vector<float> whole = initial_weights(cfg_, full, seed);
+  if (tp_.size == 1) return ops_.upload(params_, whole);
+  // This rank's slice of every tensor (model/params.cpp's shapes).
+  std::vector<float> host(layout_.total(), 0.0f);
+  const int64_t C = cfg_.n_embd, A = local_.attn_width, H = local_.mlp_width;
+  for (const ParamSpec& s : layout_.specs()) {
+    const ParamSpec& g = full.find(s.name);
+    const float* src = whole.data() + g.offset;
+    float* dst = host.data() + s.offset;
+    if (replicated(s.name)) {
+      std::copy_n(src, s.numel, dst);
+    } else if (s.name == "wte") {
+      copy_rows(dst, src, g.shape[0], local_.vocab_begin, local_.vocab_rows, C);
+    } else if (s.name.ends_with("c_attn.weight") || s.name.ends_with("c_attn.bias")) {
+      const int64_t width = s.shape.size() == 2 ? C : 1;  // q, k and v: this rank's heads of each
+      for (int part = 0; part < 3; part++)
+        copy_rows(dst + part * A * width, src, 3 * C, part * C + tp_.rank * A, A, width);
+    } else if (s.name.ends_with("c_fc.weight") || s.name.ends_with("c_fc.bias")) {
+      copy_rows(dst, src, 4 * C, tp_.rank * H, H, s.shape.size() == 2 ? C : 1);
+    } else {  // attn.c_proj.weight [C, C] and mlp.c_proj.weight [C, 4C]: this rank's input columns
+      const int64_t cols = s.shape[1], full_cols = g.shape[1];
+      for (int64_t r = 0; r < C; r++) std::copy_n(src + r * full_cols + tp_.rank * cols, cols, dst + r * cols);
+    }
+  }
   ops_.upload(params_, host);
 }
 
@@ -113,7 +178,11 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
   ops_.upload(tok, tokens);
   ops_.upload(tgt, targets);
 
-  ops_.embedding_forward(rows(encoded_, C), tok, w_.wte, w_.wpe, B, T, C, local_.vocab_begin, local_.vocab_rows);
+  // Vocab-parallel: each rank adds the rows of its vocabulary slice (rank 0 also wpe), summed over ranks.
+  const bool first_rank = tp_.rank == 0;
+  ops_.embedding_forward(rows(encoded_, C), tok, w_.wte, first_rank ? w_.wpe : zero_wpe_.view(), B, T, C,
+                         local_.vocab_begin, local_.vocab_rows);
+  tp_all_reduce(rows(encoded_, C));
   for (int l = 0; l < cfg_.n_layer; l++) {
     const BlockTensors& w = w_.blocks[l];
     BlockActivations& a = blocks_[l];
@@ -124,12 +193,17 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
     ops_.matmul_forward(rows(a.qkv, 3 * A), rows(a.ln1, C), w.qkv_w, w.qkv_b, N, C, 3 * A);
     ops_.attention_forward(rows(a.att, A), rows(a.lse, local_.heads), rows(a.qkv, 3 * A), B, T, local_.heads,
                            local_.head_size);
-    ops_.matmul_forward(rows(a.att_proj, C), rows(a.att, A), w.attn_proj_w, w.attn_proj_b, N, A, C);
+    // Row-parallel: partial products over this rank's heads, summed; the bias added once.
+    ops_.matmul_forward(rows(a.att_proj, C), rows(a.att, A), w.attn_proj_w, first_rank ? w.attn_proj_b : Tensor{},
+                        N, A, C);
+    tp_all_reduce(rows(a.att_proj, C));
     ops_.residual_layernorm_forward(rows(a.residual2, C), rows(a.ln2, C), rows(a.ln2_mean, 1), rows(a.ln2_rstd, 1),
                                     residual, rows(a.att_proj, C), w.ln2_w, w.ln2_b, N, C);
     ops_.matmul_forward(rows(a.fc, H), rows(a.ln2, C), w.fc_w, w.fc_b, N, C, H);
     ops_.gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), N * H);
-    ops_.matmul_forward(rows(a.fc_proj, C), rows(a.fc_gelu, H), w.fc_proj_w, w.fc_proj_b, N, H, C);
+    ops_.matmul_forward(rows(a.fc_proj, C), rows(a.fc_gelu, H), w.fc_proj_w, first_rank ? w.fc_proj_b : Tensor{},
+                        N, H, C);
+    tp_all_reduce(rows(a.fc_proj, C));
     // residual3 = residual2 + mlp; then the next block's ln_1, or ln_f after the last block.
     const bool last = l + 1 == cfg_.n_layer;
     const Buffer& ln_out = last ? lnf_ : blocks_[l + 1].ln1;
@@ -145,7 +219,22 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
   int64_t valid = 0;
   for (int32_t t : targets) valid += t >= 0;
   const float dloss = valid > 0 ? loss_scale / (float)valid : 0.0f;
-  ops_.cross_entropy(rows(losses_, 1), rows(logits_, Vp), tgt, N, cfg_.vocab_size, Vp, with_grad, dloss);
+  if (!tp_comm_) {
+    ops_.cross_entropy(rows(losses_, 1), rows(logits_, Vp), tgt, N, cfg_.vocab_size, Vp, with_grad, dloss);
+  } else {
+    // Vocab-parallel: the slices' row max, sum-exp and target logit, combined by two all-reduces
+    // (max, then sum-exp and target logit together); the logits are never gathered.
+    const int columns = (int)std::clamp<int64_t>(cfg_.vocab_size - local_.vocab_begin, 0, Vp);  // real ones
+    const Tensor max = rows(ce_max_, 1), global_max = rows(ce_global_max_, 1);
+    const Tensor sums = ce_sums_.view().slice(0, 2 * N), sumexp = sums.slice(0, N), target = sums.slice(N, N);
+    ops_.cross_entropy_stats(max, sumexp, target, rows(logits_, Vp), tgt, N, local_.vocab_begin, columns, Vp);
+    std::copy_n(max.f32(), N, global_max.f32());
+    tp_comm_->all_reduce_max(std::span<float>(global_max.f32(), (size_t)N));
+    ops_.rescale_sumexp(sumexp, max, global_max, N);
+    tp_all_reduce(sums);
+    ops_.cross_entropy_from_stats(rows(losses_, 1), rows(logits_, Vp), tgt, global_max, sumexp, target, N,
+                                  local_.vocab_begin, columns, Vp, with_grad, dloss);
+  }
   ops_.download(std::span<float>(host_losses_.data(), N), rows(losses_, 1));
   double sum = 0;
   for (int64_t i = 0; i < N; i++) sum += host_losses_[i];
@@ -167,6 +256,7 @@ void GPT::backward(int B, int T, const GradsReady& ready) {
   // logits_ now holds d(loss)/d(logits) (cross_entropy wrote it in place).
   ops_.zero(d_ln);
   ops_.matmul_backward(d_ln, g_.wte, Tensor{}, rows(logits_, Vp), rows(lnf_, C), w_.wte, N, C, Vp);
+  tp_all_reduce(d_ln);  // column-parallel (over the vocabulary): each rank's part of d(ln_f)
   ops_.zero(d_res);
   ops_.layernorm_backward(d_res, g_.lnf_w, g_.lnf_b, d_ln, rows(blocks_.back().residual3, C), w_.lnf_w,
                           rows(lnf_mean_, 1), rows(lnf_rstd_, 1), N, C);
@@ -182,6 +272,7 @@ void GPT::backward(int B, int T, const GradsReady& ready) {
     ops_.gelu_backward(d_fc, rows(a.fc, H), d_fc_gelu, N * H);
     ops_.zero(d_ln);
     ops_.matmul_backward(d_ln, g.fc_w, g.fc_b, d_fc, rows(a.ln2, C), w.fc_w, N, C, H);
+    tp_all_reduce(d_ln);
     ops_.layernorm_backward(d_res, g.ln2_w, g.ln2_b, d_ln, rows(a.residual2, C), w.ln2_w, rows(a.ln2_mean, 1),
                             rows(a.ln2_rstd, 1), N, C);
     // Attention branch: residual2 = residual + c_proj(attention(c_attn(ln_1(residual)))).
@@ -192,6 +283,7 @@ void GPT::backward(int B, int T, const GradsReady& ready) {
                             local_.heads, local_.head_size);
     ops_.zero(d_ln);
     ops_.matmul_backward(d_ln, g.qkv_w, g.qkv_b, d_qkv, rows(a.ln1, C), w.qkv_w, N, C, 3 * A);
+    tp_all_reduce(d_ln);
     ops_.layernorm_backward(d_res, g.ln1_w, g.ln1_b, d_ln, residual, w.ln1_w, rows(a.ln1_mean, 1),
                             rows(a.ln1_rstd, 1), N, C);
     done(block_ranges_[l]);

@@ -11,12 +11,18 @@
 #include "model/config.h"
 #include "model/ops.h"
 #include "model/params.h"
+#include "parallel/comm.h"
 
 namespace kiln {
 
 class GPT {
  public:
-  GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp = {});
+  // Under tensor parallelism (tp.size > 1, tp_comm its group, CPU backend) the model is Megatron's:
+  // heads and the MLP column-parallel into row-parallel projections whose outputs are all-reduced,
+  // the embedding and LM head vocab-parallel with a vocab-parallel cross-entropy, the gradients at
+  // the column-parallel inputs all-reduced. Replicated parameters (layernorms, row-parallel biases,
+  // wpe) get identical gradients on every rank.
+  GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp = {}, Comm* tp_comm = nullptr);
 
   const GPTConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
@@ -26,8 +32,12 @@ class GPT {
   int64_t activation_bytes() const { return activation_bytes_; }
 
   // GPT-2 initialisation: weights N(0, 0.02), residual output projections N(0, 0.02/sqrt(2 n_layer)),
-  // biases 0, layernorm gain 1; padding rows of the embedding 0. Deterministic in the seed.
+  // biases 0, layernorm gain 1; padding rows of the embedding 0. Deterministic in the seed, and
+  // drawn for the whole model, so that every tensor-parallel rank gets its slice of the same
+  // weights as one process.
   void init_weights(uint64_t seed);
+  // Whether the parameter is the same on every tensor-parallel rank (not sharded).
+  static bool replicated(const std::string& name);
 
   // Mean cross-entropy over positions whose target is >= 0. Logits stay readable until the next call.
   double forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T);
@@ -57,9 +67,13 @@ class GPT {
   Range embedding_range_, lnf_range_;
   std::vector<Range> block_ranges_;
 
+  // The sum over the tensor-parallel group of a tensor every rank holds a part of (no-op alone).
+  void tp_all_reduce(const Tensor& t);
+
   GPTConfig cfg_;
   Ops& ops_;
   TensorParallel tp_;
+  Comm* tp_comm_;
   LocalShape local_;
   ParamLayout layout_;
   int max_batch_, max_seq_;
@@ -68,6 +82,9 @@ class GPT {
 
   // Saved activations; sizes for max_batch x max_seq.
   Buffer tokens_, targets_, encoded_, lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
+  // Tensor parallel only: zeros for wpe on ranks other than 0 (so the all-reduced embedding adds
+  // it once), and the cross-entropy statistics: max, global max, then sum-exp and target logit.
+  Buffer zero_wpe_, ce_max_, ce_global_max_, ce_sums_;
   std::vector<BlockActivations> blocks_;
   // Backward scratch, reused by every layer.
   Buffer d_residual_, d_ln_, d_qkv_, d_att_, d_fc_, d_fc_gelu_;

@@ -61,6 +61,19 @@ class Ops {
   virtual void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets, int N, int V, int Vp,
                              bool with_grad, float dloss) = 0;
 
+  // The vocab-parallel cross-entropy of a tensor-parallel rank (ref::cross_entropy_stats and
+  // ref::cross_entropy_from_stats): the slice's row statistics; combining them across ranks, where
+  // row_sumexp is rescaled from the slice's max to the global one (in place); then the losses and
+  // the slice's gradient in place over the logits.
+  virtual void cross_entropy_stats(const Tensor& row_max, const Tensor& row_sumexp, const Tensor& target_logit,
+                                   const Tensor& logits, const Tensor& targets, int N, int vocab_begin, int valid,
+                                   int Vp_local) = 0;
+  virtual void rescale_sumexp(const Tensor& row_sumexp, const Tensor& row_max, const Tensor& global_max, int N) = 0;
+  virtual void cross_entropy_from_stats(const Tensor& losses, const Tensor& logits, const Tensor& targets,
+                                        const Tensor& global_max, const Tensor& global_sumexp,
+                                        const Tensor& global_target_logit, int N, int vocab_begin, int valid,
+                                        int Vp_local, bool with_grad, float dloss) = 0;
+
   virtual double sum_squares(const Tensor& x) = 0;
   virtual void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                             const ref::AdamWParams& hp) = 0;

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -36,7 +37,10 @@ class SelfComm final : public Comm {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
+  std::unique_ptr<Comm> split(int, int) override { return std::make_unique<SelfComm>(); }
+  int64_t collectives() const override { return 0; }
   void all_reduce_sum(std::span<float>) override {}
+  void all_reduce_max(std::span<float>) override {}
   void all_reduce_sum(std::span<double>) override {}
   void all_reduce_sum(std::span<int64_t>) override {}
   void all_reduce_sum_start(std::span<float>) override {}
@@ -113,7 +117,7 @@ class Watchdog {
 
 class MpiComm final : public Comm {
  public:
-  MpiComm(MPI_Comm parent, double timeout_s) {
+  MpiComm(MPI_Comm parent, double timeout_s) : timeout_s_(timeout_s) {
     KILN_MPI_CHECK(MPI_Comm_dup(parent, &comm_));
     KILN_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));  // errors become exceptions
     KILN_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
@@ -126,10 +130,25 @@ class MpiComm final : public Comm {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  void all_reduce_sum(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT); }
-  void all_reduce_sum(std::span<double> data) override { all_reduce(data.data(), data.size(), MPI_DOUBLE); }
-  void all_reduce_sum(std::span<int64_t> data) override { all_reduce(data.data(), data.size(), MPI_INT64_T); }
+  std::unique_ptr<Comm> split(int color, int key) override {
+    MPI_Comm part = MPI_COMM_NULL;
+    {
+      const Watched w(*watchdog_, "split");
+      KILN_MPI_CHECK(MPI_Comm_split(comm_, color, key, &part));
+    }
+    auto out = std::make_unique<MpiComm>(part, timeout_s_);  // duplicates it
+    MPI_Comm_free(&part);
+    return out;
+  }
+  int64_t collectives() const override { return collectives_; }
+  void all_reduce_sum(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT, MPI_SUM); }
+  void all_reduce_max(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT, MPI_MAX); }
+  void all_reduce_sum(std::span<double> data) override { all_reduce(data.data(), data.size(), MPI_DOUBLE, MPI_SUM); }
+  void all_reduce_sum(std::span<int64_t> data) override {
+    all_reduce(data.data(), data.size(), MPI_INT64_T, MPI_SUM);
+  }
   void all_reduce_sum_start(std::span<float> data) override {
+    collectives_++;
     for (size_t at = 0; at < data.size(); at += kMaxCount) {
       pending_.emplace_back();
       KILN_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data.data() + at, (int)std::min(kMaxCount, data.size() - at),
@@ -149,42 +168,49 @@ class MpiComm final : public Comm {
     require_size(in.size(), out.size() * size_, "reduce_scatter_sum");
     if (out.size() > kMaxCount) throw std::invalid_argument("reduce_scatter_sum: block above 2^30 values");
     const Watched w(*watchdog_, "reduce_scatter_sum");
+    collectives_++;
     KILN_MPI_CHECK(MPI_Reduce_scatter_block(in.data(), out.data(), (int)out.size(), MPI_FLOAT, MPI_SUM, comm_));
   }
   void all_gather(std::span<const float> in, std::span<float> out) override {
     require_size(out.size(), in.size() * size_, "all_gather");
     if (in.size() > kMaxCount) throw std::invalid_argument("all_gather: block above 2^30 values");
     const Watched w(*watchdog_, "all_gather");
+    collectives_++;
     KILN_MPI_CHECK(MPI_Allgather(in.data(), (int)in.size(), MPI_FLOAT, out.data(), (int)in.size(), MPI_FLOAT, comm_));
   }
   void broadcast(std::span<std::byte> data, int root) override {
     const Watched w(*watchdog_, "broadcast");
+    collectives_++;
     for (size_t at = 0; at < data.size(); at += kMaxCount)
       KILN_MPI_CHECK(MPI_Bcast(data.data() + at, (int)std::min(kMaxCount, data.size() - at), MPI_BYTE, root, comm_));
   }
   void barrier() override {
     const Watched w(*watchdog_, "barrier");
+    collectives_++;
     KILN_MPI_CHECK(MPI_Barrier(comm_));
   }
   void set_context(const std::string& where) override { watchdog_->set_context(where); }
 
  private:
-  // The collective in flight, for the watchdog, for the lifetime of the object.
+  // The collective in flight, for the watchdog, for the lifetime of the object; counts it.
   struct Watched {
     Watched(Watchdog& w, const char* op) : watchdog(w) { watchdog.begin(op); }
     ~Watched() { watchdog.end(); }
     Watchdog& watchdog;
   };
-  void all_reduce(void* data, size_t count, MPI_Datatype type) {
+  void all_reduce(void* data, size_t count, MPI_Datatype type, MPI_Op op) {
     int bytes = 0;
     KILN_MPI_CHECK(MPI_Type_size(type, &bytes));
-    const Watched w(*watchdog_, "all_reduce_sum");
+    const Watched w(*watchdog_, op == MPI_MAX ? "all_reduce_max" : "all_reduce_sum");
+    collectives_++;
     for (size_t at = 0; at < count; at += kMaxCount)
       KILN_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + at * bytes, (int)std::min(kMaxCount, count - at),
-                                   type, MPI_SUM, comm_));
+                                   type, op, comm_));
   }
+  double timeout_s_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
+  int64_t collectives_ = 0;
   std::vector<MPI_Request> pending_;  // started by all_reduce_sum_start; completed requests become null
   std::unique_ptr<Watchdog> watchdog_;
 };
@@ -204,6 +230,11 @@ MpiSession::MpiSession() {
 }
 
 MpiSession::~MpiSession() { MPI_Finalize(); }
+
+void MpiSession::abort_job(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::abort();  // MPI_Abort does not return; this keeps [[noreturn]] honest
+}
 
 std::unique_ptr<Comm> MpiSession::world(double timeout_s) const {
   if (!(timeout_s > 0)) throw std::invalid_argument("collective timeout must be > 0 s");

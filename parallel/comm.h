@@ -18,8 +18,13 @@ class Comm {
   virtual ~Comm() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // The group of the ranks that pass the same color, ordered by key (MPI_Comm_split). A collective.
+  virtual std::unique_ptr<Comm> split(int color, int key) = 0;
+  // Collectives issued so far (started all-reduces count when started), for tests and logs.
+  virtual int64_t collectives() const = 0;
   // In place: every rank ends with the element-wise sum over the group (the same bits on all).
   virtual void all_reduce_sum(std::span<float> data) = 0;
+  virtual void all_reduce_max(std::span<float> data) = 0;
   virtual void all_reduce_sum(std::span<double> data) = 0;
   virtual void all_reduce_sum(std::span<int64_t> data) = 0;
   // Starts an in-place all-reduce of `data` and returns; wait_all() completes every one started.
@@ -52,6 +57,9 @@ class MpiSession {
   // A collective still unfinished after timeout_s seconds (a rank died or hangs) aborts the whole
   // job with MPI_Abort, after printing the rank, the collective and the context.
   std::unique_ptr<Comm> world(double timeout_s) const;
+  // Ends every process of the job (MPI_Abort): for a rank that fails alone, which would otherwise
+  // leave the others waiting in a collective and itself in MPI_Finalize.
+  [[noreturn]] static void abort_job(int code);
 };
 
 }  // namespace kiln

@@ -23,7 +23,8 @@ void add_train_command(CLI::App& app) {
            {"--max-steps", "train.steps", "optimizer steps (train.steps)"},
            {"--run-dir", "run.dir", "run directory for metrics (run.dir)"},
            {"--threads", "run.threads", "CPU threads, 0 = all cores (run.threads)"},
-           {"--data", "data.path", "prepared dataset directory, or 'random' (data.path)"}}) {
+           {"--data", "data.path", "prepared dataset directory, or 'random' (data.path)"},
+           {"--tp", "parallel.tp", "tensor-parallel size, consecutive ranks (parallel.tp)"}}) {
     cmd->add_option_function<std::string>(
         flag, [shortcuts, key = std::string(key)](const std::string& v) { shortcuts->emplace_back(key, v); }, help);
   }
@@ -48,7 +49,12 @@ void add_train_command(CLI::App& app) {
       throw std::runtime_error("MPI sees rank " + std::to_string(world->rank()) + " of " + std::to_string(world->size()) +
                                ", the " + process.launcher + " environment rank " + std::to_string(process.rank) +
                                " of " + std::to_string(process.world_size));
-    train(cfg, std::cout, *world);
+    try {
+      train(cfg, std::cout, *world);
+    } catch (const std::exception& e) {
+      std::cerr << "kiln: error: rank " << process.rank << ": " << e.what() << "; aborting the job" << std::endl;
+      MpiSession::abort_job(1);
+    }
   });
 }
 

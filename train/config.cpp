@@ -148,6 +148,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("optim.beta2", cfg.optim.beta2);
   r.get("optim.eps", cfg.optim.eps);
   r.get("optim.grad_clip", cfg.optim.grad_clip);
+  r.get("parallel.tp", cfg.parallel.tp);
   r.get("parallel.zero", cfg.parallel.zero);
   r.get("parallel.timeout_s", cfg.parallel.timeout_s);
   r.get("parallel.bucket_mb", cfg.parallel.bucket_mb);
@@ -176,6 +177,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   if (cfg.optim.lr <= 0) bad("optim.lr", "expected > 0");
   if (cfg.optim.schedule != "cosine" && cfg.optim.schedule != "wsd" && cfg.optim.schedule != "constant")
     bad("optim.schedule", "'" + cfg.optim.schedule + "': expected cosine, wsd or constant");
+  if (cfg.parallel.tp < 1) bad("parallel.tp", "expected >= 1");
   if (cfg.parallel.zero != 0 && cfg.parallel.zero != 1) bad("parallel.zero", "expected 0 or 1 (ZeRO-1)");
   if (!(cfg.parallel.timeout_s > 0)) bad("parallel.timeout_s", "expected > 0 seconds");
   if (!(cfg.parallel.bucket_mb >= 0)) bad("parallel.bucket_mb", "expected >= 0 (0: one all-reduce after the backward pass)");

@@ -38,6 +38,7 @@ struct OptimConfig {
 };
 
 struct ParallelConfig {
+  int tp = 1;    // tensor-parallel size: groups of consecutive ranks; data parallel = ranks / tp
   int zero = 0;  // 1: ZeRO-1, the optimizer state sharded over the data-parallel ranks
   double timeout_s = 600;  // a collective unfinished after this long aborts the job
   double bucket_mb = 25;   // gradient all-reduce buckets, started during backward; 0: one after it

@@ -9,13 +9,14 @@
 
 namespace kiln {
 
-DataParallel::DataParallel(GPT& model, Comm& comm, bool zero1, double bucket_bytes)
+DataParallel::DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double bucket_bytes)
     : model_(model),
       comm_(comm),
+      tp_(tp),
       zero1_(zero1 && comm.size() > 1),
       bucket_bytes_(zero1_ || comm.size() == 1 ? 0 : bucket_bytes),
       total_(model.layout().total()) {
-  if (comm.size() > 1 && model.ops().name() != "cpu")
+  if (comm.size() > 1 && !model.ops().name().starts_with("cpu"))
     throw std::runtime_error("data parallelism over MPI needs the cpu backend (run.device = " + model.ops().name() + ")");
   // The flat buffer padded to a multiple of the ranks, so that every shard has the same size.
   shard_ = zero1_ ? (total_ + comm.size() - 1) / comm.size() : total_;
@@ -50,6 +51,16 @@ void DataParallel::start_pending() {
   pending_end_ = pending_first_;
 }
 
+double DataParallel::tp_sum_squares(const Tensor& grads, int64_t first, int64_t count) {
+  double squares = 0;
+  for (const ParamSpec& s : model_.layout().specs()) {
+    const int64_t begin = std::max(s.offset, first), end = std::min(s.offset + s.numel, first + count);
+    if (begin < end && (tp_.rank() == 0 || !GPT::replicated(s.name)))
+      squares += model_.ops().sum_squares(grads.slice(begin - first, end - begin));
+  }
+  return squares;
+}
+
 double DataParallel::reduce_gradients() {
   const Tensor& grads = model_.grads();
   std::span<float> full(grads.f32(), (size_t)total_);
@@ -60,16 +71,18 @@ double DataParallel::reduce_gradients() {
       throw std::logic_error("DataParallel: the backward pass reported " + std::to_string(started_) + " of " +
                              std::to_string(total_) + " gradients final");
     buckets_last_step_ = buckets_;
-    return grad_norm(model_.ops(), grads);
-  }
-  if (!zero1_) {
+  } else if (!zero1_) {
     comm_.all_reduce_sum(full);
-    return grad_norm(model_.ops(), grads);
+  } else {
+    std::copy(full.begin(), full.end(), padded_grads_.begin());  // the padding stays 0
+    comm_.reduce_scatter_sum(padded_grads_, shard_grads_);
   }
-  std::copy(full.begin(), full.end(), padded_grads_.begin());  // the padding stays 0
-  comm_.reduce_scatter_sum(padded_grads_, shard_grads_);
-  double squares = model_.ops().sum_squares(optimizer_grads());
-  comm_.all_reduce_sum(std::span<double>(&squares, 1));
+  // The global norm counts every parameter once: ZeRO shards over the data-parallel ranks, and
+  // replicated tensors on one tensor-parallel rank.
+  if (!zero1_ && tp_.size() == 1) return grad_norm(model_.ops(), grads);
+  double squares = zero1_ ? tp_sum_squares(optimizer_grads(), first_, count_) : tp_sum_squares(grads, 0, total_);
+  if (zero1_) comm_.all_reduce_sum(std::span<double>(&squares, 1));
+  tp_.all_reduce_sum(std::span<double>(&squares, 1));
   return std::sqrt(squares);
 }
 

@@ -16,7 +16,9 @@ class DataParallel {
  public:
   // bucket_bytes > 0 (and no ZeRO-1): gradients are all-reduced in buckets of at least that many
   // bytes during the backward pass, as GPT::forward_backward reports them final (grads_ready()).
-  DataParallel(GPT& model, Comm& comm, bool zero1, double bucket_bytes);
+  // comm is the data-parallel group; tp the model's tensor-parallel group (its ranks hold
+  // different slices of the sharded tensors and the same replicated ones).
+  DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double bucket_bytes);
 
   // The elements of the flat buffer whose optimizer state this rank keeps.
   int64_t shard_first() const { return first_; }
@@ -37,8 +39,13 @@ class DataParallel {
  private:
   void start_pending();  // starts the all-reduce of the bucket being filled, if it holds anything
 
+  // Sum of squares of this rank's gradients [first, first + count) (`grads` holds them), counting
+  // the replicated tensors on tensor-parallel rank 0 only.
+  double tp_sum_squares(const Tensor& grads, int64_t first, int64_t count);
+
   GPT& model_;
   Comm& comm_;
+  Comm& tp_;
   bool zero1_;
   double bucket_bytes_;
   int64_t total_, shard_, first_, count_;

@@ -49,4 +49,22 @@ void check_ranks_agree(Comm& comm, uint64_t binary, const std::string& settings)
                              " rank(s) run another binary or other settings (see their messages); refusing to train");
 }
 
+void check_replicas_agree(const GPT& model, Comm& tp) {
+  std::vector<float> host((size_t)model.layout().total());
+  model.ops().download(host, model.params());
+  uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a over the replicated tensors' bytes
+  for (const ParamSpec& s : model.layout().specs()) {
+    if (!GPT::replicated(s.name)) continue;
+    const auto* bytes = reinterpret_cast<const unsigned char*>(host.data() + s.offset);
+    for (int64_t i = 0; i < s.numel * (int64_t)sizeof(float); i++) hash = (hash ^ bytes[i]) * 0x100000001b3ull;
+  }
+  uint64_t root = hash;
+  tp.broadcast(std::as_writable_bytes(std::span<uint64_t>(&root, 1)), 0);
+  int64_t differing = root != hash;
+  tp.all_reduce_sum(std::span<int64_t>(&differing, 1));
+  if (differing > 0)
+    throw std::runtime_error("replicated parameters (layernorms, row-parallel biases, wpe) differ on " +
+                             std::to_string(differing) + " tensor-parallel rank(s): their gradients diverged");
+}
+
 }  // namespace kiln

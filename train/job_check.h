@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "model/gpt.h"
 #include "parallel/comm.h"
 
 namespace kiln {
@@ -14,5 +15,9 @@ namespace kiln {
 // differs: the differing ranks name the first differing setting ("section.key = value") or the
 // binary, the others say which ranks differ. A collective: all ranks call it.
 void check_ranks_agree(Comm& comm, uint64_t binary, const std::string& settings);
+
+// Throws unless the replicated parameters (GPT::replicated) are bitwise the same on every rank of
+// the tensor-parallel group: their gradients must have been identical at every step. A collective.
+void check_replicas_agree(const GPT& model, Comm& tp);
 
 }  // namespace kiln

@@ -14,6 +14,7 @@
 #include "kernels/device_info.h"
 #include "model/cpu_ops.h"
 #include "model/gpt.h"
+#include "model/params.h"
 #include "parallel/context.h"
 #include "train/data_parallel.h"
 #include "train/job_check.h"
@@ -166,40 +167,51 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   std::ostream& log = comm.rank() == 0 ? rank0_log : silent;
   if (comm.size() > 1) check_ranks_agree(comm, binary_hash(), cfg.settings);
   std::unique_ptr<Ops> ops = make_ops(cfg);
+  // Tensor-parallel groups of consecutive ranks (one node's GPUs), data parallel across them.
+  const int tp = cfg.parallel.tp;
+  if (comm.size() % tp != 0)
+    throw std::runtime_error(cfg.source + ": parallel.tp = " + std::to_string(tp) + " does not divide the " +
+                             std::to_string(comm.size()) + " ranks");
+  const std::unique_ptr<Comm> tp_comm = comm.split(comm.rank() / tp, comm.rank() % tp);
+  const std::unique_ptr<Comm> dp_comm = comm.split(comm.rank() % tp, comm.rank() / tp);
   GPTConfig model_cfg = cfg.model;
-  BatchSource data(cfg, model_cfg, comm.rank(), comm.size());
+  BatchSource data(cfg, model_cfg, dp_comm->rank(), dp_comm->size());
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
   std::optional<MetricsWriter> metrics;
   if (comm.rank() == 0) metrics.emplace(cfg.run_dir);
 
-  GPT model(model_cfg, *ops, B, T);
+  GPT model(model_cfg, *ops, B, T, {tp, tp_comm->rank()}, tp_comm.get());
   model.init_weights(cfg.train.seed);
-  DataParallel data_parallel(model, comm, cfg.parallel.zero == 1, cfg.parallel.bucket_mb * 1e6);
+  DataParallel data_parallel(model, *dp_comm, *tp_comm, cfg.parallel.zero == 1, cfg.parallel.bucket_mb * 1e6);
   AdamW optimizer(model, cfg.optim, data_parallel.shard_first(), data_parallel.shard_count());
 
-  const int64_t params = model.layout().total();
-  const int64_t tokens_per_step = (int64_t)B * T * cfg.train.grad_accum * comm.size();
-  const double step_flops = flops_per_token(params, cfg.model.n_layer, T, cfg.model.n_embd) * tokens_per_step;
+  const int64_t params = model.layout().total();  // this tensor-parallel rank's
+  const int64_t model_params = ParamLayout(model_cfg, {1, 0}).total();
+  const int64_t tokens_per_step = (int64_t)B * T * cfg.train.grad_accum * dp_comm->size();
+  const double step_flops = flops_per_token(model_params, cfg.model.n_layer, T, cfg.model.n_embd) * tokens_per_step;
   log << fmt::format("kiln train: model {} ({} layers, {} heads, width {}, vocab {} padded to {}), {:.2f}M parameters\n",
                      cfg.preset, model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.vocab_size,
                      model_cfg.padded_vocab(), model.layout().trained() / 1e6);
-  log << fmt::format("data: {}; batch {}x{} x{} accum x{} ranks = {} tokens/step, {} threads, {}\n",
-                     data.describe(cfg.data.path), B, T, cfg.train.grad_accum, comm.size(), tokens_per_step,
+  log << fmt::format("data: {}; batch {}x{} x{} accum x{} data-parallel ranks (TP {}) = {} tokens/step, {} threads, {}\n",
+                     data.describe(cfg.data.path), B, T, cfg.train.grad_accum, dp_comm->size(), tp, tokens_per_step,
                      omp_get_max_threads(), ops->name() == "cpu" ? cpu::blas_name() : ops->name());
   log << fmt::format("memory plan (device {}, rank 0): params {}, grads {}, AdamW moments {}{}, activations {}\n",
                      ops->name(), format_bytes(params * 4), format_bytes(params * 4),
                      format_bytes(optimizer.state_floats() * 4),
-                     cfg.parallel.zero && comm.size() > 1 ? fmt::format(" (ZeRO-1 shard of {})", comm.size()) : "",
+                     cfg.parallel.zero && dp_comm->size() > 1 ? fmt::format(" (ZeRO-1 shard of {})", dp_comm->size()) : "",
                      format_bytes(model.activation_bytes()));
   log << fmt::format("optimizer state floats on rank 0: {}\n", optimizer.state_floats());
+  if (tp > 1) log << fmt::format("parameters on rank 0: {} of the model's {}\n", params, model_params);
   if (metrics) log << "metrics: " << metrics->path() << "\n";
 
   std::vector<StepRecord> records;
   double elapsed_s = 0;  // training steps only (for tokens/s); the breakdown covers evaluation too
   const auto run_start = Clock::now();
+  int64_t tp_collectives_per_step = 0;
   for (int64_t step = 0; step < cfg.train.steps; step++) {
     const auto start = Clock::now();
-    comm.set_context(fmt::format("step {}", step + 1));
+    const int64_t tp_collectives_before = tp_comm->collectives();
+    for (Comm* c : {&comm, tp_comm.get(), dp_comm.get()}) c->set_context(fmt::format("step {}", step + 1));
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < cfg.train.grad_accum; micro++) {
@@ -208,18 +220,19 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
       // sum over ranks is the global mean (1 exactly on one rank).
       const int64_t local_tokens = unmasked(batch);
       int64_t global_tokens = local_tokens;
-      comm.all_reduce_sum(std::span<int64_t>(&global_tokens, 1));
+      dp_comm->all_reduce_sum(std::span<int64_t>(&global_tokens, 1));
       const double share = global_tokens > 0 ? (double)local_tokens / (double)global_tokens : 0.0;
       const bool last_micro = micro + 1 == cfg.train.grad_accum;  // its backward finishes the gradients
       loss += share * model.forward_backward(batch.inputs, batch.targets, B, T, (float)(share / cfg.train.grad_accum),
                                              last_micro ? data_parallel.grads_ready() : GPT::GradsReady{});
     }
     loss /= cfg.train.grad_accum;
-    comm.all_reduce_sum(std::span<double>(&loss, 1));
+    dp_comm->all_reduce_sum(std::span<double>(&loss, 1));  // the tensor-parallel ranks have the same
     const double norm = data_parallel.reduce_gradients();
     const double lr = learning_rate(cfg.optim, step, cfg.train.steps);
     optimizer.step(lr, ref::clip_factor(norm, cfg.optim.grad_clip), data_parallel.optimizer_grads());
     data_parallel.gather_parameters();
+    tp_collectives_per_step = tp_comm->collectives() - tp_collectives_before;
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     elapsed_s += seconds;
 
@@ -250,8 +263,13 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   }
   log << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg.train.steps, format_duration(elapsed_s),
                      tokens_per_step * cfg.train.steps / elapsed_s);
-  if (comm.size() > 1)
-    log << fmt::format("gradient reduction over {} ranks: {}\n", comm.size(),
+  if (tp > 1) {
+    check_replicas_agree(model, *tp_comm);
+    log << fmt::format("tensor parallel over {} ranks: {} collectives per step; replicated parameters bitwise equal\n",
+                       tp, tp_collectives_per_step);
+  }
+  if (dp_comm->size() > 1)
+    log << fmt::format("gradient reduction over {} ranks: {}\n", dp_comm->size(),
                        data_parallel.buckets_last_step() > 0
                            ? fmt::format("{} bucket(s) per step, started during the backward pass",
                                          data_parallel.buckets_last_step())

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Data parallel on the CPU backend: the same global batch over 1, 2 and 4 ranks (mpiexec on this
+# Data and tensor parallel on the CPU backend: the same global batch over 1, 2 and 4 ranks (mpiexec on this
 # 2-core machine: oversubscribed, one thread each) gives the same loss and gradient norm at every
 # step (and validation loss), within fp32 reduction-order noise (relative 1e-5): random tokens with
 # gradient accumulation, a prepared dataset (the loader's rank slices, evaluation on every rank),
@@ -51,6 +51,27 @@ for ranks in 2 4; do
   "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data random --batch-size $((8 / ranks)) --train.grad_accum=2 \
     --parallel.zero=1 --run-dir "$work/zero_$ranks" > "$work/zero_$ranks.log"
 done
+# Tensor parallel: TP 2 alone, and TP 2 x DP 2 (with and without ZeRO-1), at the same global batch.
+"${mpi[@]}" -n 2 "$kiln" train "${common[@]}" --data random --batch-size 8 --train.grad_accum=2 --tp 2 \
+  --run-dir "$work/tp2" > "$work/tp2.log"
+"${mpi[@]}" -n 2 "$kiln" train "${common[@]}" --data "$work/data" --batch-size 8 --train.eval_every=4 --tp 2 \
+  --run-dir "$work/tp2_data" > "$work/tp2_data.log"
+for zero in 0 1; do
+  "${mpi[@]}" -n 4 "$kiln" train "${common[@]}" --data random --batch-size 4 --train.grad_accum=2 --tp 2 \
+    --parallel.zero=$zero --run-dir "$work/tp2dp2_$zero" > "$work/tp2dp2_$zero.log"
+done
+compare "$work/random_1" "$work/tp2"
+compare "$work/data_1" "$work/tp2_data"
+compare "$work/random_1" "$work/tp2dp2_0"
+compare "$work/random_1" "$work/tp2dp2_1"
+# Per micro-batch: the embedding, 2 per layer and 2 for the cross-entropy forward, the LM head's
+# and 2 per layer backward; 2 micro-batches, plus the gradient norm: 2 (4 + 4 L) + 1 = 25 at L = 2.
+grep -q "tensor parallel over 2 ranks: 25 collectives per step; replicated parameters bitwise equal" "$work/tp2.log"
+grep -q "tensor parallel over 2 ranks: 25 collectives per step" "$work/tp2dp2_1.log"
+# The sharding is real: a TP rank holds fewer parameters than the model.
+read -r local whole < <(sed -n 's/^parameters on rank 0: \([0-9]*\) of the model.s \([0-9]*\)$/\1 \2/p' "$work/tp2.log")
+echo "TP 2: rank 0 holds $local of the model's $whole parameters"
+[ "$local" -lt "$whole" ] && [ "$((2 * local))" -gt "$whole" ]
 for ranks in 2 4; do
   compare "$work/random_1" "$work/random_$ranks"
   compare "$work/data_1" "$work/data_$ranks"
