@@ -583,6 +583,46 @@ TEST(RefOps, CrossEntropyLossAndGradient) {
   expect_grad("cross-entropy dlogits (dloss=0.37)", dlogits, numeric_grad(logits, loss));
 }
 
+// The tensor-parallel split over 1, 2 and 4 vocabulary slices (of 4, 2 and 1 columns of the
+// padded 8; the last slices hold only padding or part of it), combined as the model does, gives
+// the fused op's losses and the gradient's columns.
+TEST(RefOps, CrossEntropySplitOverSlicesMatchesTheFusedOp) {
+  std::mt19937 rng(703);
+  CrossEntropyCase ce(rng);
+  Vec want_grad(ce.logits.size(), 0.0);
+  const Vec want = ce.losses(ce.logits, &want_grad);
+  for (int slices : {1, 2, 4}) {
+    const int width = ce.Vp / slices, N = ce.N;
+    std::vector<Vec> parts(slices), maxes(slices, Vec(N)), sums(slices, Vec(N)), targets(slices, Vec(N));
+    Vec global_max(N, -std::numeric_limits<double>::infinity()), global_sum(N, 0.0), global_target(N, 0.0);
+    for (int r = 0; r < slices; r++) {
+      parts[r].resize(size_t(N) * width);
+      for (int n = 0; n < N; n++)
+        std::copy_n(ce.logits.begin() + size_t(n) * ce.Vp + r * width, width, parts[r].begin() + size_t(n) * width);
+      const int valid = std::clamp(ce.V - r * width, 0, width);
+      ref::cross_entropy_stats(maxes[r].data(), sums[r].data(), targets[r].data(), parts[r].data(), ce.targets.data(),
+                               N, r * width, valid, width);
+      for (int n = 0; n < N; n++) global_max[n] = std::max(global_max[n], maxes[r][n]);
+    }
+    for (int r = 0; r < slices; r++)
+      for (int n = 0; n < N; n++) {
+        if (sums[r][n] > 0) global_sum[n] += sums[r][n] * std::exp(maxes[r][n] - global_max[n]);
+        global_target[n] += targets[r][n];
+      }
+    for (int r = 0; r < slices; r++) {
+      Vec losses(N, -7.0), grad(parts[r].size(), -7.0);
+      ref::cross_entropy_from_stats(losses.data(), grad.data(), parts[r].data(), ce.targets.data(), global_max.data(),
+                                    global_sum.data(), global_target.data(), N, r * width,
+                                    std::clamp(ce.V - r * width, 0, width), width, ce.dloss);
+      expect_close("split losses, " + std::to_string(slices) + " slices", losses, want, 1e-12);
+      for (int n = 0; n < N; n++)
+        for (int v = 0; v < width; v++)
+          ASSERT_NEAR(grad[size_t(n) * width + v], want_grad[size_t(n) * ce.Vp + r * width + v], 1e-12)
+              << slices << " slices, row " << n << ", column " << r * width + v;
+    }
+  }
+}
+
 TEST(RefOps, CrossEntropyInPlaceAndShiftInvariant) {
   std::mt19937 rng(702);
   CrossEntropyCase ce(rng);
