@@ -24,7 +24,8 @@ void add_train_command(CLI::App& app) {
            {"--run-dir", "run.dir", "run directory for metrics (run.dir)"},
            {"--threads", "run.threads", "CPU threads, 0 = all cores (run.threads)"},
            {"--data", "data.path", "prepared dataset directory, or 'random' (data.path)"},
-           {"--tp", "parallel.tp", "tensor-parallel size, consecutive ranks (parallel.tp)"}}) {
+           {"--tp", "parallel.tp", "tensor-parallel size, consecutive ranks (parallel.tp)"},
+           {"--seed", "train.seed", "seed of the initial weights and the data order (train.seed)"}}) {
     cmd->add_option_function<std::string>(
         flag, [shortcuts, key = std::string(key)](const std::string& v) { shortcuts->emplace_back(key, v); }, help);
   }
