@@ -60,6 +60,37 @@ TEST(TrainConfig, ErrorsNameTheFileAndKey) {
   const std::string no_data = dir.file("nodata.toml", "[train]\nsteps = 3\n");
   EXPECT_EQ(error_of([&] { load_train_config(no_data, {}); }),
             no_data + ": data.path: required (a dataset directory written by kiln prepare)");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.tp=0"}); }), ok + ": parallel.tp: expected >= 1");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.zero=2"}); }),
+            ok + ": parallel.zero: expected 0 or 1 (ZeRO-1)");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.timeout_s=0"}); }),
+            ok + ": parallel.timeout_s: expected > 0 seconds");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.bucket_mb=-1"}); }),
+            ok + ": parallel.bucket_mb: expected >= 0 (0: one all-reduce after the backward pass)");
+}
+
+TEST(TrainConfig, SettingsListEveryKeySetSorted) {
+  TempDir dir;
+  const std::string path = dir.file("s.toml", "[train]\nsteps = 7\n[data]\npath = \"x\"\n");
+  EXPECT_EQ(load_train_config(path, {"optim.lr=0.5"}).settings, "data.path = 'x'\noptim.lr = 0.5\ntrain.steps = 7\n");
+}
+
+TEST(Optimizer, ShardOutsideTheParametersIsRefused) {
+  auto ops = make_cpu_ops();
+  GPT model(GPTConfig::preset("test"), *ops, 1, 4);
+  const int64_t total = model.layout().total();
+  EXPECT_EQ(error_of([&] { AdamW(model, OptimConfig{}, total - 10, 11); }),
+            "AdamW: elements [" + std::to_string(total - 10) + ", " + std::to_string(total + 1) + ") outside the " +
+                std::to_string(total) + " parameters");
+}
+
+TEST(Model, TensorParallelNeedsItsGroup) {
+  auto ops = make_cpu_ops();
+  EXPECT_EQ(error_of([&] { GPT(GPTConfig::preset("test"), *ops, 1, 4, {2, 0}); }),
+            "GPT: tensor parallel rank 0 of 2 needs its group's Comm");
+  const std::unique_ptr<Comm> self = make_self_comm();  // a group of 1 is not one of 2
+  EXPECT_EQ(error_of([&] { GPT(GPTConfig::preset("test"), *ops, 1, 4, {2, 1}, self.get()); }),
+            "GPT: tensor parallel rank 1 of 2 needs its group's Comm");
 }
 
 TEST(Schedule, WarmupThenCosineToTheFloor) {

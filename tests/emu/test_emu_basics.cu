@@ -43,5 +43,25 @@ TEST(EmuBasics, BlockReductionMatchesTheHostSum) {
   }
 }
 
+// Timing events give the time between them; asking an event made without timing is an error
+// naming the call, on the GPU as on the emulator.
+TEST(EmuBasics, TimingEventsMeasureAndOthersRefuse) {
+  Stream s;
+  Event start(true), end(true), plain;
+  DeviceBuffer<float> x(1 << 16);
+  start.record(s);
+  x.fill_bytes(0, s);
+  end.record(s);
+  plain.record(s);
+  end.synchronize();
+  EXPECT_GE(end.elapsed_ms_since(start), 0.0f);
+  try {
+    (void)plain.elapsed_ms_since(start);
+    ADD_FAILURE() << "no error for an event without timing";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("cudaEventElapsedTime"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace kiln::KILN_NS
