@@ -78,10 +78,6 @@ void GPT::tp_all_reduce(const Tensor& t) {
   if (tp_comm_) tp_comm_->all_reduce_sum(std::span<float>(t.f32(), (size_t)t.numel));
 }
 
-bool GPT::replicated(const std::string& name) {
-  return name == "wpe" || name.starts_with("ln_f") || name.find(".ln_") != std::string::npos ||
-         name.ends_with("c_proj.bias");
-}
 
 namespace {
 
@@ -128,7 +124,7 @@ void GPT::init_weights(uint64_t seed) {
     const ParamSpec& g = full.find(s.name);
     const float* src = whole.data() + g.offset;
     float* dst = host.data() + s.offset;
-    if (replicated(s.name)) {
+    if (s.replicated) {
       std::copy_n(src, s.numel, dst);
     } else if (s.name == "wte") {
       copy_rows(dst, src, g.shape[0], local_.vocab_begin, local_.vocab_rows, C);

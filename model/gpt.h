@@ -20,8 +20,8 @@ class GPT {
   // Under tensor parallelism (tp.size > 1, tp_comm its group, CPU backend) the model is Megatron's:
   // heads and the MLP column-parallel into row-parallel projections whose outputs are all-reduced,
   // the embedding and LM head vocab-parallel with a vocab-parallel cross-entropy, the gradients at
-  // the column-parallel inputs all-reduced. Replicated parameters (layernorms, row-parallel biases,
-  // wpe) get identical gradients on every rank.
+  // the column-parallel inputs all-reduced. Replicated parameters (ParamSpec::replicated:
+  // layernorms, row-parallel biases, wpe) get identical gradients on every rank.
   GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp = {}, Comm* tp_comm = nullptr);
 
   const GPTConfig& config() const { return cfg_; }
@@ -36,8 +36,6 @@ class GPT {
   // drawn for the whole model, so that every tensor-parallel rank gets its slice of the same
   // weights as one process.
   void init_weights(uint64_t seed);
-  // Whether the parameter is the same on every tensor-parallel rank (not sharded).
-  static bool replicated(const std::string& name);
 
   // Mean cross-entropy over positions whose target is >= 0. Logits stay readable until the next call.
   double forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@ struct ParamSpec {
   int64_t offset = 0;          // in elements, into the flat buffer
   int64_t numel = 0;
   bool decay = false;          // AdamW weight decay applies to matrices only
+  bool replicated = false;     // the same on every tensor-parallel rank (not sharded)
 };
 
 class ParamLayout {
@@ -27,9 +29,13 @@ class ParamLayout {
   // Parameters excluding the embedding's padding rows: the count GPT-2's papers quote.
   int64_t trained() const { return total_ - padding_; }
   const ParamSpec& find(const std::string& name) const;  // throws naming the tensor
+  // fn(spec, begin, end) for every tensor overlapping [first, first + count) of the flat buffer,
+  // with [begin, end) the overlap: an optimizer or norm over one shard, tensor by tensor.
+  void for_each_overlap(int64_t first, int64_t count,
+                        const std::function<void(const ParamSpec&, int64_t begin, int64_t end)>& fn) const;
 
  private:
-  void add(std::string name, std::vector<int64_t> shape);
+  void add(std::string name, std::vector<int64_t> shape, bool replicated = false);
   std::vector<ParamSpec> specs_;
   int64_t total_ = 0;
   int64_t padding_ = 0;

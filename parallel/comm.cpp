@@ -167,42 +167,42 @@ class MpiComm final : public Comm {
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     require_size(in.size(), out.size() * size_, "reduce_scatter_sum");
     if (out.size() > kMaxCount) throw std::invalid_argument("reduce_scatter_sum: block above 2^30 values");
-    const Watched w(*watchdog_, "reduce_scatter_sum");
-    collectives_++;
+    const Watched w = collective("reduce_scatter_sum");
     KILN_MPI_CHECK(MPI_Reduce_scatter_block(in.data(), out.data(), (int)out.size(), MPI_FLOAT, MPI_SUM, comm_));
   }
   void all_gather(std::span<const float> in, std::span<float> out) override {
     require_size(out.size(), in.size() * size_, "all_gather");
     if (in.size() > kMaxCount) throw std::invalid_argument("all_gather: block above 2^30 values");
-    const Watched w(*watchdog_, "all_gather");
-    collectives_++;
+    const Watched w = collective("all_gather");
     KILN_MPI_CHECK(MPI_Allgather(in.data(), (int)in.size(), MPI_FLOAT, out.data(), (int)in.size(), MPI_FLOAT, comm_));
   }
   void broadcast(std::span<std::byte> data, int root) override {
-    const Watched w(*watchdog_, "broadcast");
-    collectives_++;
+    const Watched w = collective("broadcast");
     for (size_t at = 0; at < data.size(); at += kMaxCount)
       KILN_MPI_CHECK(MPI_Bcast(data.data() + at, (int)std::min(kMaxCount, data.size() - at), MPI_BYTE, root, comm_));
   }
   void barrier() override {
-    const Watched w(*watchdog_, "barrier");
-    collectives_++;
+    const Watched w = collective("barrier");
     KILN_MPI_CHECK(MPI_Barrier(comm_));
   }
   void set_context(const std::string& where) override { watchdog_->set_context(where); }
 
  private:
-  // The collective in flight, for the watchdog, for the lifetime of the object; counts it.
+  // The operation in flight, for the watchdog, for the lifetime of the object.
   struct Watched {
     Watched(Watchdog& w, const char* op) : watchdog(w) { watchdog.begin(op); }
     ~Watched() { watchdog.end(); }
     Watchdog& watchdog;
   };
+  // A blocking collective: counted, and watched while it runs.
+  Watched collective(const char* op) {
+    collectives_++;
+    return Watched(*watchdog_, op);
+  }
   void all_reduce(void* data, size_t count, MPI_Datatype type, MPI_Op op) {
     int bytes = 0;
     KILN_MPI_CHECK(MPI_Type_size(type, &bytes));
-    const Watched w(*watchdog_, op == MPI_MAX ? "all_reduce_max" : "all_reduce_sum");
-    collectives_++;
+    const Watched w = collective(op == MPI_MAX ? "all_reduce_max" : "all_reduce_sum");
     for (size_t at = 0; at < count; at += kMaxCount)
       KILN_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + at * bytes, (int)std::min(kMaxCount, count - at),
                                    type, op, comm_));

@@ -59,14 +59,19 @@ ProcessInfo detect_process() {
   return detect_process([](const char* name) { return std::getenv(name); });
 }
 
+uint64_t fnv1a(const void* data, size_t bytes, uint64_t hash) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; i++) hash = (hash ^ p[i]) * 0x100000001b3ull;
+  return hash;
+}
+
 uint64_t binary_hash() {
   std::ifstream in("/proc/self/exe", std::ios::binary);
   if (!in) throw std::runtime_error("/proc/self/exe: cannot open this process's executable to hash it");
-  uint64_t hash = 0xcbf29ce484222325ull;
+  uint64_t hash = kFnv1aStart;
   std::vector<char> chunk(1 << 20);
-  while (in.read(chunk.data(), (std::streamsize)chunk.size()) || in.gcount() > 0) {
-    for (std::streamsize i = 0; i < in.gcount(); i++) hash = (hash ^ (unsigned char)chunk[i]) * 0x100000001b3ull;
-  }
+  while (in.read(chunk.data(), (std::streamsize)chunk.size()) || in.gcount() > 0)
+    hash = fnv1a(chunk.data(), (size_t)in.gcount(), hash);
   return hash;
 }
 

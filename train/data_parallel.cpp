@@ -53,11 +53,9 @@ void DataParallel::start_pending() {
 
 double DataParallel::tp_sum_squares(const Tensor& grads, int64_t first, int64_t count) {
   double squares = 0;
-  for (const ParamSpec& s : model_.layout().specs()) {
-    const int64_t begin = std::max(s.offset, first), end = std::min(s.offset + s.numel, first + count);
-    if (begin < end && (tp_.rank() == 0 || !GPT::replicated(s.name)))
-      squares += model_.ops().sum_squares(grads.slice(begin - first, end - begin));
-  }
+  model_.layout().for_each_overlap(first, count, [&](const ParamSpec& s, int64_t begin, int64_t end) {
+    if (tp_.rank() == 0 || !s.replicated) squares += model_.ops().sum_squares(grads.slice(begin - first, end - begin));
+  });
   return squares;
 }
 

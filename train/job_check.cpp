@@ -1,6 +1,7 @@
 #include "train/job_check.h"
 
-#include <cstring>
+#include "parallel/context.h"
+
 #include <sstream>
 #include <stdexcept>
 #include <vector>
@@ -29,11 +30,23 @@ std::string first_difference(const std::string& root_text, const std::string& mi
   }
 }
 
+// Rank 0's value, on every rank.
+uint64_t root_value(Comm& comm, uint64_t value) {
+  comm.broadcast(std::as_writable_bytes(std::span<uint64_t>(&value, 1)), 0);
+  return value;
+}
+
+// How many ranks of the group pass true.
+int64_t count_ranks(Comm& comm, bool mine) {
+  int64_t count = mine;
+  comm.all_reduce_sum(std::span<int64_t>(&count, 1));
+  return count;
+}
+
 }  // namespace
 
 void check_ranks_agree(Comm& comm, uint64_t binary, const std::string& settings) {
-  uint64_t root_binary = binary;
-  comm.broadcast(std::as_writable_bytes(std::span<uint64_t>(&root_binary, 1)), 0);
+  const uint64_t root_binary = root_value(comm, binary);
   const std::string root_settings = broadcast_text(comm, settings);
   std::string problem;
   if (root_binary != binary)
@@ -41,27 +54,21 @@ void check_ranks_agree(Comm& comm, uint64_t binary, const std::string& settings)
               std::to_string(root_binary) + "): run the same build on every node";
   else if (root_settings != settings)
     problem = "its settings differ from rank 0's: " + first_difference(root_settings, settings);
-  int64_t differing = problem.empty() ? 0 : 1;
-  comm.all_reduce_sum(std::span<int64_t>(&differing, 1));
-  if (!problem.empty()) throw std::runtime_error("rank " + std::to_string(comm.rank()) + ": " + problem);
+  const int64_t differing = count_ranks(comm, !problem.empty());
+  // kiln's MPI launcher prefixes each rank's message with "rank N: ".
+  if (!problem.empty()) throw std::runtime_error(problem);
   if (differing > 0)
-    throw std::runtime_error("rank " + std::to_string(comm.rank()) + ": " + std::to_string(differing) +
+    throw std::runtime_error(std::to_string(differing) +
                              " rank(s) run another binary or other settings (see their messages); refusing to train");
 }
 
 void check_replicas_agree(const GPT& model, Comm& tp) {
   std::vector<float> host((size_t)model.layout().total());
   model.ops().download(host, model.params());
-  uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a over the replicated tensors' bytes
-  for (const ParamSpec& s : model.layout().specs()) {
-    if (!GPT::replicated(s.name)) continue;
-    const auto* bytes = reinterpret_cast<const unsigned char*>(host.data() + s.offset);
-    for (int64_t i = 0; i < s.numel * (int64_t)sizeof(float); i++) hash = (hash ^ bytes[i]) * 0x100000001b3ull;
-  }
-  uint64_t root = hash;
-  tp.broadcast(std::as_writable_bytes(std::span<uint64_t>(&root, 1)), 0);
-  int64_t differing = root != hash;
-  tp.all_reduce_sum(std::span<int64_t>(&differing, 1));
+  uint64_t hash = kFnv1aStart;
+  for (const ParamSpec& s : model.layout().specs())
+    if (s.replicated) hash = fnv1a(host.data() + s.offset, (size_t)s.numel * sizeof(float), hash);
+  const int64_t differing = count_ranks(tp, root_value(tp, hash) != hash);
   if (differing > 0)
     throw std::runtime_error("replicated parameters (layernorms, row-parallel biases, wpe) differ on " +
                              std::to_string(differing) + " tensor-parallel rank(s): their gradients diverged");

@@ -16,7 +16,7 @@ namespace kiln {
 // binary, the others say which ranks differ. A collective: all ranks call it.
 void check_ranks_agree(Comm& comm, uint64_t binary, const std::string& settings);
 
-// Throws unless the replicated parameters (GPT::replicated) are bitwise the same on every rank of
+// Throws unless the replicated parameters (ParamSpec::replicated) are bitwise the same on every rank of
 // the tensor-parallel group: their gradients must have been identical at every step. A collective.
 void check_replicas_agree(const GPT& model, Comm& tp);
 

@@ -23,13 +23,11 @@ void AdamW::step(double lr, double grad_scale, const Tensor& shard_grads) {
   step_++;
   Ops& ops = model_.ops();
   const Tensor grads = shard_grads ? shard_grads : model_.grads().slice(first_, count_);
-  for (const ParamSpec& s : model_.layout().specs()) {
-    const int64_t begin = std::max(s.offset, first_), end = std::min(s.offset + s.numel, first_ + count_);
-    if (begin >= end) continue;
+  model_.layout().for_each_overlap(first_, count_, [&](const ParamSpec& s, int64_t begin, int64_t end) {
     const ref::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps, s.decay ? cfg_.weight_decay : 0.0, step_, grad_scale};
     ops.adamw_update(model_.params().slice(begin, end - begin), grads.slice(begin - first_, end - begin),
                      m_.view().slice(begin - first_, end - begin), v_.view().slice(begin - first_, end - begin), hp);
-  }
+  });
 }
 
 double grad_norm(Ops& ops, const Tensor& grads) { return std::sqrt(ops.sum_squares(grads)); }
