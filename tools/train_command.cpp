@@ -53,7 +53,8 @@ void add_train_command(CLI::App& app) {
     try {
       train(cfg, std::cout, *world);
     } catch (const std::exception& e) {
-      std::cerr << "kiln: error: rank " << process.rank << ": " << e.what() << "; aborting the job" << std::endl;
+      // One write: the ranks share a terminal, and pieces of their lines would interleave.
+      std::cerr << ("kiln: error: rank " + std::to_string(process.rank) + ": " + e.what() + "; aborting the job\n");
       MpiSession::abort_job(1);
     }
   });
