@@ -125,6 +125,7 @@ class CpuOps final : public Ops {
                              vocab_begin, valid, Vp_local);
   }
   void rescale_sumexp(const Tensor& row_sumexp, const Tensor& row_max, const Tensor& global_max, int N) override {
+    OpTimer t(times_, "cross_entropy");
     float *s = row_sumexp.f32(), *m = row_max.f32(), *g = global_max.f32();
     for (int n = 0; n < N; n++) s[n] = s[n] == 0 ? 0 : s[n] * std::exp(m[n] - g[n]);  // an empty slice stays 0
   }

@@ -138,6 +138,12 @@ inline float to_float(float v) { return v; }
 inline double as_double(bf16 v) { return (double)__bfloat162float(v); }
 inline double as_double(float v) { return (double)v; }
 
+inline std::vector<float> to_floats(const std::vector<bf16>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); i++) out[i] = __bfloat162float(v[i]);
+  return out;
+}
+
 template <class T>
 std::vector<double> to_double(const std::vector<T>& v) {
   std::vector<double> out(v.size());

@@ -26,11 +26,6 @@ std::vector<bf16> random_bf16(size_t n, float scale, uint32_t seed) {
   for (auto& x : v) x = __float2bfloat16(dist(rng));
   return v;
 }
-std::vector<float> floats(const std::vector<bf16>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); i++) out[i] = __bfloat162float(v[i]);
-  return out;
-}
 
 std::string name(const AttentionShape& s, AttentionKernel kernel) {
   return "B " + std::to_string(s.B) + ", T " + std::to_string(s.T) + ", H " + std::to_string(s.H) + ", D " +
@@ -94,14 +89,14 @@ void expect_matches_reference(const AttentionShape& shape, AttentionKernel kerne
   std::vector<double> out(in.out_size()), lse(in.rows());
   ref::attention_forward(out.data(), lse.data(), to_double(in.qkv).data(), shape.B, shape.T, shape.H, shape.D);
   const Result got = run(in, kernel, with_backward, mode);
-  EXPECT_LT(rel_error(floats(got.forward.out), out), 1e-2);
+  EXPECT_LT(rel_error(to_floats(got.forward.out), out), 1e-2);
   EXPECT_LT(rel_error(got.forward.lse, lse), 1e-5);
   if (!with_backward) return;
   std::vector<double> dqkv(in.qkv.size(), 0.0), out_bf16 = to_double(got.forward.out);
   // The backward's Delta = dout . out uses the bf16 out the kernels saw.
   ref::attention_backward(dqkv.data(), to_double(in.dout).data(), to_double(in.qkv).data(), out_bf16.data(), lse.data(),
                           shape.B, shape.T, shape.H, shape.D);
-  const std::vector<float> got_d = floats(got.dqkv);
+  const std::vector<float> got_d = to_floats(got.dqkv);
   const char* parts[] = {"dq", "dk", "dv"};
   for (int part = 0; part < 3; part++) {
     std::vector<float> g;
@@ -153,9 +148,9 @@ TEST_F(attention, FullAttentionTensorCoreMatchesReferenceKernels) {
     const Result want = run(in, AttentionKernel::reference, true);
     for (AttentionMode mode : {AttentionMode::deterministic, AttentionMode::fast}) {
       const Result got = run(in, AttentionKernel::tensor_core, true, mode);
-      EXPECT_LT(relative_error(got.forward.out, floats(want.forward.out)), 1e-2);
+      EXPECT_LT(relative_error(got.forward.out, to_floats(want.forward.out)), 1e-2);
       EXPECT_LT(relative_error(got.forward.lse, want.forward.lse), 1e-5);
-      EXPECT_LT(relative_error(got.dqkv, floats(want.dqkv)), 2e-2);  // two bf16 results compared
+      EXPECT_LT(relative_error(got.dqkv, to_floats(want.dqkv)), 2e-2);  // two bf16 results compared
     }
   }
 }
@@ -167,9 +162,9 @@ TEST_F(attention, TensorCoreKernelsAreDeterministic) {
     const Inputs in({1, 130, 2, D}, 40 + D);
     expect_same_under_orders([&] {
       const Result r = run(in, AttentionKernel::tensor_core, true);
-      std::vector<float> all = floats(r.forward.out);
+      std::vector<float> all = to_floats(r.forward.out);
       all.insert(all.end(), r.forward.lse.begin(), r.forward.lse.end());
-      const std::vector<float> d = floats(r.dqkv);
+      const std::vector<float> d = to_floats(r.dqkv);
       all.insert(all.end(), d.begin(), d.end());
       return all;
     });
@@ -178,7 +173,7 @@ TEST_F(attention, TensorCoreKernelsAreDeterministic) {
 
 TEST_F(attention, FastModeAgreesWithDeterministicModeUnderEveryOrder) {
   const Inputs in({2, 130, 2, 64}, 45);
-  const std::vector<float> want = floats(run(in, AttentionKernel::tensor_core, true).dqkv);
+  const std::vector<float> want = to_floats(run(in, AttentionKernel::tensor_core, true).dqkv);
   expect_same_under_orders(
       [&] {
         const std::vector<bf16> got = run(in, AttentionKernel::tensor_core, true, AttentionMode::fast).dqkv;

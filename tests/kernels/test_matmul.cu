@@ -32,11 +32,6 @@ std::vector<float> random_floats(size_t n, uint32_t seed) {
   for (auto& x : v) x = dist(rng);
   return v;
 }
-std::vector<float> floats(const std::vector<bf16>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); i++) out[i] = __bfloat162float(v[i]);
-  return out;
-}
 
 struct Shape {
   int N, C, OC;
@@ -94,7 +89,7 @@ TEST_F(matmul, ForwardMatchesReference) {
         auto out = poisoned<bf16>(want.size(), s);
         mm.forward(s, out.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, shape.N, shape.C, shape.OC);
         const std::vector<bf16> got = out.to_host(s);
-        EXPECT_LT(rel_error(floats(got), want), 1e-2);
+        EXPECT_LT(rel_error(to_floats(got), want), 1e-2);
         EXPECT_EQ(mm.stats().gemms, 1);
         return got;
       });
@@ -115,8 +110,8 @@ TEST_F(matmul, ForwardGeluFusedWhereCublasAcceptsAndFallsBackElsewhere) {
       auto out = poisoned<bf16>(out_want.size(), s), pre = poisoned<bf16>(pre_want.size(), s);
       mm.forward_gelu(s, out.data(), pre.data(), x.data(), w.data(), b.data(), shape.N, shape.C, shape.OC);
       const std::vector<bf16> got_pre = pre.to_host(s), got = out.to_host(s);
-      EXPECT_LT(rel_error(floats(got_pre), pre_want), 1e-2);
-      EXPECT_LT(rel_error(floats(got), out_want), 1e-2);
+      EXPECT_LT(rel_error(to_floats(got_pre), pre_want), 1e-2);
+      EXPECT_LT(rel_error(to_floats(got), out_want), 1e-2);
       EXPECT_EQ(mm.stats().fused, fusable ? 1 : 0);
       EXPECT_EQ(mm.stats().fallbacks, fusable ? 0 : 1);
       std::vector<bf16> both = got_pre;
@@ -139,7 +134,7 @@ TEST_F(matmul, BackwardInputMatchesReference) {
       auto got = poisoned<bf16>(dx.size(), s);
       mm.backward_input(s, got.data(), dout.data(), w.data(), shape.N, shape.C, shape.OC);
       const std::vector<bf16> host = got.to_host(s);
-      EXPECT_LT(rel_error(floats(host), dx), 1e-2);
+      EXPECT_LT(rel_error(to_floats(host), dx), 1e-2);
       return host;
     });
   }
@@ -172,14 +167,14 @@ TEST_F(matmul, BackwardInputGeluMatchesReference) {
                                dout.data(), w.data(), p.data(), shape.N, shape.C, shape.OC);
         const std::vector<bf16> got = dpre.to_host(s);
         const std::vector<float> got_bias = dbias.to_host(s);
-        EXPECT_LT(rel_error(floats(got), dpre_want), 1e-2);
+        EXPECT_LT(rel_error(to_floats(got), dpre_want), 1e-2);
         if (with_bias)
           EXPECT_LT(rel_error(got_bias, dbias_want), 1e-2);  // cuBLASLt's bias gradient is bf16
         else
           EXPECT_EQ(got_bias, dbias_init);
         EXPECT_EQ(mm.stats().fused, fusable ? 1 : 0);
         EXPECT_EQ(mm.stats().fallbacks, fusable ? 0 : 1);
-        std::vector<float> result = floats(got);
+        std::vector<float> result = to_floats(got);
         result.insert(result.end(), got_bias.begin(), got_bias.end());
         return result;
       });
@@ -263,12 +258,12 @@ TEST_F(matmul, AlgorithmChoiceIsCachedPerProblemAndAlignment) {
   for (int rep = 0; rep < 3; rep++) mm.forward(s, out.data(), x.data() + 1, w.data(), b.data(), shape.N, shape.C, shape.OC);
   EXPECT_EQ(mm.stats().cache_misses, 1);
   EXPECT_EQ(mm.stats().gemms, 3);
-  EXPECT_LT(rel_error(floats(out.to_host(s)), want), 1e-2);
+  EXPECT_LT(rel_error(to_floats(out.to_host(s)), want), 1e-2);
   // The same shape at 256-byte alignment is a different problem (an algorithm may need it).
   KILN_CHECK(KILN_RT cudaMemcpyAsync(x.data(), layer.x.data(), layer.x.size() * sizeof(bf16), cudaMemcpyHostToDevice, s.get()));
   mm.forward(s, out.data(), x.data(), w.data(), b.data(), shape.N, shape.C, shape.OC);
   EXPECT_EQ(mm.stats().cache_misses, 2);
-  EXPECT_LT(rel_error(floats(out.to_host(s)), want), 1e-2);
+  EXPECT_LT(rel_error(to_floats(out.to_host(s)), want), 1e-2);
 }
 
 // Not deterministic: the top candidates are timed once, then the pick is reused. Accumulating
@@ -286,7 +281,7 @@ TEST_F(matmul, TimedPickRunsCandidatesOnceAndStaysCorrect) {
   mm.forward(s, out.data(), x.data(), w.data(), b.data(), shape.N, shape.C, shape.OC);
   EXPECT_EQ(mm.stats().gemms, after_first + 1);
   EXPECT_EQ(mm.stats().cache_misses, 1);
-  EXPECT_LT(rel_error(floats(out.to_host(s)), layer.forward(true)), 1e-2);
+  EXPECT_LT(rel_error(to_floats(out.to_host(s)), layer.forward(true)), 1e-2);
 
   std::vector<double> dx, dw_want, db_want;
   layer.backward(dx, dw_want, db_want);
