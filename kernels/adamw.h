@@ -13,12 +13,8 @@
 
 namespace kiln::KILN_NS {
 
-// A tensor's elements [offset, offset + count) of the flat buffer, and whether weight decay
-// applies to them (GPT-2: to the matrices, not to biases and layernorm parameters).
-struct AdamWRange {
-  int64_t offset, count;
-  bool decay;
-};
+// The table's entries (kernels/ref.h): one per tensor of the flat buffer.
+using ref::AdamWRange;
 
 // Throws std::invalid_argument unless the (host copy of the) table is usable by adamw_update:
 // count >= 0, inside [0, n), sorted by offset and not overlapping. adamw_update reads the table

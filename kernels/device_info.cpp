@@ -40,4 +40,11 @@ CudaInfo query_cuda() {
 }
 #endif
 
+double dense_bf16_peak_tflops(const std::string& gpu_name) {
+  if (gpu_name.find("H100") != std::string::npos && gpu_name.find("PCIe") != std::string::npos) return 756;
+  if (gpu_name.find("H100") != std::string::npos || gpu_name.find("H200") != std::string::npos) return 989;
+  if (gpu_name.find("A100") != std::string::npos) return 312;
+  return 0;
+}
+
 }  // namespace kiln

@@ -27,4 +27,8 @@ struct CudaInfo {
 
 CudaInfo query_cuda();
 
+// The dense bf16 tensor-core peak of a GPU, in TFLOP/s, from its name as the runtime reports it
+// (NVIDIA's data sheets: H100/H200 SXM 989, H100 PCIe 756, A100 312); 0 when not known.
+double dense_bf16_peak_tflops(const std::string& gpu_name);
+
 }  // namespace kiln

@@ -91,6 +91,12 @@ struct AdamWParams {
 };
 template <class T>
 void adamw_update(T* params, const T* grads, T* m, T* v, int64_t n, const AdamWParams& hp);
+// A tensor's elements [offset, offset + count) of a flat parameter buffer, and whether weight
+// decay applies to them (GPT-2: to the matrices, not to biases and layernorm parameters).
+struct AdamWRange {
+  int64_t offset, count;
+  bool decay;
+};
 
 // Sum of squares of n values, accumulated in double.
 template <class T>

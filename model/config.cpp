@@ -71,4 +71,15 @@ LocalShape::LocalShape(const GPTConfig& cfg, TensorParallel tp) {
   vocab_begin = tp.rank * vocab_rows;
 }
 
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::none;
+  if (name == "mlp") return Recompute::mlp;
+  if (name == "block") return Recompute::block;
+  throw std::invalid_argument("recompute '" + name + "': expected none, mlp or block");
+}
+
+const char* recompute_name(Recompute r) {
+  return r == Recompute::none ? "none" : r == Recompute::mlp ? "mlp" : "block";
+}
+
 }  // namespace kiln

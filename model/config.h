@@ -28,6 +28,15 @@ struct GPTConfig {
   static std::vector<std::string> preset_names();
 };
 
+// Activation recomputation: what the backward pass rebuilds instead of keeping from the forward.
+enum class Recompute {
+  none,   // every activation the backward reads is kept
+  mlp,    // gelu(fc) is recomputed from fc in the backward
+  block,  // only each block's input is kept; a block's activations are recomputed before its backward
+};
+Recompute parse_recompute(const std::string& name);  // none | mlp | block; throws otherwise
+const char* recompute_name(Recompute r);
+
 // One rank's share of a tensor-parallel group (Megatron-style, design.md §4): heads, the MLP's
 // hidden width and vocabulary rows are split; size 1 is the unsharded model.
 struct TensorParallel {

@@ -27,9 +27,11 @@ class CpuOps final : public Ops {
   explicit CpuOps(CpuPath path) : fast_(path == CpuPath::fast) {}
   std::string name() const override { return fast_ ? "cpu" : "cpu-reference"; }
   const std::map<std::string, double>& op_seconds() const override { return times_; }
+  DType compute_dtype() const override { return DType::f32; }
+  int64_t reserve_workspace(const OpsShape&) override { return 0; }  // the ops need no scratch
 
   Buffer allocate(int64_t numel, DType dtype) override {
-    if (dtype == DType::bf16) throw std::invalid_argument("cpu backend stores f32 and i32 only, not bf16");
+    if (dtype == DType::bf16) throw std::invalid_argument("cpu backend stores f32, i32 and u8 only, not bf16");
     const size_t bytes = ((size_t)numel * dtype_size(dtype) + 63) / 64 * 64;  // cache-line aligned
     void* p = std::aligned_alloc(64, bytes ? bytes : 64);
     if (!p) throw std::bad_alloc();
@@ -38,7 +40,7 @@ class CpuOps final : public Ops {
   }
   void zero(const Tensor& t) override {
     OpTimer timer(times_, "other");
-    std::memset(t.data, 0, (size_t)t.numel * dtype_size(t.dtype));
+    clear(t);
   }
   void upload(const Tensor& dst, std::span<const float> src) override { copy(dst.f32(), dst.numel, src); }
   void upload(const Tensor& dst, std::span<const int32_t> src) override { copy(dst.i32(), dst.numel, src); }
@@ -51,8 +53,8 @@ class CpuOps final : public Ops {
     OpTimer t(times_, "embedding");
     ref::embedding_forward(out.f32(), tokens.i32(), wte.f32(), wpe.f32(), B, T, C, vocab_begin, vocab_rows);
   }
-  void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens, int B,
-                          int T, int C, int vocab_begin, int vocab_rows) override {
+  void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
+                          std::span<const int32_t>, int B, int T, int C, int vocab_begin, int vocab_rows) override {
     OpTimer t(times_, "embedding");
     ref::embedding_backward(dwte.f32(), dwpe.f32(), dout.f32(), tokens.i32(), B, T, C, vocab_begin, vocab_rows);
   }
@@ -89,6 +91,7 @@ class CpuOps final : public Ops {
   void matmul_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                        const Tensor& x, const Tensor& weight, int N, int C, int OC) override {
     OpTimer t(times_, "matmul");
+    clear(dx);  // the references accumulate; the interface writes dx
     (fast_ ? cpu::matmul_backward : ref::matmul_backward<float>)(dx.f32(), dweight.f32(), dbias.f32(), dout.f32(),
                                                                   x.f32(), weight.f32(), N, C, OC);
   }
@@ -100,6 +103,7 @@ class CpuOps final : public Ops {
   void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
                           const Tensor& lse, int B, int T, int NH, int HS) override {
     OpTimer t(times_, "attention");
+    clear(dqkv);
     (fast_ ? cpu::attention_backward : ref::attention_backward<float>)(dqkv.f32(), dout.f32(), qkv.f32(), out.f32(),
                                                                         lse.f32(), B, T, NH, HS);
   }
@@ -109,6 +113,7 @@ class CpuOps final : public Ops {
   }
   void gelu_backward(const Tensor& dx, const Tensor& x, const Tensor& dout, int64_t n) override {
     OpTimer t(times_, "gelu");
+    clear(dx);
     (fast_ ? cpu::gelu_backward : ref::gelu_backward<float>)(dx.f32(), x.f32(), dout.f32(), n);
   }
   void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets, int N, int V, int Vp,
@@ -141,15 +146,38 @@ class CpuOps final : public Ops {
     OpTimer t(times_, "adamw");
     return ref::sum_squares(x.f32(), x.numel);
   }
-  void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
-                    const ref::AdamWParams& hp) override {
+  Buffer make_adamw_table(std::span<const ref::AdamWRange> ranges) override {
+    Buffer table = allocate((int64_t)ranges.size_bytes(), DType::u8);
+    std::memcpy(table.view().data, ranges.data(), ranges.size_bytes());
+    return table;
+  }
+  void adamw_update(const Tensor& master, const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
+                    const Tensor& table, const ref::AdamWParams& hp) override {
     OpTimer t(times_, "adamw");
-    ref::adamw_update(params.f32(), grads.f32(), m.f32(), v.f32(), params.numel, hp);
+    if (master.data != params.data) throw std::invalid_argument("cpu backend: the parameters are their own master copy");
+    const std::span<const ref::AdamWRange> ranges(static_cast<const ref::AdamWRange*>(table.data),
+                                                  (size_t)table.numel / sizeof(ref::AdamWRange));
+    // The ranges and the gaps between them (no decay), in order.
+    auto update = [&](int64_t begin, int64_t end, bool decay) {
+      if (end <= begin) return;
+      ref::AdamWParams range_hp = hp;
+      if (!decay) range_hp.weight_decay = 0;
+      ref::adamw_update(master.f32() + begin, grads.f32() + begin, m.f32() + begin, v.f32() + begin, end - begin,
+                        range_hp);
+    };
+    int64_t done = 0;
+    for (const ref::AdamWRange& r : ranges) {
+      update(done, r.offset, false);
+      update(r.offset, r.offset + r.count, r.decay);
+      done = r.offset + r.count;
+    }
+    update(done, master.numel, false);
   }
 
  private:
   bool fast_;
   std::map<std::string, double> times_;  // seconds per op category, since construction
+  static void clear(const Tensor& t) { std::memset(t.data, 0, (size_t)t.numel * dtype_size(t.dtype)); }
   template <class T>
   static void copy(T* dst, int64_t dst_numel, std::span<const T> src) {
     if ((int64_t)src.size() != dst_numel)

@@ -8,7 +8,8 @@
 
 namespace kiln {
 
-GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp, Comm* tp_comm)
+GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp, Comm* tp_comm,
+         Recompute recompute)
     : cfg_(cfg),
       ops_(ops),
       tp_(tp),
@@ -16,7 +17,8 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
       local_(cfg, tp),
       layout_(cfg, tp),
       max_batch_(max_batch),
-      max_seq_(max_seq) {
+      max_seq_(max_seq),
+      recompute_(recompute) {
   if (tp.size > 1 && (!tp_comm || tp_comm->size() != tp.size || tp_comm->rank() != tp.rank))
     throw std::invalid_argument("GPT: tensor parallel rank " + std::to_string(tp.rank) + " of " +
                                 std::to_string(tp.size) + " needs its group's Comm");
@@ -26,8 +28,14 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
   if (max_seq < 1 || max_seq > cfg.max_seq_len)
     throw std::invalid_argument("sequence length " + std::to_string(max_seq) + ": expected 1.." +
                                 std::to_string(cfg.max_seq_len) + " (model.max_seq_len)");
-  params_ = ops.allocate(layout_.total(), DType::f32);
-  grads_ = ops.allocate(layout_.total(), DType::f32);
+  const DType wd = ops.compute_dtype(), f32 = DType::f32, i32 = DType::i32;
+  auto alloc = [&](int64_t& category, int64_t numel, DType dtype) {
+    category += numel * (int64_t)dtype_size(dtype);
+    return ops.allocate(numel, dtype);
+  };
+  params_ = alloc(memory_.parameters, layout_.total(), wd);
+  master_ = wd == f32 ? params_ : alloc(memory_.master, layout_.total(), f32);
+  grads_ = alloc(memory_.gradients, layout_.total(), f32);
   w_ = bind(layout_, params_, cfg.n_layer);
   g_ = bind(layout_, grads_, cfg.n_layer);
   auto span = [&](const std::string& first, const std::string& last) {
@@ -43,35 +51,51 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
 
   const int64_t N = (int64_t)max_batch * max_seq, C = cfg.n_embd;
   const int64_t A = local_.attn_width, H = local_.mlp_width, Vp = local_.vocab_rows;
-  auto act = [&](int64_t numel, DType dtype = DType::f32) {
-    activation_bytes_ += numel * (int64_t)dtype_size(dtype);
-    return ops.allocate(numel, dtype);
+  auto act = [&](int64_t numel, DType dtype) { return alloc(memory_.activations, numel, dtype); };
+  auto scratch = [&](int64_t numel) { return alloc(memory_.workspace, numel, wd); };
+  tokens_ = act(N, i32);
+  targets_ = act(N, i32);
+  encoded_ = act(N * C, wd);
+  // A block's activations; residual3 and gelu(fc) left out where recompute shares them.
+  auto block = [&](bool residual3, bool fc_gelu) {
+    return BlockActivations{act(N * C, wd),     act(N, f32),        act(N, f32),       act(N * 3 * A, wd),
+                            act(N * A, wd),     act(N * local_.heads, f32),            act(N * C, wd),
+                            act(N * C, wd),     act(N * C, wd),     act(N, f32),       act(N, f32),
+                            act(N * H, wd),     fc_gelu ? act(N * H, wd) : Buffer{},   act(N * C, wd),
+                            residual3 ? act(N * C, wd) : Buffer{}};
   };
-  tokens_ = act(N, DType::i32);
-  targets_ = act(N, DType::i32);
-  encoded_ = act(N * C);
+  // Block recompute keeps each block's output (the next one's input) and rebuilds the rest in one
+  // shared set; MLP recompute keeps everything but gelu(fc), rebuilt in one shared buffer.
+  const BlockActivations shared = recompute == Recompute::block ? block(false, true) : BlockActivations{};
+  const Buffer shared_gelu = recompute == Recompute::mlp ? act(N * H, wd) : Buffer{};
   for (int l = 0; l < cfg.n_layer; l++) {
-    blocks_.push_back({act(N * C), act(N), act(N), act(N * 3 * A), act(N * A), act(N * local_.heads), act(N * C),
-                       act(N * C), act(N * C), act(N), act(N), act(N * H), act(N * H), act(N * C), act(N * C)});
+    BlockActivations a = recompute == Recompute::block ? shared : block(true, recompute == Recompute::none);
+    if (recompute == Recompute::block) a.residual3 = act(N * C, wd);
+    if (recompute == Recompute::mlp) a.fc_gelu = shared_gelu;
+    blocks_.push_back(a);
   }
-  lnf_ = act(N * C);
-  lnf_mean_ = act(N);
-  lnf_rstd_ = act(N);
-  logits_ = act(N * Vp);
-  losses_ = act(N);
-  d_residual_ = act(N * C);
-  d_ln_ = act(N * C);
-  d_qkv_ = act(N * 3 * A);
-  d_att_ = act(N * A);
-  d_fc_ = act(N * H);
-  d_fc_gelu_ = act(N * H);
+  lnf_ = act(N * C, wd);
+  lnf_mean_ = act(N, f32);
+  lnf_rstd_ = act(N, f32);
+  logits_ = alloc(memory_.logits, N * Vp, wd);
+  losses_ = alloc(memory_.logits, N, f32);
+  d_residual_ = scratch(N * C);
+  d_ln_ = scratch(N * C);
+  d_qkv_ = scratch(N * 3 * A);
+  d_att_ = scratch(N * A);
+  d_fc_ = scratch(N * H);
+  d_fc_gelu_ = scratch(N * H);
   if (tp_comm_) {
-    zero_wpe_ = ops.allocate((int64_t)cfg.max_seq_len * C, DType::f32);
-    ce_max_ = act(N);
-    ce_global_max_ = act(N);
-    ce_sums_ = act(2 * N);
+    zero_wpe_ = alloc(memory_.workspace, (int64_t)cfg.max_seq_len * C, wd);
+    ce_max_ = alloc(memory_.logits, N, f32);
+    ce_global_max_ = alloc(memory_.logits, N, f32);
+    ce_sums_ = alloc(memory_.logits, 2 * N, f32);
   }
+  const int widest = (int)std::max({3 * A, H, C, Vp});
+  memory_.workspace += ops.reserve_workspace(
+      {N, max_batch, max_seq, (int)C, local_.heads, local_.head_size, widest});
   host_losses_.resize(N);
+  host_tokens_.resize(N);
 }
 
 void GPT::tp_all_reduce(const Tensor& t) {
@@ -116,7 +140,7 @@ void copy_rows(float* dst, const float* src, int64_t src_rows, int64_t first, in
 void GPT::init_weights(uint64_t seed) {
   const ParamLayout full(cfg_, {1, 0});
   const std::vector<float> whole = initial_weights(cfg_, full, seed);
-  if (tp_.size == 1) return ops_.upload(params_, whole);
+  if (tp_.size == 1) return set_weights(whole);
   // This rank's slice of every tensor (model/params.cpp's shapes).
   std::vector<float> host(layout_.total(), 0.0f);
   const int64_t C = cfg_.n_embd, A = local_.attn_width, H = local_.mlp_width;
@@ -139,7 +163,12 @@ void GPT::init_weights(uint64_t seed) {
       for (int64_t r = 0; r < C; r++) std::copy_n(src + r * full_cols + tp_.rank * cols, cols, dst + r * cols);
     }
   }
-  ops_.upload(params_, host);
+  set_weights(host);
+}
+
+void GPT::set_weights(const std::vector<float>& host) {
+  ops_.upload(master_, host);
+  if (master_.view().data != params_.view().data) ops_.upload(params_, host);
 }
 
 double GPT::forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T) {
@@ -158,6 +187,30 @@ void GPT::download_logits(std::span<float> out) {
   ops_.download(out, logits_.view().slice(0, n));
 }
 
+void GPT::block_forward(int l, int B, int T) {
+  const int64_t N = (int64_t)B * T;
+  const int C = cfg_.n_embd, A = local_.attn_width, H = local_.mlp_width;
+  auto rows = [N](const Buffer& b, int64_t width) { return b.view().slice(0, N * width); };
+  const BlockTensors& w = w_.blocks[l];
+  BlockActivations& a = blocks_[l];
+  const Tensor residual = l == 0 ? rows(encoded_, C) : rows(blocks_[l - 1].residual3, C);
+  const bool first_rank = tp_.rank == 0;
+  ops_.matmul_forward(rows(a.qkv, 3 * A), rows(a.ln1, C), w.qkv_w, w.qkv_b, N, C, 3 * A);
+  ops_.attention_forward(rows(a.att, A), rows(a.lse, local_.heads), rows(a.qkv, 3 * A), B, T, local_.heads,
+                         local_.head_size);
+  // Row-parallel: partial products over this rank's heads, summed; the bias added once.
+  ops_.matmul_forward(rows(a.att_proj, C), rows(a.att, A), w.attn_proj_w, first_rank ? w.attn_proj_b : Tensor{}, N,
+                      A, C);
+  tp_all_reduce(rows(a.att_proj, C));
+  ops_.residual_layernorm_forward(rows(a.residual2, C), rows(a.ln2, C), rows(a.ln2_mean, 1), rows(a.ln2_rstd, 1),
+                                  residual, rows(a.att_proj, C), w.ln2_w, w.ln2_b, N, C);
+  ops_.matmul_forward(rows(a.fc, H), rows(a.ln2, C), w.fc_w, w.fc_b, N, C, H);
+  ops_.gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), N * H);
+  ops_.matmul_forward(rows(a.fc_proj, C), rows(a.fc_gelu, H), w.fc_proj_w, first_rank ? w.fc_proj_b : Tensor{}, N,
+                      H, C);
+  tp_all_reduce(rows(a.fc_proj, C));
+}
+
 double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
                         bool with_grad, float loss_scale) {
   if (B < 1 || B > max_batch_ || T < 1 || T > max_seq_)
@@ -168,11 +221,12 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
     throw std::invalid_argument("tokens/targets must hold B*T = " + std::to_string(N) + " entries");
   last_B_ = B;
   last_T_ = T;
-  const int C = cfg_.n_embd, A = local_.attn_width, H = local_.mlp_width, Vp = local_.vocab_rows;
+  const int C = cfg_.n_embd, Vp = local_.vocab_rows;
   auto rows = [N](const Buffer& b, int64_t width) { return b.view().slice(0, N * width); };
   const Tensor tok = rows(tokens_, 1), tgt = rows(targets_, 1);
   ops_.upload(tok, tokens);
   ops_.upload(tgt, targets);
+  std::copy(tokens.begin(), tokens.end(), host_tokens_.begin());
 
   // Vocab-parallel: each rank adds the rows of its vocabulary slice (rank 0 also wpe), summed over ranks.
   const bool first_rank = tp_.rank == 0;
@@ -180,26 +234,12 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
                          local_.vocab_begin, local_.vocab_rows);
   tp_all_reduce(rows(encoded_, C));
   for (int l = 0; l < cfg_.n_layer; l++) {
-    const BlockTensors& w = w_.blocks[l];
     BlockActivations& a = blocks_[l];
-    const Tensor residual = l == 0 ? rows(encoded_, C) : rows(blocks_[l - 1].residual3, C);
     // ln_1 of block 0 reads the embedding; later blocks' ln_1 was fused into the previous block's end.
     if (l == 0)
-      ops_.layernorm_forward(rows(a.ln1, C), rows(a.ln1_mean, 1), rows(a.ln1_rstd, 1), residual, w.ln1_w, w.ln1_b, N, C);
-    ops_.matmul_forward(rows(a.qkv, 3 * A), rows(a.ln1, C), w.qkv_w, w.qkv_b, N, C, 3 * A);
-    ops_.attention_forward(rows(a.att, A), rows(a.lse, local_.heads), rows(a.qkv, 3 * A), B, T, local_.heads,
-                           local_.head_size);
-    // Row-parallel: partial products over this rank's heads, summed; the bias added once.
-    ops_.matmul_forward(rows(a.att_proj, C), rows(a.att, A), w.attn_proj_w, first_rank ? w.attn_proj_b : Tensor{},
-                        N, A, C);
-    tp_all_reduce(rows(a.att_proj, C));
-    ops_.residual_layernorm_forward(rows(a.residual2, C), rows(a.ln2, C), rows(a.ln2_mean, 1), rows(a.ln2_rstd, 1),
-                                    residual, rows(a.att_proj, C), w.ln2_w, w.ln2_b, N, C);
-    ops_.matmul_forward(rows(a.fc, H), rows(a.ln2, C), w.fc_w, w.fc_b, N, C, H);
-    ops_.gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), N * H);
-    ops_.matmul_forward(rows(a.fc_proj, C), rows(a.fc_gelu, H), w.fc_proj_w, first_rank ? w.fc_proj_b : Tensor{},
-                        N, H, C);
-    tp_all_reduce(rows(a.fc_proj, C));
+      ops_.layernorm_forward(rows(a.ln1, C), rows(a.ln1_mean, 1), rows(a.ln1_rstd, 1), rows(encoded_, C),
+                             w_.blocks[0].ln1_w, w_.blocks[0].ln1_b, N, C);
+    block_forward(l, B, T);
     // residual3 = residual2 + mlp; then the next block's ln_1, or ln_f after the last block.
     const bool last = l + 1 == cfg_.n_layer;
     const Buffer& ln_out = last ? lnf_ : blocks_[l + 1].ln1;
@@ -238,7 +278,7 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
 }
 
 // Reverse of run_forward. d_residual carries the gradient of the residual stream down the
-// network; each branch's gradient is added into it by the ops' accumulate semantics.
+// network; each layernorm's backward adds its branch's gradient into it.
 void GPT::backward(int B, int T, const GradsReady& ready) {
   auto done = [&](Range r) {
     if (ready) ready(r.first, r.end - r.first);
@@ -250,7 +290,6 @@ void GPT::backward(int B, int T, const GradsReady& ready) {
   const Tensor d_att = rows(d_att_, A), d_fc = rows(d_fc_, H), d_fc_gelu = rows(d_fc_gelu_, H);
 
   // logits_ now holds d(loss)/d(logits) (cross_entropy wrote it in place).
-  ops_.zero(d_ln);
   ops_.matmul_backward(d_ln, g_.wte, Tensor{}, rows(logits_, Vp), rows(lnf_, C), w_.wte, N, C, Vp);
   tp_all_reduce(d_ln);  // column-parallel (over the vocabulary): each rank's part of d(ln_f)
   ops_.zero(d_res);
@@ -261,30 +300,31 @@ void GPT::backward(int B, int T, const GradsReady& ready) {
     const BlockTensors &w = w_.blocks[l], &g = g_.blocks[l];
     BlockActivations& a = blocks_[l];
     const Tensor residual = l == 0 ? rows(encoded_, C) : rows(blocks_[l - 1].residual3, C);
+    if (recompute_ == Recompute::block) {  // the block again, from its kept input
+      ops_.layernorm_forward(rows(a.ln1, C), rows(a.ln1_mean, 1), rows(a.ln1_rstd, 1), residual, w.ln1_w, w.ln1_b, N,
+                             C);
+      block_forward(l, B, T);
+    }
+    if (recompute_ == Recompute::mlp) ops_.gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), N * H);
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
-    ops_.zero(d_fc_gelu);
     ops_.matmul_backward(d_fc_gelu, g.fc_proj_w, g.fc_proj_b, d_res, rows(a.fc_gelu, H), w.fc_proj_w, N, H, C);
-    ops_.zero(d_fc);
     ops_.gelu_backward(d_fc, rows(a.fc, H), d_fc_gelu, N * H);
-    ops_.zero(d_ln);
     ops_.matmul_backward(d_ln, g.fc_w, g.fc_b, d_fc, rows(a.ln2, C), w.fc_w, N, C, H);
     tp_all_reduce(d_ln);
     ops_.layernorm_backward(d_res, g.ln2_w, g.ln2_b, d_ln, rows(a.residual2, C), w.ln2_w, rows(a.ln2_mean, 1),
                             rows(a.ln2_rstd, 1), N, C);
     // Attention branch: residual2 = residual + c_proj(attention(c_attn(ln_1(residual)))).
-    ops_.zero(d_att);
     ops_.matmul_backward(d_att, g.attn_proj_w, g.attn_proj_b, d_res, rows(a.att, A), w.attn_proj_w, N, A, C);
-    ops_.zero(d_qkv);
     ops_.attention_backward(d_qkv, d_att, rows(a.qkv, 3 * A), rows(a.att, A), rows(a.lse, local_.heads), B, T,
                             local_.heads, local_.head_size);
-    ops_.zero(d_ln);
     ops_.matmul_backward(d_ln, g.qkv_w, g.qkv_b, d_qkv, rows(a.ln1, C), w.qkv_w, N, C, 3 * A);
     tp_all_reduce(d_ln);
     ops_.layernorm_backward(d_res, g.ln1_w, g.ln1_b, d_ln, residual, w.ln1_w, rows(a.ln1_mean, 1),
                             rows(a.ln1_rstd, 1), N, C);
     done(block_ranges_[l]);
   }
-  ops_.embedding_backward(g_.wte, g_.wpe, d_res, rows(tokens_, 1), B, T, C, local_.vocab_begin, local_.vocab_rows);
+  ops_.embedding_backward(g_.wte, g_.wpe, d_res, rows(tokens_, 1), std::span<const int32_t>(host_tokens_.data(), N), B,
+                          T, C, local_.vocab_begin, local_.vocab_rows);
   done(embedding_range_);  // wte is final only now: the tied LM head wrote into it first
 }
 

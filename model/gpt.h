@@ -1,6 +1,7 @@
 // GPT-2 decoder: forward and backward written out layer by layer against the Ops interface.
 // Every buffer (parameters, gradients, activations, scratch) is allocated once, in the constructor,
-// for batches of up to max_batch x max_seq tokens.
+// for batches of up to max_batch x max_seq tokens. Parameters and activations are stored in the
+// backend's compute dtype (bf16 on CUDA), gradients and the master weights in fp32.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,17 @@
 
 namespace kiln {
 
+// Bytes the model allocated, by category (the optimizer's moments are AdamW's).
+struct ModelMemory {
+  int64_t parameters = 0;   // in the compute dtype
+  int64_t master = 0;       // fp32 master weights, when the parameters are not fp32 themselves
+  int64_t gradients = 0;    // fp32
+  int64_t activations = 0;  // saved for the backward, and the tokens and targets
+  int64_t logits = 0;       // logits (their gradient overwrites them) and the per-row losses
+  int64_t workspace = 0;    // backward scratch and the backend's (reserve_workspace)
+  int64_t total() const { return parameters + master + gradients + activations + logits + workspace; }
+};
+
 class GPT {
  public:
   // Under tensor parallelism (tp.size > 1, tp_comm its group, CPU backend) the model is Megatron's:
@@ -22,14 +34,19 @@ class GPT {
   // the embedding and LM head vocab-parallel with a vocab-parallel cross-entropy, the gradients at
   // the column-parallel inputs all-reduced. Replicated parameters (ParamSpec::replicated:
   // layernorms, row-parallel biases, wpe) get identical gradients on every rank.
-  GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp = {}, Comm* tp_comm = nullptr);
+  // recompute: what the backward rebuilds (model/config.h) instead of keeping it from the forward.
+  GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp = {}, Comm* tp_comm = nullptr,
+      Recompute recompute = Recompute::none);
 
   const GPTConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
   Ops& ops() const { return ops_; }
   const Tensor& params() const { return params_; }
+  // The fp32 parameters AdamW updates: params() itself when that is fp32.
+  const Tensor& master() const { return master_; }
   const Tensor& grads() const { return grads_; }
-  int64_t activation_bytes() const { return activation_bytes_; }
+  const ModelMemory& memory() const { return memory_; }
+  Recompute recompute() const { return recompute_; }
 
   // GPT-2 initialisation: weights N(0, 0.02), residual output projections N(0, 0.02/sqrt(2 n_layer)),
   // biases 0, layernorm gain 1; padding rows of the embedding 0. Deterministic in the seed, and
@@ -57,6 +74,10 @@ class GPT {
   };
   double run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
                      bool with_grad, float loss_scale);
+  // Block l from its ln_1 output to the MLP's projection (the residual add and the next layernorm
+  // follow in run_forward); rerun by the backward under block recompute.
+  void block_forward(int l, int B, int T);
+  void set_weights(const std::vector<float>& host);
   void backward(int B, int T, const GradsReady& ready);
   // [first, end) of the flat buffer: the embeddings, each block, ln_f.
   struct Range {
@@ -75,7 +96,8 @@ class GPT {
   LocalShape local_;
   ParamLayout layout_;
   int max_batch_, max_seq_;
-  Buffer params_, grads_;
+  Recompute recompute_;
+  Buffer params_, master_, grads_;
   ModelTensors w_, g_;
 
   // Saved activations; sizes for max_batch x max_seq.
@@ -83,12 +105,13 @@ class GPT {
   // Tensor parallel only: zeros for wpe on ranks other than 0 (so the all-reduced embedding adds
   // it once), and the cross-entropy statistics: max, global max, then sum-exp and target logit.
   Buffer zero_wpe_, ce_max_, ce_global_max_, ce_sums_;
+  // Per block; under recompute the rebuilt activations share one set of buffers across blocks.
   std::vector<BlockActivations> blocks_;
   // Backward scratch, reused by every layer.
   Buffer d_residual_, d_ln_, d_qkv_, d_att_, d_fc_, d_fc_gelu_;
   std::vector<float> host_losses_;
-  std::vector<int32_t> host_targets_;
-  int64_t activation_bytes_ = 0;
+  std::vector<int32_t> host_tokens_;  // the last forward's, for the embedding backward
+  ModelMemory memory_;
   int last_B_ = 0, last_T_ = 0;
 };
 

@@ -1,6 +1,9 @@
 // The ops interface the model is written against (design.md §2). One implementation per
-// backend: CPU (fp32, kernels/ reference ops) now, CUDA (bf16 storage, fused kernels) later.
-// Semantics follow kernels/ref.h: backward ops accumulate (+=) into the gradients they produce.
+// backend: CPU (fp32 host memory, kernels/ reference and fast ops) and CUDA (model/cuda_ops.cu:
+// bf16 storage and the fused kernels, on a GPU or on the emulator).
+// Gradient semantics: parameter gradients (dweight, dbias, dwte, dwpe) ACCUMULATE (+=), so that
+// micro-batches add up; an op's input gradient is WRITTEN (dx of matmul and gelu, dqkv), except
+// layernorm's dx, which accumulates into the residual stream's gradient.
 #pragma once
 
 #include <map>
@@ -12,6 +15,14 @@
 
 namespace kiln {
 
+// The largest batch the model will run, and the widths of its layers: what a backend sizes its
+// scratch for, once, before any step.
+struct OpsShape {
+  int64_t rows = 0;     // B * T
+  int batch = 0, seq = 0, channels = 0, heads = 0, head_size = 0;
+  int widest = 0;       // the largest output width of any matmul (3A, H, C, padded vocabulary)
+};
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -19,7 +30,15 @@ class Ops {
   // Seconds spent per op category ("matmul", "attention", ...) since the backend was made.
   virtual const std::map<std::string, double>& op_seconds() const = 0;
 
-  // Memory. Buffers come back zero-filled.
+  // What parameters and activations are stored in: f32 on the CPU, bf16 on CUDA. Gradients,
+  // master weights, optimizer state, layernorm statistics and losses are always f32.
+  virtual DType compute_dtype() const = 0;
+  // Allocates the backend's scratch for batches up to `shape` (once, before any step); returns all
+  // the bytes the backend holds besides the tensors it allocates (scratch, library workspaces).
+  virtual int64_t reserve_workspace(const OpsShape& shape) = 0;
+
+  // Memory. Buffers come back zero-filled. Uploads and downloads convert between float and the
+  // tensor's dtype, and are complete when they return.
   virtual Buffer allocate(int64_t numel, DType dtype) = 0;
   virtual void zero(const Tensor& t) = 0;
   virtual void upload(const Tensor& dst, std::span<const float> src) = 0;
@@ -29,8 +48,10 @@ class Ops {
   // out[B,T,C] = wte[token] + wpe[t], wte holding vocab rows [vocab_begin, vocab_begin + vocab_rows).
   virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int B,
                                  int T, int C, int vocab_begin, int vocab_rows) = 0;
+  // host_tokens: the same tokens in host memory (the CUDA backend groups positions by token there).
   virtual void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
-                                  int B, int T, int C, int vocab_begin, int vocab_rows) = 0;
+                                  std::span<const int32_t> host_tokens, int B, int T, int C, int vocab_begin,
+                                  int vocab_rows) = 0;
 
   virtual void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& x,
                                  const Tensor& weight, const Tensor& bias, int N, int C) = 0;
@@ -74,9 +95,15 @@ class Ops {
                                         const Tensor& global_target_logit, int N, int vocab_begin, int valid,
                                         int Vp_local, bool with_grad, float dloss) = 0;
 
+  // Sum of squares of an f32 tensor (the squared gradient norm).
   virtual double sum_squares(const Tensor& x) = 0;
-  virtual void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
-                            const ref::AdamWParams& hp) = 0;
+  // An AdamW range table (offsets relative to the elements an update covers) in backend memory,
+  // made once when the optimizer is built: a u8 tensor of ranges.size() entries.
+  virtual Buffer make_adamw_table(std::span<const ref::AdamWRange> ranges) = 0;
+  // One AdamW step over master (f32) with weight decay hp.weight_decay inside the table's decaying
+  // ranges and 0 elsewhere; params = master in the compute dtype (the same buffer on the CPU).
+  virtual void adamw_update(const Tensor& master, const Tensor& params, const Tensor& grads, const Tensor& m,
+                            const Tensor& v, const Tensor& table, const ref::AdamWParams& hp) = 0;
 };
 
 }  // namespace kiln

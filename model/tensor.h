@@ -8,11 +8,11 @@
 
 namespace kiln {
 
-enum class DType { f32, bf16, i32 };
+enum class DType { f32, bf16, i32, u8 };  // u8: raw bytes (tables)
 
-inline size_t dtype_size(DType d) { return d == DType::bf16 ? 2 : 4; }
+inline size_t dtype_size(DType d) { return d == DType::bf16 ? 2 : d == DType::u8 ? 1 : 4; }
 inline const char* dtype_name(DType d) {
-  return d == DType::f32 ? "f32" : d == DType::bf16 ? "bf16" : "i32";
+  return d == DType::f32 ? "f32" : d == DType::bf16 ? "bf16" : d == DType::i32 ? "i32" : "u8";
 }
 
 struct Tensor {

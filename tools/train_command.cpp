@@ -17,7 +17,9 @@ void add_train_command(CLI::App& app) {
   // Short forms of the most used keys; they win over the config file.
   auto shortcuts = std::make_shared<std::vector<std::pair<std::string, std::string>>>();
   for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
-           {"--device", "run.device", "cpu, cuda or emu (run.device)"},
+           {"--device", "run.device", "auto (cuda if a GPU is present, else cpu), cpu, cuda or emu (run.device)"},
+           {"--gpu-memory", "run.gpu_memory", "device memory to plan for, e.g. 80GB; the emulator's size (run.gpu_memory)"},
+           {"--recompute", "train.recompute", "activations rebuilt in the backward: none, mlp or block (train.recompute)"},
            {"--batch-size", "train.batch_size", "sequences per micro-batch (train.batch_size)"},
            {"--seq-len", "train.seq_len", "tokens per sequence (train.seq_len)"},
            {"--max-steps", "train.steps", "optimizer steps (train.steps)"},
@@ -28,6 +30,12 @@ void add_train_command(CLI::App& app) {
            {"--seed", "train.seed", "seed of the initial weights and the data order (train.seed)"}}) {
     cmd->add_option_function<std::string>(
         flag, [shortcuts, key = std::string(key)](const std::string& v) { shortcuts->emplace_back(key, v); }, help);
+  }
+  for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
+           {"--deterministic", "run.deterministic", "bitwise-identical runs for a seed on one device (run.deterministic)"},
+           {"--dry-run", "run.dry_run", "print the memory plan and whether it fits, allocate nothing (run.dry_run)"}}) {
+    cmd->add_flag_function(
+        flag, [shortcuts, key = std::string(key)](int64_t) { shortcuts->emplace_back(key, "true"); }, help);
   }
   cmd->allow_extras();
   cmd->footer(

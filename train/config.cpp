@@ -2,6 +2,8 @@
 
 #include <toml++/toml.h>
 
+#include <cctype>
+#include <map>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -23,6 +25,9 @@ class Reader {
     if constexpr (std::is_same_v<T, std::string>) {
       if (auto v = node->value<std::string>()) return void(out = *v);
       fail(key, "a string");
+    } else if constexpr (std::is_same_v<T, bool>) {
+      if (auto v = node->value_exact<bool>()) return void(out = *v);
+      fail(key, "true or false");
     } else if constexpr (std::is_same_v<T, double>) {
       if (auto v = node->value<double>()) return void(out = *v);  // integers convert too
       fail(key, "a number");
@@ -102,6 +107,25 @@ std::string settings_text(const toml::table& root) {
 
 }  // namespace
 
+int64_t parse_memory_size(const std::string& text) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    return -1;
+  }
+  std::string unit = text.substr(used);
+  for (char& c : unit) c = (char)std::toupper((unsigned char)c);
+  static const std::map<std::string, double> units = {
+      {"", 1}, {"B", 1}, {"K", 1 << 10}, {"KB", 1 << 10}, {"KIB", 1 << 10}, {"M", 1 << 20}, {"MB", 1 << 20},
+      {"MIB", 1 << 20}, {"G", 1 << 30}, {"GB", 1 << 30}, {"GIB", 1 << 30}, {"T", 1ull << 40}, {"TB", 1ull << 40},
+      {"TIB", 1ull << 40}};
+  const auto it = units.find(unit);
+  if (it == units.end() || !(value > 0)) return -1;
+  return (int64_t)(value * it->second);
+}
+
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
   toml::table root;
   if (!path.empty()) {
@@ -138,6 +162,12 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("train.eval_every", cfg.train.eval_every);
   r.get("train.eval_batches", cfg.train.eval_batches);
   r.get("train.peak_tflops", cfg.train.peak_tflops);
+  std::string recompute = recompute_name(cfg.train.recompute);
+  r.get("train.recompute", recompute);
+  r.get("train.nonfinite", cfg.train.nonfinite);
+  r.get("train.sample_every", cfg.train.sample_every);
+  r.get("train.sample_tokens", cfg.train.sample_tokens);
+  r.get("train.sample_prompt", cfg.train.sample_prompt);
   r.get("optim.lr", cfg.optim.lr);
   r.get("optim.min_lr_ratio", cfg.optim.min_lr_ratio);
   r.get("optim.warmup_steps", cfg.optim.warmup_steps);
@@ -155,6 +185,10 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("run.dir", cfg.run_dir);
   r.get("run.device", cfg.device);
   r.get("run.threads", cfg.threads);
+  r.get("run.deterministic", cfg.deterministic);
+  r.get("run.dry_run", cfg.dry_run);
+  std::string gpu_memory;
+  r.get("run.gpu_memory", gpu_memory);
   r.reject_unknown();
 
   auto bad = [&](const std::string& key, const std::string& why) {
@@ -181,8 +215,21 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   if (cfg.parallel.zero != 0 && cfg.parallel.zero != 1) bad("parallel.zero", "expected 0 or 1 (ZeRO-1)");
   if (!(cfg.parallel.timeout_s > 0)) bad("parallel.timeout_s", "expected > 0 seconds");
   if (!(cfg.parallel.bucket_mb >= 0)) bad("parallel.bucket_mb", "expected >= 0 (0: one all-reduce after the backward pass)");
-  if (cfg.device != "cpu" && cfg.device != "cuda" && cfg.device != "emu")
-    bad("run.device", "'" + cfg.device + "': expected cpu, cuda or emu");
+  if (cfg.device != "auto" && cfg.device != "cpu" && cfg.device != "cuda" && cfg.device != "emu")
+    bad("run.device", "'" + cfg.device + "': expected auto, cpu, cuda or emu");
+  try {
+    cfg.train.recompute = parse_recompute(recompute);
+  } catch (const std::invalid_argument& e) {
+    bad("train.recompute", e.what());
+  }
+  if (cfg.train.nonfinite != "stop" && cfg.train.nonfinite != "skip")
+    bad("train.nonfinite", "'" + cfg.train.nonfinite + "': expected stop or skip");
+  if (cfg.train.sample_every < 0) bad("train.sample_every", "expected >= 0 (0 disables sampling)");
+  if (cfg.train.sample_tokens < 1) bad("train.sample_tokens", "expected >= 1");
+  if (!gpu_memory.empty()) {
+    cfg.gpu_memory_bytes = parse_memory_size(gpu_memory);
+    if (cfg.gpu_memory_bytes <= 0) bad("run.gpu_memory", "'" + gpu_memory + "': expected a size such as 80GB or 512MiB");
+  }
   return cfg;
 }
 

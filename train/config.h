@@ -23,7 +23,12 @@ struct TrainLoopConfig {
   int log_every = 1;
   int eval_every = 50;        // 0 disables evaluation
   int eval_batches = 0;       // batches per evaluation; 0 = the whole validation split
-  double peak_tflops = 0;     // for MFU; 0 = unknown (MFU not reported)
+  double peak_tflops = 0;     // for MFU; 0 = the GPU's dense bf16 peak by its name (none on cpu/emu)
+  Recompute recompute = Recompute::none;  // activations rebuilt in the backward: none, mlp, block
+  std::string nonfinite = "stop";         // a NaN/inf loss or gradient norm: stop, or skip the step
+  int sample_every = 0;                   // steps between samples of text (prepared data only); 0 = never
+  int sample_tokens = 32;
+  std::string sample_prompt = "The";
 };
 
 struct OptimConfig {
@@ -55,9 +60,15 @@ struct TrainConfig {
   OptimConfig optim;
   ParallelConfig parallel;
   std::string run_dir = "runs/default";
-  std::string device = "cpu";
+  std::string device = "auto";  // auto: cuda when a GPU is present, else cpu; emu: CUDA backend on the emulator
   int threads = 0;  // 0 = all cores
+  bool deterministic = false;  // bitwise-identical runs for a seed on one device (slower kernels)
+  bool dry_run = false;        // print the memory plan and exit, allocating nothing
+  int64_t gpu_memory_bytes = 0;  // run.gpu_memory: the device size to plan for (and the emulator's); 0 = the device's
 };
+
+// "80GB", "80GiB", "512M", "1048576": binary units (GPU memory is quoted in GiB); -1 if malformed.
+int64_t parse_memory_size(const std::string& text);
 
 // Loads `path` (may be empty: defaults only) and applies overrides of the form "section.key=value"
 // (values in TOML syntax; bare words are taken as strings). Throws std::runtime_error on any error.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace kiln {
 
@@ -16,18 +17,20 @@ AdamW::AdamW(GPT& model, const OptimConfig& cfg, int64_t first, int64_t count)
                                 ") outside the " + std::to_string(model.layout().total()) + " parameters");
   m_ = model.ops().allocate(count, DType::f32);
   v_ = model.ops().allocate(count, DType::f32);
+  // One range per tensor overlapping the shard, relative to its first element.
+  std::vector<ref::AdamWRange> ranges;
+  model.layout().for_each_overlap(first, count, [&](const ParamSpec& s, int64_t begin, int64_t end) {
+    ranges.push_back({begin - first, end - begin, s.decay});
+  });
+  table_ = model.ops().make_adamw_table(ranges);
 }
 
-// Tensor by tensor (weight decay on matrices only), each cut to the owned elements.
 void AdamW::step(double lr, double grad_scale, const Tensor& shard_grads) {
   step_++;
-  Ops& ops = model_.ops();
   const Tensor grads = shard_grads ? shard_grads : model_.grads().slice(first_, count_);
-  model_.layout().for_each_overlap(first_, count_, [&](const ParamSpec& s, int64_t begin, int64_t end) {
-    const ref::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps, s.decay ? cfg_.weight_decay : 0.0, step_, grad_scale};
-    ops.adamw_update(model_.params().slice(begin, end - begin), grads.slice(begin - first_, end - begin),
-                     m_.view().slice(begin - first_, end - begin), v_.view().slice(begin - first_, end - begin), hp);
-  });
+  const ref::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, step_, grad_scale};
+  model_.ops().adamw_update(model_.master().slice(first_, count_), model_.params().slice(first_, count_), grads, m_,
+                            v_, table_, hp);
 }
 
 double grad_norm(Ops& ops, const Tensor& grads) { return std::sqrt(ops.sum_squares(grads)); }

@@ -1,5 +1,6 @@
-// AdamW over the model's flat parameter buffer, tensor by tensor so that weight decay applies to
-// matrices only; plus global-norm gradient clipping.
+// AdamW over the model's flat fp32 master weights in one update (a range table says where weight
+// decay applies: matrices only), writing the parameters in the compute dtype; plus global-norm
+// gradient clipping.
 #pragma once
 
 #include "model/gpt.h"
@@ -19,12 +20,13 @@ class AdamW {
   void step(double lr, double grad_scale = 1.0, const Tensor& shard_grads = {});
   int64_t steps_taken() const { return step_; }
   int64_t state_floats() const { return 2 * count_; }  // m and v
+  int64_t state_bytes() const { return 2 * count_ * (int64_t)sizeof(float) + table_.view().numel; }
 
  private:
   GPT& model_;
   OptimConfig cfg_;
   int64_t first_, count_;
-  Buffer m_, v_;
+  Buffer m_, v_, table_;
   int64_t step_ = 0;
 };
 

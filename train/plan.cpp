@@ -3,14 +3,14 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "model/cuda_ops.h"
 #include "model/params.h"
 #include "train/trainer.h"
 
 namespace kiln {
 namespace {
 
-constexpr int64_t kBf16 = 2, kFp32 = 4;
-constexpr int64_t kCublasWorkspace = 32 << 20;  // kernels/matmul.h
+constexpr int64_t kBf16 = 2, kFp32 = 4, kI32 = 4;
 
 int dp_size(const PlanInput& in) {
   if (in.gpus < 1 || in.tp < 1 || in.gpus % in.tp != 0)
@@ -29,46 +29,46 @@ double all_reduce_s(double bytes, int ranks, double gb_per_s) {
 
 }  // namespace
 
-Recompute parse_recompute(const std::string& name) {
-  if (name == "none") return Recompute::none;
-  if (name == "mlp") return Recompute::mlp;
-  if (name == "block") return Recompute::block;
-  throw std::invalid_argument("recompute '" + name + "': expected none, mlp or block");
-}
-
-const char* recompute_name(Recompute r) {
-  return r == Recompute::none ? "none" : r == Recompute::mlp ? "mlp" : "block";
-}
-
 MemoryPlan plan_memory(const PlanInput& in) {
   const int dp = dp_size(in);
+  const bool cpu = in.backend == PlanBackend::cpu;
+  const int64_t w = cpu ? kFp32 : kBf16;  // parameters and activations
   const LocalShape s(in.model, {in.tp, 0});
-  const int64_t P = ParamLayout(in.model, {in.tp, 0}).total();  // this rank's parameters
-  const int64_t optimizer_share = in.zero1 ? (P + dp - 1) / dp : P;
+  const ParamLayout layout(in.model, {in.tp, 0});
+  const int64_t P = layout.total();  // this rank's parameters
+  const int64_t share = in.zero1 && dp > 1 ? (P + dp - 1) / dp : P;  // rank 0's optimizer shard
   const int64_t N = (int64_t)in.micro_batch * in.seq_len, C = in.model.n_embd, A = s.attn_width, H = s.mlp_width;
-  const int64_t L = in.model.n_layer;
+  const int64_t L = in.model.n_layer, Vp = s.vocab_rows;
+  int64_t tensors_in_shard = 0;
+  layout.for_each_overlap(0, share, [&](const ParamSpec&, int64_t, int64_t) { tensors_in_shard++; });
 
   MemoryPlan m;
-  m.parameters = kBf16 * P;
+  m.parameters = w * P;
   m.gradients = kFp32 * P;
-  m.master = kFp32 * optimizer_share;
-  m.moments = 2 * kFp32 * optimizer_share;
+  m.master = cpu ? 0 : kFp32 * share;
+  m.moments = 2 * kFp32 * share + tensors_in_shard * (int64_t)sizeof(ref::AdamWRange);
   // What a block saves per token (model/gpt.h's BlockActivations): ln_1 and ln_2 outputs, the
   // attention projection, residual2 and residual3, the MLP output (C each), qkv (3A), attention
-  // output (A), fc and gelu(fc) (H) in bf16; mean and rstd of both layernorms and the lse of each
-  // local head in fp32.
-  const int64_t block = kBf16 * (6 * C + 4 * A + 2 * H) + kFp32 * (4 + s.heads);
-  const int64_t kept = in.recompute == Recompute::none  ? block
-                       : in.recompute == Recompute::mlp ? block - kBf16 * H
-                                                        : kBf16 * C;  // only the block's input
-  // Block recompute rebuilds one block's activations at a time, in one spare set.
-  m.activations = N * (L * kept + (in.recompute == Recompute::block ? block : 0) +
-                       kBf16 * 2 * C + kFp32 * 2);  // + embedding output, ln_f and its statistics
-  m.logits = N * (kBf16 * s.vocab_rows + kFp32);
-  // Backward scratch (d_residual, d_ln: C; d_qkv: 3A; d_att: A; d_fc, d_gelu: H), the fast attention
-  // backward's fp32 Delta and dq (D + 1 per head and token), and the cuBLASLt workspace.
-  m.workspace = N * (kBf16 * (2 * C + 4 * A + 2 * H) + kFp32 * s.heads * (s.head_size + 1)) + kCublasWorkspace;
-  m.reserved = (int64_t)in.gpu.reserved_bytes;
+  // output (A), fc and gelu(fc) (H); mean and rstd of both layernorms and the lse of each local
+  // head in fp32.
+  const int64_t block = w * (6 * C + 4 * A + 2 * H) + kFp32 * (4 + s.heads);
+  // Recompute shares one set of the rebuilt buffers across blocks: gelu(fc) (mlp), or all but
+  // each block's output, the next block's input (block).
+  const int64_t blocks = in.recompute == Recompute::none  ? L * block
+                         : in.recompute == Recompute::mlp ? L * (block - w * H) + w * H
+                                                          : L * w * C + (block - w * C);
+  // + tokens and targets, the embedding output, ln_f and its statistics.
+  m.activations = N * (blocks + kI32 * 2 + w * 2 * C + kFp32 * 2);
+  m.logits = N * (w * Vp + kFp32 + (in.tp > 1 ? 4 * kFp32 : 0));  // + the split cross-entropy's statistics
+  // Backward scratch (d_residual, d_ln: C; d_qkv: 3A; d_att: A; d_fc, d_gelu: H), TP's zero wpe,
+  // and the CUDA backend's scratch and cuBLASLt workspace.
+  m.workspace = N * w * (2 * C + 4 * A + 2 * H) + (in.tp > 1 ? w * in.model.max_seq_len * C : 0);
+  if (!cpu) {
+    const OpsShape shape{N, in.micro_batch, in.seq_len, (int)C, s.heads, s.head_size,
+                         (int)std::max({3 * A, H, C, Vp})};
+    m.workspace += emu::cuda_ops_workspace_bytes(shape, {in.deterministic});
+  }
+  m.reserved = cpu ? 0 : (int64_t)in.gpu.reserved_bytes;
   return m;
 }
 

@@ -1,7 +1,8 @@
 // The capacity planner behind `kiln plan`: memory per GPU by category and a predicted step time
 // and MFU for a GPT on N GPUs as TP x DP, from a stated model of compute and communication
-// (docs/scaling.md). It counts the buffers of the GPU layout: bf16 parameters and activations, fp32
-// gradients, master weights and AdamW moments.
+// (docs/scaling.md). It counts the buffers GPT, AdamW and the backend allocate (model/gpt.cpp,
+// train/optimizer.cpp, model/cuda_ops.cu), to the byte on one process: on CUDA bf16 parameters and
+// activations with fp32 gradients, master weights and AdamW moments; on the CPU all fp32.
 #pragma once
 
 #include <cstdint>
@@ -22,16 +23,13 @@ struct GpuSpec {
   double reserved_bytes = 1.5 * (1ull << 30);  // CUDA context, cuBLASLt and allocator slack
 };
 
-enum class Recompute {
-  none,   // every activation the backward reads is kept
-  mlp,    // gelu(fc) is recomputed from fc in the backward
-  block,  // only each block's input is kept; a block's activations are recomputed before its backward
-};
-Recompute parse_recompute(const std::string& name);  // none | mlp | block; throws otherwise
-const char* recompute_name(Recompute r);
+
+enum class PlanBackend { cuda, cpu };
 
 struct PlanInput {
   GPTConfig model;
+  PlanBackend backend = PlanBackend::cuda;
+  bool deterministic = false;  // the deterministic attention backward needs less scratch
   int micro_batch = 1;  // sequences per GPU per micro-batch
   int seq_len = 1024;
   int gpus = 1, tp = 1;  // data-parallel size = gpus / tp
@@ -41,15 +39,16 @@ struct PlanInput {
 };
 
 // Bytes per GPU.
+// Bytes per GPU (rank 0's, under ZeRO-1), in the categories of model/gpt.h's ModelMemory.
 struct MemoryPlan {
-  int64_t parameters = 0;   // bf16 working copy
+  int64_t parameters = 0;   // bf16 working copy (fp32 on the CPU)
   int64_t gradients = 0;    // fp32
-  int64_t master = 0;       // fp32 master weights (1/DP of them under ZeRO-1)
-  int64_t moments = 0;      // AdamW m and v, fp32 (1/DP under ZeRO-1)
+  int64_t master = 0;       // fp32 master weights (1/DP of them under ZeRO-1); none on the CPU
+  int64_t moments = 0;      // AdamW m and v, fp32 (1/DP under ZeRO-1), and its range table
   int64_t activations = 0;  // saved for the backward, at this micro-batch and recompute setting
-  int64_t logits = 0;       // bf16 logits (the gradient overwrites them), losses
+  int64_t logits = 0;       // logits (the gradient overwrites them), losses
   int64_t workspace = 0;    // backward scratch, attention and matmul scratch, cuBLASLt workspace
-  int64_t reserved = 0;
+  int64_t reserved = 0;     // CUDA context and allocator slack (not kiln's allocations)
   int64_t total() const { return parameters + gradients + master + moments + activations + logits + workspace + reserved; }
 };
 

@@ -5,14 +5,17 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <optional>
 #include <random>
 
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "data/tokenizer.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/device_info.h"
 #include "model/cpu_ops.h"
+#include "model/cuda_ops.h"
 #include "model/gpt.h"
 #include "model/params.h"
 #include "parallel/context.h"
@@ -20,6 +23,8 @@
 #include "train/job_check.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
+#include "train/plan.h"
+#include "train/sample.h"
 #include "train/schedule.h"
 
 namespace kiln {
@@ -56,14 +61,82 @@ double evaluate(GPT& model, DataLoader& val, int max_batches) {
   return rows ? sum / (double)rows : 0.0;
 }
 
-// The backend for run.device. Only the CPU backend exists so far; asking for CUDA says why not.
-std::unique_ptr<Ops> make_ops(const TrainConfig& cfg) {
-  if (cfg.device == "cpu") return make_cpu_ops();
-  if (cfg.device == "cuda") {
+// run.device = auto: cuda when a GPU is present, else cpu.
+std::string resolve_device(const TrainConfig& cfg) {
+  if (cfg.device != "auto") return cfg.device;
+  return query_cuda().devices.empty() ? "cpu" : "cuda";
+}
+
+// What the run is planned for: the device's name, memory and peak (0: unknown or not limited).
+struct DeviceTarget {
+  std::string name;
+  int64_t memory_bytes = 0;
+  double peak_tflops = 0;
+};
+
+DeviceTarget device_target(const TrainConfig& cfg, const std::string& device) {
+  constexpr int64_t kH100Bytes = 80LL << 30;
+  DeviceTarget t;
+  if (device == "cpu") {
+    t = {"cpu", cfg.gpu_memory_bytes, 0};
+  } else if (device == "emu") {
+    t = {"emulator", cfg.gpu_memory_bytes > 0 ? cfg.gpu_memory_bytes : kH100Bytes, 0};
+  } else {
     const CudaInfo cuda = query_cuda();
-    if (cuda.devices.empty()) throw std::runtime_error("run.device = cuda: " + cuda.status);
+    if (!cuda.devices.empty()) {
+      const CudaDevice& d = cuda.devices.front();
+      t = {d.name, (int64_t)d.memory_bytes, dense_bf16_peak_tflops(d.name)};
+      if (cfg.gpu_memory_bytes > 0) t.memory_bytes = std::min(t.memory_bytes, cfg.gpu_memory_bytes);
+    } else if (cfg.dry_run) {  // planning for a GPU elsewhere
+      t = {"H100 (assumed: no GPU here)", cfg.gpu_memory_bytes > 0 ? cfg.gpu_memory_bytes : kH100Bytes, 989};
+    } else {
+      throw std::runtime_error("run.device = cuda: " + cuda.status);
+    }
   }
-  throw std::runtime_error("run.device = " + cfg.device + ": the CUDA backend is not implemented yet; use cpu");
+  if (cfg.train.peak_tflops > 0) t.peak_tflops = cfg.train.peak_tflops;
+  return t;
+}
+
+std::unique_ptr<Ops> make_ops(const TrainConfig& cfg, const std::string& device, const DeviceTarget& target) {
+  if (device == "cpu") return make_cpu_ops();
+  const CudaOpsOptions options{cfg.deterministic, target.memory_bytes};
+  if (device == "emu") return emu::make_cuda_ops(options);
+#ifdef KILN_HAVE_CUDA
+  return cuda::make_cuda_ops(options);
+#else
+  throw std::runtime_error("run.device = cuda: this kiln was built without CUDA");
+#endif
+}
+
+std::string describe(const MemoryPlan& m) {
+  return fmt::format("parameters {}, master weights {}, gradients {}, AdamW moments {}, activations {}, logits {}, "
+                     "workspace {}, reserved {}: total {}",
+                     format_bytes(m.parameters), format_bytes(m.master), format_bytes(m.gradients),
+                     format_bytes(m.moments), format_bytes(m.activations), format_bytes(m.logits),
+                     format_bytes(m.workspace), format_bytes(m.reserved), format_bytes(m.total()));
+}
+
+// --dry-run: the plan against the device, and the largest micro-batch each recompute setting fits.
+void report_dry_run(std::ostream& log, const PlanInput& in, const DeviceTarget& target) {
+  const MemoryPlan plan = plan_memory(in);
+  log << fmt::format("dry run: batch {}x{}, recompute {} on {} ({}): ", in.micro_batch, in.seq_len,
+                     recompute_name(in.recompute), target.name,
+                     target.memory_bytes > 0 ? format_bytes(target.memory_bytes) : "memory not limited");
+  const bool fits = target.memory_bytes == 0 || plan.total() <= target.memory_bytes;
+  log << (fits ? "fits" : "does NOT fit") << "\n";
+  if (target.memory_bytes > 0) {
+    PlanInput alt = in;
+    alt.gpu.memory_bytes = (double)target.memory_bytes;
+    log << "largest micro-batch that fits:";
+    for (Recompute r : {Recompute::none, Recompute::mlp, Recompute::block}) {
+      alt.recompute = r;
+      log << fmt::format(" {} (recompute {})", largest_micro_batch(alt), recompute_name(r));
+    }
+    log << "\n";
+  }
+  if (!fits)
+    throw std::runtime_error(fmt::format("dry run: the plan needs {} but {} has {}", format_bytes(plan.total()),
+                                         target.name, format_bytes(target.memory_bytes)));
 }
 
 // Where training batches come from: a prepared dataset (with its validation split), or uniform
@@ -80,6 +153,7 @@ class BatchSource {
       return;
     }
     data_.emplace(Dataset::open(cfg.data.path));
+    tokenizer_ = make_tokenizer(data_->tokenizer_name, data_->dir);
     if (!cfg.vocab_size_set) model_cfg.vocab_size = (int)data_->meta.vocab_size;
     if (model_cfg.vocab_size != data_->meta.vocab_size)
       throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +
@@ -116,6 +190,7 @@ class BatchSource {
     return batch_;
   }
   DataLoader* validation() const { return val_.get(); }
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }  // none for random tokens
   std::string describe(const std::string& path) const {
     if (!data_) return fmt::format("random tokens over {} ids (no validation)", vocab_);
     return fmt::format("{} ({}, {} train / {} val tokens, {} batches/epoch)", path, data_->meta.tokenizer,
@@ -125,6 +200,7 @@ class BatchSource {
  private:
   std::optional<Dataset> data_;
   std::unique_ptr<DataLoader> train_, val_;
+  std::unique_ptr<Tokenizer> tokenizer_;
   std::mt19937_64 rng_;
   int dp_rank_, dp_size_;
   int vocab_ = 0;
@@ -166,7 +242,6 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   std::ostream silent(&discard);
   std::ostream& log = comm.rank() == 0 ? rank0_log : silent;
   if (comm.size() > 1) check_ranks_agree(comm, binary_hash(), cfg.settings);
-  std::unique_ptr<Ops> ops = make_ops(cfg);
   // Tensor-parallel groups of consecutive ranks (one node's GPUs), data parallel across them.
   const int tp = cfg.parallel.tp;
   if (comm.size() % tp != 0)
@@ -177,10 +252,38 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   GPTConfig model_cfg = cfg.model;
   BatchSource data(cfg, model_cfg, dp_comm->rank(), dp_comm->size());
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
+
+  // The memory plan, checked against the device before anything is allocated on it.
+  const std::string device = resolve_device(cfg);
+  const DeviceTarget target = device_target(cfg, device);
+  PlanInput plan_in;
+  plan_in.model = model_cfg;
+  plan_in.backend = device == "cpu" ? PlanBackend::cpu : PlanBackend::cuda;
+  plan_in.deterministic = cfg.deterministic;
+  plan_in.micro_batch = B;
+  plan_in.seq_len = T;
+  plan_in.gpus = comm.size();
+  plan_in.tp = tp;
+  plan_in.zero1 = cfg.parallel.zero == 1;
+  plan_in.recompute = cfg.train.recompute;
+  if (device == "emu") plan_in.gpu.reserved_bytes = 0;  // no CUDA context to make room for
+  const MemoryPlan plan = plan_memory(plan_in);
+  log << fmt::format("memory plan ({}, per rank): {}\n", device, describe(plan));
+  if (cfg.dry_run) {
+    report_dry_run(log, plan_in, target);
+    return {};
+  }
+  if (target.memory_bytes > 0 && plan.total() > target.memory_bytes)
+    throw std::runtime_error(fmt::format(
+        "the model does not fit: {} x {} tokens with recompute {} needs {} ({}) but {} has {}; try "
+        "--train.recompute=block or a smaller --batch-size (kiln train --dry-run shows what fits)",
+        B, T, recompute_name(cfg.train.recompute), format_bytes(plan.total()), describe(plan), target.name,
+        format_bytes(target.memory_bytes)));
+  std::unique_ptr<Ops> ops = make_ops(cfg, device, target);
   std::optional<MetricsWriter> metrics;
   if (comm.rank() == 0) metrics.emplace(cfg.run_dir);
 
-  GPT model(model_cfg, *ops, B, T, {tp, tp_comm->rank()}, tp_comm.get());
+  GPT model(model_cfg, *ops, B, T, {tp, tp_comm->rank()}, tp_comm.get(), cfg.train.recompute);
   model.init_weights(cfg.train.seed);
   DataParallel data_parallel(model, *dp_comm, *tp_comm, cfg.parallel.zero == 1, cfg.parallel.bucket_mb * 1e6);
   AdamW optimizer(model, cfg.optim, data_parallel.shard_first(), data_parallel.shard_count());
@@ -189,25 +292,31 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   const int64_t model_params = ParamLayout(model_cfg, {1, 0}).total();
   const int64_t tokens_per_step = (int64_t)B * T * cfg.train.grad_accum * dp_comm->size();
   const double step_flops = flops_per_token(model_params, cfg.model.n_layer, T, cfg.model.n_embd) * tokens_per_step;
+  const double peak_flops = target.peak_tflops * 1e12 * comm.size();
   log << fmt::format("kiln train: model {} ({} layers, {} heads, width {}, vocab {} padded to {}), {:.2f}M parameters\n",
                      cfg.preset, model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.vocab_size,
                      model_cfg.padded_vocab(), model.layout().trained() / 1e6);
-  log << fmt::format("data: {}; batch {}x{} x{} accum x{} data-parallel ranks (TP {}) = {} tokens/step, {} threads, {}\n",
+  log << fmt::format("data: {}; batch {}x{} x{} accum x{} data-parallel ranks (TP {}) = {} tokens/step, {}\n",
                      data.describe(cfg.data.path), B, T, cfg.train.grad_accum, dp_comm->size(), tp, tokens_per_step,
-                     omp_get_max_threads(), ops->name() == "cpu" ? cpu::blas_name() : ops->name());
-  log << fmt::format("memory plan (device {}, rank 0): params {}, grads {}, AdamW moments {}{}, activations {}\n",
-                     ops->name(), format_bytes(params * 4), format_bytes(params * 4),
-                     format_bytes(optimizer.state_floats() * 4),
-                     cfg.parallel.zero && dp_comm->size() > 1 ? fmt::format(" (ZeRO-1 shard of {})", dp_comm->size()) : "",
-                     format_bytes(model.activation_bytes()));
-  log << fmt::format("optimizer state floats on rank 0: {}\n", optimizer.state_floats());
+                     ops->name() == "cpu" ? fmt::format("{} threads, {}", omp_get_max_threads(), cpu::blas_name())
+                                          : fmt::format("{} backend on {}{}", ops->name(), target.name,
+                                                        cfg.deterministic ? ", deterministic" : ""));
+  const int64_t allocated = model.memory().total() + optimizer.state_bytes();
+  const int64_t planned = plan.total() - plan.reserved;
+  log << fmt::format("allocated {} on rank 0 ({})\n", format_bytes(allocated),
+                     allocated == planned ? "the plan, to the byte"
+                                          : fmt::format("the plan said {}: {:+} bytes", format_bytes(planned),
+                                                        allocated - planned));
+  log << fmt::format("MFU: model FLOPs 6 N + 12 L T C per token (N = {} parameters) against {}\n", model_params,
+                     peak_flops > 0 ? fmt::format("a peak of {} TFLOP/s per device", target.peak_tflops)
+                                    : std::string("no known peak (set train.peak_tflops)"));
   if (tp > 1) log << fmt::format("parameters on rank 0: {} of the model's {}\n", params, model_params);
   if (metrics) log << "metrics: " << metrics->path() << "\n";
 
   std::vector<StepRecord> records;
   double elapsed_s = 0;  // training steps only (for tokens/s); the breakdown covers evaluation too
   const auto run_start = Clock::now();
-  int64_t tp_collectives_per_step = 0;
+  int64_t tp_collectives_per_step = 0, skipped = 0;
   for (int64_t step = 0; step < cfg.train.steps; step++) {
     const auto start = Clock::now();
     const int64_t tp_collectives_before = tp_comm->collectives();
@@ -230,8 +339,19 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     dp_comm->all_reduce_sum(std::span<double>(&loss, 1));  // the tensor-parallel ranks have the same
     const double norm = data_parallel.reduce_gradients();
     const double lr = learning_rate(cfg.optim, step, cfg.train.steps);
-    optimizer.step(lr, ref::clip_factor(norm, cfg.optim.grad_clip), data_parallel.optimizer_grads());
-    data_parallel.gather_parameters();
+    // Every rank sees the same loss and norm, so all stop or skip together.
+    const bool finite = std::isfinite(loss) && std::isfinite(norm);
+    if (!finite && cfg.train.nonfinite == "stop")
+      throw std::runtime_error(fmt::format("step {}: the loss is {} and the gradient norm {}: stopping "
+                                           "(train.nonfinite = skip would skip such steps)",
+                                           step + 1, loss, norm));
+    if (finite) {
+      optimizer.step(lr, ref::clip_factor(norm, cfg.optim.grad_clip), data_parallel.optimizer_grads());
+      data_parallel.gather_parameters();
+    } else {
+      skipped++;
+      log << fmt::format("step {}: loss {}, gradient norm {}: step skipped ({} so far)\n", step + 1, loss, norm, skipped);
+    }
     tp_collectives_per_step = tp_comm->collectives() - tp_collectives_before;
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     elapsed_s += seconds;
@@ -243,10 +363,9 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
 
     nlohmann::json row = {{"step", rec.step}, {"loss", rec.loss}, {"lr", rec.lr}, {"grad_norm", rec.grad_norm},
                           {"ms", rec.ms}, {"tokens_per_s", rec.tokens_per_s}};
-    const std::string mfu =
-        cfg.train.peak_tflops > 0 ? fmt::format("{:.1f}%", 100.0 * step_flops / seconds / (cfg.train.peak_tflops * 1e12))
-                                  : "-";
-    if (cfg.train.peak_tflops > 0) row["mfu"] = step_flops / seconds / (cfg.train.peak_tflops * 1e12);
+    const std::string mfu = peak_flops > 0 ? fmt::format("{:.1f}%", 100.0 * step_flops / seconds / peak_flops) : "-";
+    if (peak_flops > 0) row["mfu"] = step_flops / seconds / peak_flops;
+    if (!finite) row["skipped"] = true;
     if (rec.val_loss) row["val_loss"] = *rec.val_loss;
     if (metrics) metrics->write(row);
 
@@ -259,8 +378,14 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
       if (rec.val_loss) log << fmt::format(" | val loss {:.4f}", *rec.val_loss);
       log << std::endl;
     }
+    if (cfg.train.sample_every > 0 && (step + 1) % cfg.train.sample_every == 0 && data.tokenizer() && tp == 1) {
+      const std::vector<int32_t> text = sample_tokens(model, data.tokenizer()->encode(cfg.train.sample_prompt),
+                                                      cfg.train.sample_tokens, cfg.train.seed + step, T);
+      log << fmt::format("sample at step {}: {:?}\n", step + 1, cfg.train.sample_prompt + data.tokenizer()->decode(text));
+    }
     records.push_back(rec);
   }
+  if (skipped > 0) log << fmt::format("{} step(s) skipped for a non-finite loss or gradient norm\n", skipped);
   log << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg.train.steps, format_duration(elapsed_s),
                      tokens_per_step * cfg.train.steps / elapsed_s);
   if (tp > 1) {
@@ -275,7 +400,8 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                                          data_parallel.buckets_last_step())
                            : std::string(cfg.parallel.zero ? "reduce-scatter after the backward pass (ZeRO-1)"
                                                            : "one all-reduce after the backward pass"));
-  log << op_breakdown(*ops, std::chrono::duration<double>(Clock::now() - run_start).count()) << "\n";
+  if (!ops->op_seconds().empty())
+    log << op_breakdown(*ops, std::chrono::duration<double>(Clock::now() - run_start).count()) << "\n";
   return records;
 }
 

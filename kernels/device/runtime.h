@@ -4,6 +4,7 @@
 // emulator.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <source_location>
 #include <span>
@@ -69,16 +70,42 @@ class Event {
   cudaEvent_t event_ = nullptr;
 };
 
+// Device allocations made through this layer since the process started (a training step must
+// make none: tests read this before and after).
+inline std::atomic<int64_t>& device_allocations() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
+struct DeviceMemory {
+  size_t free_bytes, total_bytes;
+};
+inline DeviceMemory device_memory() {
+  DeviceMemory m{};
+  KILN_CHECK(KILN_RT cudaMemGetInfo(&m.free_bytes, &m.total_bytes));
+  return m;
+}
+
+// `bytes` of device memory, counted in device_allocations(). Running out throws std::runtime_error
+// naming the request and what was free.
+inline void* device_malloc(size_t bytes) {
+  void* p = nullptr;
+  if (KILN_RT cudaMalloc(&p, std::max<size_t>(bytes, 1)) != cudaSuccess) {
+    (void)KILN_RT cudaGetLastError();
+    const DeviceMemory m = device_memory();
+    throw std::runtime_error("out of device memory: allocating " + std::to_string(bytes) + " bytes with " +
+                             std::to_string(m.free_bytes) + " of " + std::to_string(m.total_bytes) + " free");
+  }
+  device_allocations()++;
+  return p;
+}
+
 // Device memory for n elements of T.
 template <class T>
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n) : size_(n) {
-    void* p = nullptr;
-    KILN_CHECK(KILN_RT cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-    data_.reset(static_cast<T*>(p));
-  }
+  explicit DeviceBuffer(size_t n) : data_(static_cast<T*>(device_malloc(n * sizeof(T)))), size_(n) {}
   T* data() const { return data_.get(); }
   size_t size() const { return size_; }
   void upload(std::span<const T> host, const Stream& s) {
@@ -104,6 +131,27 @@ class DeviceBuffer {
   }
   struct Free {
     void operator()(T* p) const { KILN_RT cudaFree(p); }
+  };
+  std::unique_ptr<T, Free> data_;
+  size_t size_ = 0;
+};
+
+// Page-locked host memory for n elements of T: the staging side of asynchronous copies.
+template <class T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t n) : size_(n) {
+    void* p = nullptr;
+    KILN_CHECK(KILN_RT cudaMallocHost(&p, std::max<size_t>(n, 1) * sizeof(T)));
+    data_.reset(static_cast<T*>(p));
+  }
+  T* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { KILN_RT cudaFreeHost(p); }
   };
   std::unique_ptr<T, Free> data_;
   size_t size_ = 0;

@@ -35,6 +35,11 @@ cudaError_t set_error(cudaError_t e, const std::string& message) {
   return e;
 }
 
+// Device memory: its size and the live allocations.
+std::mutex memory_mutex;
+size_t memory_total = 80ULL << 30, memory_used = 0;
+std::map<void*, size_t> allocations;
+
 }  // namespace
 
 // A stream: a worker thread running queued operations in order, so that host code and other
@@ -167,7 +172,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   if (device != 0) return set_error(cudaErrorInvalidValue, "emu: there is one emulated device, 0");
   *p = {};
   std::strcpy(p->name, "kiln SIMT emulator (H100 limits)");
-  p->totalGlobalMem = 80ULL << 30;
+  {
+    std::lock_guard lock(memory_mutex);
+    p->totalGlobalMem = memory_total;
+  }
   p->sharedMemPerBlock = kDefaultDynamicShared;
   p->sharedMemPerBlockOptin = kMaxDynamicShared;
   p->regsPerBlock = 65536;
@@ -183,19 +191,52 @@ cudaError_t cudaSetDevice(int device) {
   return device == 0 ? cudaSuccess : set_error(cudaErrorInvalidValue, "emu: no device " + std::to_string(device));
 }
 
+void set_device_memory(size_t bytes) {
+  std::lock_guard lock(memory_mutex);
+  memory_total = bytes;
+}
+
+cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
+  std::lock_guard lock(memory_mutex);
+  *free = memory_total > memory_used ? memory_total - memory_used : 0;
+  *total = memory_total;
+  return cudaSuccess;
+}
+
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  *ptr = nullptr;
+  std::lock_guard lock(memory_mutex);
+  if (bytes > memory_total - std::min(memory_used, memory_total))
+    return set_error(cudaErrorMemoryAllocation, "emu: cudaMalloc of " + std::to_string(bytes) + " bytes with " +
+                                                    std::to_string(memory_total - memory_used) + " of " +
+                                                    std::to_string(memory_total) + " free");
   // Each allocation is its own heap block, so AddressSanitizer sees overruns between them.
   *ptr = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
   if (!*ptr) return set_error(cudaErrorMemoryAllocation, "emu: cudaMalloc of " + std::to_string(bytes) + " bytes");
   std::memset(*ptr, 0xff, bytes);  // fresh device memory is garbage, not zeros
+  memory_used += bytes;
+  allocations[*ptr] = bytes;
   return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void** ptr, size_t bytes) { return cudaMalloc(ptr, bytes); }
 cudaError_t cudaFree(void* ptr) {
+  if (!ptr) return cudaSuccess;
+  std::lock_guard lock(memory_mutex);
+  const auto it = allocations.find(ptr);
+  if (it == allocations.end()) return set_error(cudaErrorInvalidValue, "emu: cudaFree of a pointer cudaMalloc did not return");
+  memory_used -= it->second;
+  allocations.erase(it);
   std::free(ptr);
   return cudaSuccess;
 }
-cudaError_t cudaFreeHost(void* ptr) { return cudaFree(ptr); }
+// Pinned host memory is host memory: it does not count against the device's.
+cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
+  *ptr = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+  return *ptr ? cudaSuccess : set_error(cudaErrorMemoryAllocation, "emu: cudaMallocHost of " + std::to_string(bytes) + " bytes");
+}
+cudaError_t cudaFreeHost(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t s) {
   stream_or_default(s).enqueue([=] { std::memcpy(dst, src, bytes); });

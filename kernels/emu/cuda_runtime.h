@@ -53,6 +53,10 @@ cudaError_t cudaSetDevice(int device);
 cudaError_t cudaDeviceSynchronize();
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes);
+cudaError_t cudaMemGetInfo(size_t* free, size_t* total);
+// The emulated device's memory size (80 GiB unless set): cudaMalloc fails beyond it, as on a GPU,
+// so that running out of device memory is tested without one. Not a CUDA call: emulator only.
+void set_device_memory(size_t bytes);
 cudaError_t cudaMallocHost(void** ptr, size_t bytes);
 cudaError_t cudaFree(void* ptr);
 cudaError_t cudaFreeHost(void* ptr);
