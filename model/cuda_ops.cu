@@ -240,6 +240,8 @@ std::unique_ptr<Ops> make_cuda_ops(const CudaOpsOptions& options) {
   return std::make_unique<CudaOps>(options);
 }
 
+int64_t device_allocation_count() { return device_allocations(); }
+
 int64_t cuda_ops_workspace_bytes(const OpsShape& shape, const CudaOpsOptions& options) {
   return (int64_t)(scratch_floats(shape, options) * sizeof(float)) + fixed_bytes(shape) +
          (int64_t)MatmulOptions{}.workspace_bytes;

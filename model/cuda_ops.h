@@ -26,10 +26,12 @@ struct CudaOpsOptions {
 namespace emu {
 std::unique_ptr<Ops> make_cuda_ops(const CudaOpsOptions& options);
 int64_t cuda_ops_workspace_bytes(const OpsShape& shape, const CudaOpsOptions& options);
+int64_t device_allocation_count();  // kernels/device/runtime.h's device_allocations()
 }  // namespace emu
 namespace cuda {  // defined only in a build with CUDA (KILN_HAVE_CUDA)
 std::unique_ptr<Ops> make_cuda_ops(const CudaOpsOptions& options);
 int64_t cuda_ops_workspace_bytes(const OpsShape& shape, const CudaOpsOptions& options);
+int64_t device_allocation_count();
 }  // namespace cuda
 
 }  // namespace kiln

@@ -166,7 +166,7 @@ void GPT::init_weights(uint64_t seed) {
   set_weights(host);
 }
 
-void GPT::set_weights(const std::vector<float>& host) {
+void GPT::set_weights(std::span<const float> host) {
   ops_.upload(master_, host);
   if (master_.view().data != params_.view().data) ops_.upload(params_, host);
 }

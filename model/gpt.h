@@ -53,6 +53,9 @@ class GPT {
   // drawn for the whole model, so that every tensor-parallel rank gets its slice of the same
   // weights as one process.
   void init_weights(uint64_t seed);
+  // Every parameter of this rank from host floats in the layout's order (the master weights, and
+  // the compute-dtype copy rounded from them).
+  void set_weights(std::span<const float> host);
 
   // Mean cross-entropy over positions whose target is >= 0. Logits stay readable until the next call.
   double forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T);
@@ -77,7 +80,6 @@ class GPT {
   // Block l from its ln_1 output to the MLP's projection (the residual add and the next layernorm
   // follow in run_forward); rerun by the backward under block recompute.
   void block_forward(int l, int B, int T);
-  void set_weights(const std::vector<float>& host);
   void backward(int B, int T, const GradsReady& ready);
   // [first, end) of the flat buffer: the embeddings, each block, ln_f.
   struct Range {

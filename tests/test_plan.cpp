@@ -7,6 +7,7 @@
 
 #include <stdexcept>
 
+#include "kernels/ref.h"
 #include "model/params.h"
 
 namespace kiln {
@@ -20,20 +21,29 @@ PlanInput gpt2(const char* preset, int micro_batch) {
   return in;
 }
 
+// AdamW's range table: one entry per tensor overlapping the first `count` parameters.
+int64_t table_bytes(const ParamLayout& layout, int64_t count) {
+  int64_t tensors = 0;
+  layout.for_each_overlap(0, count, [&](const ParamSpec&, int64_t, int64_t) { tensors++; });
+  return tensors * (int64_t)sizeof(ref::AdamWRange);
+}
+
 TEST(Plan, StateBytesFollowTheLayoutAndTheSharding) {
   PlanInput in = gpt2("gpt2-124m", 4);
-  const int64_t P = ParamLayout(in.model, {1, 0}).total();
+  const ParamLayout layout(in.model, {1, 0});
+  const int64_t P = layout.total();
   MemoryPlan m = plan_memory(in);
   EXPECT_EQ(m.parameters, 2 * P);
   EXPECT_EQ(m.gradients, 4 * P);
   EXPECT_EQ(m.master, 4 * P);
-  EXPECT_EQ(m.moments, 8 * P);
+  EXPECT_EQ(m.moments, 8 * P + table_bytes(layout, P));
+  EXPECT_EQ(table_bytes(layout, P), 24 * (2 + 12 * 12 + 2));  // wte, wpe, 12 per block, ln_f
   in.gpus = 8;
   in.zero1 = true;  // DP 8
   m = plan_memory(in);
   EXPECT_EQ(m.gradients, 4 * P);
   EXPECT_EQ(m.master, 4 * ((P + 7) / 8));
-  EXPECT_EQ(m.moments, 8 * ((P + 7) / 8));
+  EXPECT_EQ(m.moments, 8 * ((P + 7) / 8) + table_bytes(layout, (P + 7) / 8));
   in.tp = 4;  // TP 4 x DP 2
   m = plan_memory(in);
   const int64_t P4 = ParamLayout(in.model, {4, 0}).total();

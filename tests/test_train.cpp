@@ -156,6 +156,54 @@ std::string prepare_text(const TempDir& dir, const std::string& text) {
   return o.output;
 }
 
+// lr = 1e30 blows the weights up in the first step: the second step's loss is not finite.
+std::vector<std::string> diverging_run(const TempDir& dir) {
+  return {"model.preset=test", "data.path=random", "train.seq_len=32", "train.batch_size=2", "train.steps=6",
+          "optim.lr=1e30", "optim.warmup_steps=0", "run.device=cpu", "run.dir=" + dir.str()};
+}
+
+TEST(Trainer, ANonFiniteLossStopsTheRunNamingTheStep) {
+  TempDir dir;
+  std::ostringstream log;
+  const std::string message = error_of([&] { train(load_train_config("", diverging_run(dir)), log); });
+  EXPECT_TRUE(mentions(message, {"step 2: the loss is", "nan", "train.nonfinite = skip"})) << message;
+}
+
+TEST(Trainer, NonFiniteStepsAreSkippedAndCountedWhenTheConfigSaysSo) {
+  TempDir dir;
+  std::vector<std::string> overrides = diverging_run(dir);
+  overrides.push_back("train.nonfinite=skip");
+  std::ostringstream log;
+  const std::vector<StepRecord> records = train(load_train_config("", overrides), log);
+  ASSERT_EQ(records.size(), 6u);
+  EXPECT_TRUE(std::isfinite(records[0].loss));
+  EXPECT_TRUE(mentions(log.str(), {"step 2: loss", "step skipped (1 so far)", "5 step(s) skipped"})) << log.str();
+  const std::string metrics = read_file(dir.path("metrics.jsonl"));
+  EXPECT_NE(metrics.find("\"skipped\":true"), std::string::npos) << metrics;
+  EXPECT_NE(error_of([&] { load_train_config("", {"data.path=x", "train.nonfinite=ignore"}); }).find(
+                "train.nonfinite: 'ignore': expected stop or skip"),
+            std::string::npos);
+}
+
+TEST(TrainConfig, GpuKeysAndTheirErrors) {
+  const TrainConfig cfg = load_train_config(
+      "", {"data.path=x", "run.deterministic=true", "run.gpu_memory=80GB", "train.recompute=block"});
+  EXPECT_TRUE(cfg.deterministic);
+  EXPECT_EQ(cfg.gpu_memory_bytes, 80LL << 30);
+  EXPECT_EQ(cfg.train.recompute, Recompute::block);
+  EXPECT_EQ(parse_memory_size("512MiB"), 512LL << 20);
+  EXPECT_EQ(parse_memory_size("1.5G"), 3LL << 29);
+  EXPECT_EQ(parse_memory_size("lots"), -1);
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.gpu_memory=lots"}); }),
+            "command line: run.gpu_memory: 'lots': expected a size such as 80GB or 512MiB");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.deterministic=1"}); }),
+            "command line: run.deterministic: expected true or false");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.recompute=all"}); }),
+            "command line: train.recompute: recompute 'all': expected none, mlp or block");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.device=gpu"}); }),
+            "command line: run.device: 'gpu': expected auto, cpu, cuda or emu");
+}
+
 TEST(Trainer, LossFallsWellBelowItsStart) {
   TempDir dir;
   const std::string data = prepare_text(dir, repetitive_text());

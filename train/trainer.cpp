@@ -249,13 +249,13 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                              std::to_string(comm.size()) + " ranks");
   const std::unique_ptr<Comm> tp_comm = comm.split(comm.rank() / tp, comm.rank() % tp);
   const std::unique_ptr<Comm> dp_comm = comm.split(comm.rank() % tp, comm.rank() / tp);
+  const std::string device = resolve_device(cfg);
+  const DeviceTarget target = device_target(cfg, device);
   GPTConfig model_cfg = cfg.model;
   BatchSource data(cfg, model_cfg, dp_comm->rank(), dp_comm->size());
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
 
   // The memory plan, checked against the device before anything is allocated on it.
-  const std::string device = resolve_device(cfg);
-  const DeviceTarget target = device_target(cfg, device);
   PlanInput plan_in;
   plan_in.model = model_cfg;
   plan_in.backend = device == "cpu" ? PlanBackend::cpu : PlanBackend::cuda;
@@ -307,6 +307,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                      allocated == planned ? "the plan, to the byte"
                                           : fmt::format("the plan said {}: {:+} bytes", format_bytes(planned),
                                                         allocated - planned));
+  log << fmt::format("optimizer state floats on rank 0: {}\n", optimizer.state_floats());
   log << fmt::format("MFU: model FLOPs 6 N + 12 L T C per token (N = {} parameters) against {}\n", model_params,
                      peak_flops > 0 ? fmt::format("a peak of {} TFLOP/s per device", target.peak_tflops)
                                     : std::string("no known peak (set train.peak_tflops)"));

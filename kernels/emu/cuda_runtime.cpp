@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "kernels/emu/engine.h"
@@ -40,13 +41,24 @@ std::mutex memory_mutex;
 size_t memory_total = 80ULL << 30, memory_used = 0;
 std::map<void*, size_t> allocations;
 
+// Every live stream, so that cudaFree can wait for them as the GPU's does.
+std::mutex streams_mutex;
+std::set<EmuStream*> streams;
+
 }  // namespace
 
 // A stream: a worker thread running queued operations in order, so that host code and other
 // streams really do run concurrently with it, and a missing wait shows up.
 struct EmuStream {
-  EmuStream() : worker([this] { run(); }) {}
+  EmuStream() : worker([this] { run(); }) {
+    std::lock_guard lock(streams_mutex);
+    streams.insert(this);
+  }
   ~EmuStream() {
+    {
+      std::lock_guard lock(streams_mutex);
+      streams.erase(this);
+    }
     {
       std::lock_guard lock(mutex);
       quitting = true;
@@ -218,8 +230,13 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   allocations[*ptr] = bytes;
   return cudaSuccess;
 }
+// Like the GPU's, cudaFree waits for the device to be idle: queued work may still use the memory.
 cudaError_t cudaFree(void* ptr) {
   if (!ptr) return cudaSuccess;
+  {
+    std::lock_guard lock(streams_mutex);
+    for (EmuStream* s : streams) s->synchronize();
+  }
   std::lock_guard lock(memory_mutex);
   const auto it = allocations.find(ptr);
   if (it == allocations.end()) return set_error(cudaErrorInvalidValue, "emu: cudaFree of a pointer cudaMalloc did not return");

@@ -1,0 +1,254 @@
+// The CUDA backend trains the model as the CPU backend does: gradients against the CPU's for the
+// same weights and batch, losses over 20 steps, determinism, no device allocation in a step, and
+// a clear error when the model does not fit. Built twice: on the emulator (label emu, CI) and on
+// a GPU (label gpu, skipped without one).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <sstream>
+
+#include "data/prepare.h"
+#include "kernels/device_info.h"
+#include "model/cpu_ops.h"
+#include "model/cuda_ops.h"
+#include "model/gpt.h"
+#include "tests/test_util.h"
+#include "train/config.h"
+#include "train/optimizer.h"
+#include "train/plan.h"
+#include "train/trainer.h"
+
+namespace kiln {
+namespace {
+
+#ifdef KILN_TEST_GPU
+namespace backend = kiln::cuda;
+constexpr const char* kDevice = "cuda";
+#define KILN_NEED_DEVICE() \
+  if (query_cuda().devices.empty()) GTEST_SKIP() << "no CUDA device"
+#else
+namespace backend = kiln::emu;
+constexpr const char* kDevice = "emu";
+#define KILN_NEED_DEVICE() (void)0
+#endif
+
+// Two blocks of two 64-wide heads (the attention kernels take head sizes 64 and 128).
+GPTConfig small_model() {
+  GPTConfig cfg = GPTConfig::preset("tiny");
+  cfg.n_layer = 2;
+  cfg.n_head = 2;
+  cfg.n_embd = 128;
+  cfg.max_seq_len = 64;
+  return cfg;
+}
+const std::vector<std::string> kSmallModel = {"model.preset=tiny", "model.n_layer=2", "model.n_head=2",
+                                              "model.n_embd=128", "model.max_seq_len=64"};
+
+std::vector<float> download(Ops& ops, const Tensor& t) {
+  std::vector<float> out(t.numel);
+  ops.download(out, t);
+  return out;
+}
+
+TEST(GpuTraining, LossAndEveryGradientMatchTheCpuBackend) {
+  KILN_NEED_DEVICE();
+  const GPTConfig cfg = small_model();
+  const int B = 2, T = 64;
+  const auto device_ops = backend::make_cuda_ops({});
+  const auto cpu_ops = make_cpu_ops(CpuPath::reference);
+  GPT device(cfg, *device_ops, B, T), cpu(cfg, *cpu_ops, B, T);
+  device.init_weights(7);
+  // The CPU model gets the device's bf16-rounded weights, so only the arithmetic differs.
+  cpu.set_weights(download(*device_ops, device.params()));
+
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int32_t> token(0, cfg.vocab_size - 1);
+  std::vector<int32_t> tokens(B * T), targets(B * T);
+  for (int i = 0; i < B * T; i++) {
+    tokens[i] = token(rng);
+    targets[i] = i % 7 == 3 ? -1 : token(rng);  // some positions masked out
+  }
+  const double device_loss = device.forward_backward(tokens, targets, B, T);
+  const double cpu_loss = cpu.forward_backward(tokens, targets, B, T);
+  EXPECT_NEAR(device_loss, cpu_loss, 1e-2 * std::abs(cpu_loss));
+
+  const std::vector<float> dg = download(*device_ops, device.grads()), cg = download(*cpu_ops, cpu.grads());
+  double worst_rel = 0, worst_cos = 1;
+  std::string worst_rel_name, worst_cos_name;
+  for (const ParamSpec& s : device.layout().specs()) {
+    double diff = 0, dd = 0, cc = 0, dc = 0;
+    for (int64_t i = s.offset; i < s.offset + s.numel; i++) {
+      ASSERT_TRUE(std::isfinite(dg[i])) << s.name << "[" << i - s.offset << "]";
+      diff += ((double)dg[i] - cg[i]) * ((double)dg[i] - cg[i]);
+      dd += (double)dg[i] * dg[i];
+      cc += (double)cg[i] * cg[i];
+      dc += (double)dg[i] * cg[i];
+    }
+    ASSERT_GT(cc, 0) << s.name << ": the CPU gradient is zero, nothing is compared";
+    const double rel = std::sqrt(diff / cc), cos = dc / std::sqrt(dd * cc);
+    EXPECT_LE(rel, 2e-2) << s.name;
+    EXPECT_GE(cos, 0.999) << s.name;
+    if (rel > worst_rel) worst_rel = rel, worst_rel_name = s.name;
+    if (cos < worst_cos) worst_cos = cos, worst_cos_name = s.name;
+  }
+  std::cout << "loss " << device_loss << " (" << kDevice << ") vs " << cpu_loss << " (cpu); worst relative L2 "
+            << worst_rel << " (" << worst_rel_name << "), worst cosine " << worst_cos << " (" << worst_cos_name
+            << ")\n";
+  RecordProperty("worst_relative_l2", std::to_string(worst_rel));
+  RecordProperty("worst_cosine", std::to_string(worst_cos));
+}
+
+struct TrainRun {
+  std::vector<StepRecord> records;
+  std::string log;
+};
+
+// `steps` steps of the small model at batch 2 x 64 on `data` (random tokens unless a dataset).
+TrainRun train_small(const std::string& device, int steps, std::vector<std::string> extra = {},
+                const std::string& data = "random") {
+  test::TempDir dir;
+  std::vector<std::string> overrides = kSmallModel;
+  for (const std::string& o : std::vector<std::string>{
+           "data.path=" + data, "train.batch_size=2", "train.seq_len=64", "train.steps=" + std::to_string(steps),
+           "train.eval_every=0", "optim.lr=3e-3", "optim.warmup_steps=2", "run.device=" + device,
+           "run.dir=" + dir.str()})
+    overrides.push_back(o);
+  overrides.insert(overrides.end(), extra.begin(), extra.end());
+  std::ostringstream log;
+  std::vector<StepRecord> records = train(load_train_config("", overrides), log);
+  return {records, log.str()};
+}
+
+TEST(GpuTraining, TwentyStepsStayWithinOnePercentOfTheCpuRun) {
+  KILN_NEED_DEVICE();
+  test::TempDir dir;
+  PrepareOptions prepare;  // kiln's README as bytes: text the model can learn in 20 steps
+  prepare.inputs = {std::string(KILN_SOURCE_DIR) + "/README.md"};
+  prepare.output = dir.path("readme");
+  prepare_dataset(prepare);
+  const TrainRun device = train_small(kDevice, 20, {"train.sample_every=20", "train.sample_tokens=8"}, prepare.output);
+  const TrainRun cpu = train_small("cpu", 20, {}, prepare.output);
+  ASSERT_EQ(device.records.size(), 20u);
+  double worst = 0;
+  for (size_t i = 0; i < device.records.size(); i++) {
+    const double d = device.records[i].loss, c = cpu.records[i].loss;
+    EXPECT_LE(std::abs(d - c) / c, 0.01) << "step " << i + 1 << ": " << d << " vs " << c;
+    worst = std::max(worst, std::abs(d - c) / c);
+  }
+  EXPECT_LT(device.records.back().loss, device.records.front().loss - 1.0) << "the loss did not fall";
+  EXPECT_TRUE(test::mentions(device.log, {"sample at step 20: \"The"})) << device.log;
+  std::cout << "losses " << device.records.front().loss << " -> " << device.records.back().loss << " (" << kDevice
+            << "), " << cpu.records.front().loss << " -> " << cpu.records.back().loss
+            << " (cpu); worst relative difference " << worst << "\n";
+}
+
+TEST(GpuTraining, DeterministicRunsAreBitwiseIdentical) {
+  KILN_NEED_DEVICE();
+  const std::vector<StepRecord> a = train_small(kDevice, 4, {"run.deterministic=true"}).records;
+  const std::vector<StepRecord> b = train_small(kDevice, 4, {"run.deterministic=true"}).records;
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); i++) {
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << i + 1;
+    EXPECT_EQ(a[i].grad_norm, b[i].grad_norm) << "step " << i + 1;
+  }
+}
+
+TEST(GpuTraining, StepsAllocateNoDeviceMemory) {
+  KILN_NEED_DEVICE();
+  const GPTConfig cfg = small_model();
+  const int B = 2, T = 64;
+  for (Recompute recompute : {Recompute::none, Recompute::block}) {
+    const auto ops = backend::make_cuda_ops({});
+    GPT model(cfg, *ops, B, T, {}, nullptr, recompute);
+    model.init_weights(1);
+    AdamW optimizer(model, OptimConfig{});
+    std::vector<int32_t> tokens(B * T, 5), targets(B * T, 6);
+    const int64_t before = backend::device_allocation_count();
+    for (int step = 0; step < 3; step++) {
+      model.zero_grads();
+      model.forward_backward(tokens, targets, B, T);
+      optimizer.step(1e-3, ref::clip_factor(grad_norm(*ops, model.grads()), 1.0));
+      model.forward(tokens, targets, B, T);  // evaluation
+    }
+    EXPECT_EQ(backend::device_allocation_count(), before) << "recompute " << recompute_name(recompute);
+    EXPECT_GT(before, 0) << "the counter sees the set-up's allocations";
+  }
+}
+
+TEST(GpuTraining, RecomputeGivesTheSameGradients) {
+  KILN_NEED_DEVICE();
+  const GPTConfig cfg = small_model();
+  const int B = 1, T = 64;
+  std::vector<int32_t> tokens(B * T), targets(B * T);
+  for (int i = 0; i < B * T; i++) tokens[i] = (i * 37) % cfg.vocab_size, targets[i] = (i * 11 + 3) % cfg.vocab_size;
+  std::vector<std::vector<float>> grads;
+  int64_t activations[3];
+  for (Recompute recompute : {Recompute::none, Recompute::mlp, Recompute::block}) {
+    const auto ops = backend::make_cuda_ops({.deterministic = true});
+    GPT model(cfg, *ops, B, T, {}, nullptr, recompute);
+    model.init_weights(3);
+    model.forward_backward(tokens, targets, B, T);
+    grads.push_back(download(*ops, model.grads()));
+    activations[(int)recompute] = model.memory().activations;
+  }
+  EXPECT_EQ(grads[1], grads[0]) << "mlp recompute";
+  EXPECT_EQ(grads[2], grads[0]) << "block recompute";
+  EXPECT_LT(activations[1], activations[0]);
+  EXPECT_LT(activations[2], activations[1]);
+}
+
+// kiln plan and the start-up check predict, to the byte, what the model, AdamW and the backend
+// allocate, on the CPU and the CUDA backend, with every recompute setting.
+TEST(GpuTraining, TheMemoryPlanIsWhatIsAllocated) {
+  KILN_NEED_DEVICE();
+  const GPTConfig cfg = small_model();
+  const int B = 2, T = 48;
+  for (const bool on_device : {false, true})
+    for (const bool deterministic : {false, true})
+      for (const Recompute recompute : {Recompute::none, Recompute::mlp, Recompute::block}) {
+        const auto ops = on_device ? backend::make_cuda_ops({deterministic}) : make_cpu_ops();
+        GPT model(cfg, *ops, B, T, {}, nullptr, recompute);
+        AdamW optimizer(model, OptimConfig{});
+        PlanInput in;
+        in.model = cfg;
+        in.backend = on_device ? PlanBackend::cuda : PlanBackend::cpu;
+        in.deterministic = deterministic;
+        in.micro_batch = B;
+        in.seq_len = T;
+        in.recompute = recompute;
+        const MemoryPlan plan = plan_memory(in);
+        const ModelMemory& m = model.memory();
+        const std::string where = ops->name() + (deterministic ? " deterministic" : "") + ", recompute " +
+                                  recompute_name(recompute);
+        EXPECT_EQ(plan.parameters, m.parameters) << where;
+        EXPECT_EQ(plan.master, m.master) << where;
+        EXPECT_EQ(plan.gradients, m.gradients) << where;
+        EXPECT_EQ(plan.moments, optimizer.state_bytes()) << where;
+        EXPECT_EQ(plan.activations, m.activations) << where;
+        EXPECT_EQ(plan.logits, m.logits) << where;
+        EXPECT_EQ(plan.workspace, m.workspace) << where;
+      }
+}
+
+#ifndef KILN_TEST_GPU
+// The emulated device's memory is configurable, so running out of it is tested without a GPU.
+TEST(GpuTraining, AModelThatDoesNotFitIsRefusedBeforeAnyStep) {
+  test::TempDir dir;
+  const std::string message = test::error_of([&] { train_small("emu", 1, {"run.gpu_memory=\"24MiB\""}); });
+  EXPECT_TRUE(test::mentions(message, {"the model does not fit", "needs", "activations", "emulator has 24.0 MiB",
+                                       "--train.recompute=block"}))
+      << message;
+}
+
+TEST(GpuTraining, RunningOutOfDeviceMemoryNamesTheSizes) {
+  const auto ops = backend::make_cuda_ops({.emulated_memory_bytes = 64 << 20});
+  const std::string message = test::error_of([&] { ops->allocate(100 << 20, DType::f32); });
+  EXPECT_TRUE(test::mentions(message, {"out of device memory", "allocating 419430400 bytes", "of 67108864 free"}))
+      << message;
+  backend::make_cuda_ops({.emulated_memory_bytes = 80LL << 30});  // back to an H100's
+}
+#endif
+
+}  // namespace
+}  // namespace kiln
