@@ -28,7 +28,11 @@ class CpuOps final : public Ops {
   std::string name() const override { return fast_ ? "cpu" : "cpu-reference"; }
   const std::map<std::string, double>& op_seconds() const override { return times_; }
   DType compute_dtype() const override { return DType::f32; }
-  int64_t reserve_workspace(const OpsShape&) override { return 0; }  // the ops need no scratch
+  // matmul_gelu_backward's two passes go through one [rows, hidden] buffer.
+  int64_t reserve_workspace(const OpsShape& shape) override {
+    gelu_scratch_ = allocate(shape.rows * shape.hidden, DType::f32);
+    return shape.rows * shape.hidden * (int64_t)sizeof(float);
+  }
 
   Buffer allocate(int64_t numel, DType dtype) override {
     if (dtype == DType::bf16) throw std::invalid_argument("cpu backend stores f32, i32 and u8 only, not bf16");
@@ -94,6 +98,20 @@ class CpuOps final : public Ops {
     clear(dx);  // the references accumulate; the interface writes dx
     (fast_ ? cpu::matmul_backward : ref::matmul_backward<float>)(dx.f32(), dweight.f32(), dbias.f32(), dout.f32(),
                                                                   x.f32(), weight.f32(), N, C, OC);
+  }
+  void matmul_gelu_forward(const Tensor& out, const Tensor& pre, const Tensor& x, const Tensor& weight,
+                           const Tensor& bias, int N, int C, int OC) override {
+    matmul_forward(pre, x, weight, bias, N, C, OC);
+    gelu_forward(out, pre, (int64_t)N * OC);
+  }
+  void matmul_gelu_backward(const Tensor& dpre, const Tensor& dbias_pre, const Tensor& dweight, const Tensor& dbias,
+                            const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& pre, int N,
+                            int C, int OC) override {
+    const Tensor scratch = gelu_scratch_.view().slice(0, (int64_t)N * C);
+    matmul_backward(scratch, dweight, dbias, dout, x, weight, N, C, OC);  // scratch = dout @ weight
+    gelu_backward(dpre, pre, scratch, (int64_t)N * C);
+    OpTimer t(times_, "matmul");
+    cpu::bias_backward(dbias_pre.f32(), dpre.f32(), N, C);
   }
   void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv, int B, int T, int NH,
                          int HS) override {
@@ -176,6 +194,7 @@ class CpuOps final : public Ops {
 
  private:
   bool fast_;
+  Buffer gelu_scratch_;
   std::map<std::string, double> times_;  // seconds per op category, since construction
   static void clear(const Tensor& t) { std::memset(t.data, 0, (size_t)t.numel * dtype_size(t.dtype)); }
   template <class T>

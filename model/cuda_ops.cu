@@ -143,6 +143,17 @@ class CudaOps final : public Ops {
     matmul_.backward_weight(stream_, dweight.f32(), dbias ? dbias.f32() : nullptr, scratch(), bf(dout), bf(x), N, C, OC);
   }
 
+  void matmul_gelu_forward(const Tensor& out, const Tensor& pre, const Tensor& x, const Tensor& weight,
+                           const Tensor& bias, int N, int C, int OC) override {
+    matmul_.forward_gelu(stream_, bf(out), bf(pre), bf(x), bf(weight), bias ? bf(bias) : nullptr, N, C, OC);
+  }
+  // One GEMM for dweight, one with the DGELU_BGRAD epilogue for dpre and dbias_pre: no scratch.
+  void matmul_gelu_backward(const Tensor& dpre, const Tensor& dbias_pre, const Tensor& dweight, const Tensor& dbias,
+                            const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& pre, int N,
+                            int C, int OC) override {
+    matmul_.backward_weight(stream_, dweight.f32(), dbias ? dbias.f32() : nullptr, scratch(), bf(dout), bf(x), N, C, OC);
+    matmul_.backward_input_gelu(stream_, bf(dpre), dbias_pre.f32(), scratch(), bf(dout), bf(weight), bf(pre), N, C, OC);
+  }
   void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv, int B, int T, int NH,
                          int HS) override {
     kiln::KILN_NS::attention_forward(stream_, bf(out), lse.f32(), bf(qkv), {B, T, NH, HS, true});

@@ -84,7 +84,6 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
   d_qkv_ = scratch(N * 3 * A);
   d_att_ = scratch(N * A);
   d_fc_ = scratch(N * H);
-  d_fc_gelu_ = scratch(N * H);
   if (tp_comm_) {
     zero_wpe_ = alloc(memory_.workspace, (int64_t)cfg.max_seq_len * C, wd);
     ce_max_ = alloc(memory_.logits, N, f32);
@@ -93,7 +92,7 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
   }
   const int widest = (int)std::max({3 * A, H, C, Vp});
   memory_.workspace += ops.reserve_workspace(
-      {N, max_batch, max_seq, (int)C, local_.heads, local_.head_size, widest});
+      {N, max_batch, max_seq, (int)C, local_.heads, local_.head_size, widest, (int)H});
   host_losses_.resize(N);
   host_tokens_.resize(N);
 }
@@ -204,8 +203,14 @@ void GPT::block_forward(int l, int B, int T) {
   tp_all_reduce(rows(a.att_proj, C));
   ops_.residual_layernorm_forward(rows(a.residual2, C), rows(a.ln2, C), rows(a.ln2_mean, 1), rows(a.ln2_rstd, 1),
                                   residual, rows(a.att_proj, C), w.ln2_w, w.ln2_b, N, C);
-  ops_.matmul_forward(rows(a.fc, H), rows(a.ln2, C), w.fc_w, w.fc_b, N, C, H);
-  ops_.gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), N * H);
+  // Fused into the GEMM, except under MLP recompute: its backward rebuilds gelu(fc) from the
+  // stored bf16 fc, which must give what the forward used, bit for bit.
+  if (recompute_ == Recompute::mlp) {
+    ops_.matmul_forward(rows(a.fc, H), rows(a.ln2, C), w.fc_w, w.fc_b, N, C, H);
+    ops_.gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), N * H);
+  } else {
+    ops_.matmul_gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), rows(a.ln2, C), w.fc_w, w.fc_b, N, C, H);
+  }
   ops_.matmul_forward(rows(a.fc_proj, C), rows(a.fc_gelu, H), w.fc_proj_w, first_rank ? w.fc_proj_b : Tensor{}, N,
                       H, C);
   tp_all_reduce(rows(a.fc_proj, C));
@@ -287,7 +292,7 @@ void GPT::backward(int B, int T, const GradsReady& ready) {
   const int C = cfg_.n_embd, A = local_.attn_width, H = local_.mlp_width, Vp = local_.vocab_rows;
   auto rows = [N](const Buffer& b, int64_t width) { return b.view().slice(0, N * width); };
   const Tensor d_res = rows(d_residual_, C), d_ln = rows(d_ln_, C), d_qkv = rows(d_qkv_, 3 * A);
-  const Tensor d_att = rows(d_att_, A), d_fc = rows(d_fc_, H), d_fc_gelu = rows(d_fc_gelu_, H);
+  const Tensor d_att = rows(d_att_, A), d_fc = rows(d_fc_, H);
 
   // logits_ now holds d(loss)/d(logits) (cross_entropy wrote it in place).
   ops_.matmul_backward(d_ln, g_.wte, Tensor{}, rows(logits_, Vp), rows(lnf_, C), w_.wte, N, C, Vp);
@@ -307,9 +312,9 @@ void GPT::backward(int B, int T, const GradsReady& ready) {
     }
     if (recompute_ == Recompute::mlp) ops_.gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), N * H);
     // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))).
-    ops_.matmul_backward(d_fc_gelu, g.fc_proj_w, g.fc_proj_b, d_res, rows(a.fc_gelu, H), w.fc_proj_w, N, H, C);
-    ops_.gelu_backward(d_fc, rows(a.fc, H), d_fc_gelu, N * H);
-    ops_.matmul_backward(d_ln, g.fc_w, g.fc_b, d_fc, rows(a.ln2, C), w.fc_w, N, C, H);
+    ops_.matmul_gelu_backward(d_fc, g.fc_b, g.fc_proj_w, g.fc_proj_b, d_res, rows(a.fc_gelu, H), w.fc_proj_w,
+                              rows(a.fc, H), N, H, C);
+    ops_.matmul_backward(d_ln, g.fc_w, Tensor{}, d_fc, rows(a.ln2, C), w.fc_w, N, C, H);  // fc_b: just above
     tp_all_reduce(d_ln);
     ops_.layernorm_backward(d_res, g.ln2_w, g.ln2_b, d_ln, rows(a.residual2, C), w.ln2_w, rows(a.ln2_mean, 1),
                             rows(a.ln2_rstd, 1), N, C);

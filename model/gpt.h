@@ -110,7 +110,7 @@ class GPT {
   // Per block; under recompute the rebuilt activations share one set of buffers across blocks.
   std::vector<BlockActivations> blocks_;
   // Backward scratch, reused by every layer.
-  Buffer d_residual_, d_ln_, d_qkv_, d_att_, d_fc_, d_fc_gelu_;
+  Buffer d_residual_, d_ln_, d_qkv_, d_att_, d_fc_;
   std::vector<float> host_losses_;
   std::vector<int32_t> host_tokens_;  // the last forward's, for the embedding backward
   ModelMemory memory_;

@@ -21,6 +21,7 @@ struct OpsShape {
   int64_t rows = 0;     // B * T
   int batch = 0, seq = 0, channels = 0, heads = 0, head_size = 0;
   int widest = 0;       // the largest output width of any matmul (3A, H, C, padded vocabulary)
+  int hidden = 0;       // the MLP's width (H)
 };
 
 class Ops {
@@ -68,6 +69,18 @@ class Ops {
                               int C, int OC) = 0;
   virtual void matmul_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                                const Tensor& x, const Tensor& weight, int N, int C, int OC) = 0;
+
+  // The MLP's first layer with its GELU: pre[N,OC] = x @ weight^T + bias, out = gelu(pre) (one
+  // GEMM with a GELU epilogue on the GPU).
+  virtual void matmul_gelu_forward(const Tensor& out, const Tensor& pre, const Tensor& x, const Tensor& weight,
+                                   const Tensor& bias, int N, int C, int OC) = 0;
+  // Backward of the layer after a GELU, x = gelu(pre) [N,C], and of that GELU: dweight and dbias
+  // accumulate as in matmul_backward; dpre = (dout @ weight) * gelu'(pre) is written and
+  // dbias_pre += sum_n dpre, the bias gradient of the layer that made pre (whose own
+  // matmul_backward then takes no dbias).
+  virtual void matmul_gelu_backward(const Tensor& dpre, const Tensor& dbias_pre, const Tensor& dweight,
+                                    const Tensor& dbias, const Tensor& dout, const Tensor& x, const Tensor& weight,
+                                    const Tensor& pre, int N, int C, int OC) = 0;
 
   // Causal attention over qkv[B,T,3,NH,HS]; lse[B,NH,T] is saved for the backward.
   virtual void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv, int B, int T, int NH,

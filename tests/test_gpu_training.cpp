@@ -192,8 +192,13 @@ TEST(GpuTraining, RecomputeGivesTheSameGradients) {
     grads.push_back(download(*ops, model.grads()));
     activations[(int)recompute] = model.memory().activations;
   }
-  EXPECT_EQ(grads[1], grads[0]) << "mlp recompute";
+  // Block recompute reruns the same kernels: the same bits. MLP recompute takes the unfused GELU
+  // (the fused epilogue's gelu comes from the fp32 accumulator, not the stored bf16 fc).
   EXPECT_EQ(grads[2], grads[0]) << "block recompute";
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < grads[0].size(); i++)
+    diff += std::pow((double)grads[1][i] - grads[0][i], 2), norm += std::pow((double)grads[0][i], 2);
+  EXPECT_LT(std::sqrt(diff / norm), 1e-2) << "mlp recompute";
   EXPECT_LT(activations[1], activations[0]);
   EXPECT_LT(activations[2], activations[1]);
 }

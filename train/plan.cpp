@@ -60,14 +60,13 @@ MemoryPlan plan_memory(const PlanInput& in) {
   // + tokens and targets, the embedding output, ln_f and its statistics.
   m.activations = N * (blocks + kI32 * 2 + w * 2 * C + kFp32 * 2);
   m.logits = N * (w * Vp + kFp32 + (in.tp > 1 ? 4 * kFp32 : 0));  // + the split cross-entropy's statistics
-  // Backward scratch (d_residual, d_ln: C; d_qkv: 3A; d_att: A; d_fc, d_gelu: H), TP's zero wpe,
-  // and the CUDA backend's scratch and cuBLASLt workspace.
-  m.workspace = N * w * (2 * C + 4 * A + 2 * H) + (in.tp > 1 ? w * in.model.max_seq_len * C : 0);
-  if (!cpu) {
-    const OpsShape shape{N, in.micro_batch, in.seq_len, (int)C, s.heads, s.head_size,
-                         (int)std::max({3 * A, H, C, Vp})};
-    m.workspace += emu::cuda_ops_workspace_bytes(shape, {in.deterministic});
-  }
+  // Backward scratch (d_residual, d_ln: C; d_qkv: 3A; d_att: A; d_fc: H), TP's zero wpe, and the
+  // backend's: on the CPU one [N, H] buffer, on CUDA its scratch and the cuBLASLt workspace.
+  m.workspace = N * w * (2 * C + 4 * A + H) + (in.tp > 1 ? w * in.model.max_seq_len * C : 0);
+  const OpsShape shape{N, in.micro_batch, in.seq_len, (int)C, s.heads, s.head_size, (int)std::max({3 * A, H, C, Vp}),
+                       (int)H};
+  // (the emulator's and the GPU's backend are the same source: the same sizes)
+  m.workspace += cpu ? kFp32 * N * H : emu::cuda_ops_workspace_bytes(shape, {in.deterministic});
   m.reserved = cpu ? 0 : (int64_t)in.gpu.reserved_bytes;
   return m;
 }

@@ -18,7 +18,10 @@ void matmul_backward(float* dx, float* dweight, float* dbias, const float* dout,
                      int N, int C, int OC) {
   sgemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dx, C);      // dx += dout W
   sgemm(true, false, OC, C, N, 1.0f, dout, OC, x, C, 1.0f, dweight, C);       // dW += dout^T x
-  if (!dbias) return;
+  if (dbias) bias_backward(dbias, dout, N, OC);
+}
+
+void bias_backward(float* dbias, const float* dout, int N, int OC) {
   // Column sums in blocks of columns: each thread owns its columns, rows summed in order.
   constexpr int kColumns = 64;
 #pragma omp parallel for

@@ -10,6 +10,8 @@ namespace kiln::cpu {
 void matmul_forward(float* out, const float* x, const float* weight, const float* bias, int N, int C, int OC);
 void matmul_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x, const float* weight,
                      int N, int C, int OC);
+// dbias[OC] += sum over the N rows of dout[N, OC], in row order (the bias gradient).
+void bias_backward(float* dbias, const float* dout, int N, int OC);
 
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int HS);
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse, int B,
