@@ -98,6 +98,8 @@ class CudaOps final : public Ops {
     for (size_t i = 0; i < dst.size(); i++) dst[i] = __bfloat162float(host[i]);
   }
 
+  void synchronize() override { stream_.synchronize(); }
+
   void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int B, int T,
                          int C, int vocab_begin, int vocab_rows) override {
     kiln::KILN_NS::embedding_forward(stream_, bf(out), tokens.i32(), bf(wte), bf(wpe), B, T, C, vocab_begin, vocab_rows);
@@ -248,6 +250,7 @@ std::unique_ptr<Ops> make_cuda_ops(const CudaOpsOptions& options) {
 #ifdef KILN_EMU
   if (options.emulated_memory_bytes > 0) set_device_memory((size_t)options.emulated_memory_bytes);
 #endif
+  KILN_CHECK(KILN_RT cudaSetDevice(options.device));
   return std::make_unique<CudaOps>(options);
 }
 

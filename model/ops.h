@@ -45,6 +45,9 @@ class Ops {
   virtual void upload(const Tensor& dst, std::span<const float> src) = 0;
   virtual void upload(const Tensor& dst, std::span<const int32_t> src) = 0;
   virtual void download(std::span<float> dst, const Tensor& src) = 0;
+  // Waits for the work queued so far (the CUDA backend's ops are asynchronous): before a host-side
+  // collective reads the tensors they wrote.
+  virtual void synchronize() = 0;
 
   // out[B,T,C] = wte[token] + wpe[t], wte holding vocab rows [vocab_begin, vocab_begin + vocab_rows).
   virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int B,

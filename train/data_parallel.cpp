@@ -16,8 +16,9 @@ DataParallel::DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double 
       zero1_(zero1 && comm.size() > 1),
       bucket_bytes_(zero1_ || comm.size() == 1 ? 0 : bucket_bytes),
       total_(model.layout().total()) {
-  if (comm.size() > 1 && !model.ops().name().starts_with("cpu"))
-    throw std::runtime_error("data parallelism over MPI needs the cpu backend (run.device = " + model.ops().name() + ")");
+  if (zero1 && comm.size() > 1 && !model.ops().name().starts_with("cpu"))
+    throw std::runtime_error("parallel.zero = 1 runs on the cpu backend only so far (run.device = " +
+                             model.ops().name() + ")");
   // The flat buffer padded to a multiple of the ranks, so that every shard has the same size.
   shard_ = zero1_ ? (total_ + comm.size() - 1) / comm.size() : total_;
   first_ = zero1_ ? std::min(total_, comm.rank() * shard_) : 0;
@@ -45,6 +46,7 @@ GPT::GradsReady DataParallel::grads_ready() {
 
 void DataParallel::start_pending() {
   if (pending_end_ == pending_first_) return;
+  model_.ops().synchronize();  // the backward has written the bucket
   comm_.all_reduce_sum_start(std::span<float>(model_.grads().f32() + pending_first_, (size_t)(pending_end_ - pending_first_)));
   started_ += pending_end_ - pending_first_;
   buckets_++;
@@ -62,6 +64,7 @@ double DataParallel::tp_sum_squares(const Tensor& grads, int64_t first, int64_t 
 double DataParallel::reduce_gradients() {
   const Tensor& grads = model_.grads();
   std::span<float> full(grads.f32(), (size_t)total_);
+  model_.ops().synchronize();
   if (bucket_bytes_ > 0) {
     start_pending();
     comm_.wait_all();

@@ -1,4 +1,5 @@
-// Data parallelism over a Comm for the CPU backend's host buffers (design.md §5). After each
+// Data parallelism over a Comm that can reach the gradients (design.md §5): MPI for the CPU
+// backend's and the emulated device's (host memory), NCCL for a GPU's. After each
 // backward pass the ranks' gradients are summed: all-reduced into every rank's full gradient, or
 // under ZeRO-1 reduce-scattered into this rank's shard of the flat buffer. The optimizer then
 // updates only that shard (so it keeps 1/DP of the moments), and the updated parameters are
@@ -16,7 +17,7 @@ class DataParallel {
  public:
   // bucket_bytes > 0 (and no ZeRO-1): gradients are all-reduced in buckets of at least that many
   // bytes during the backward pass, as GPT::forward_backward reports them final (grads_ready()).
-  // comm is the data-parallel group; tp the model's tensor-parallel group (its ranks hold
+  // comm is the data-parallel group (over NCCL on a GPU); tp the model's tensor-parallel group (its ranks hold
   // different slices of the sharded tensors and the same replicated ones).
   DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double bucket_bytes);
 

@@ -19,6 +19,7 @@
 #include "model/gpt.h"
 #include "model/params.h"
 #include "parallel/context.h"
+#include "parallel/nccl_comm.h"
 #include "train/data_parallel.h"
 #include "train/job_check.h"
 #include "train/metrics.h"
@@ -99,8 +100,8 @@ DeviceTarget device_target(const TrainConfig& cfg, const std::string& device) {
 
 std::unique_ptr<Ops> make_ops(const TrainConfig& cfg, const std::string& device, const DeviceTarget& target) {
   if (device == "cpu") return make_cpu_ops();
-  const CudaOpsOptions options{cfg.deterministic, target.memory_bytes};
-  if (device == "emu") return emu::make_cuda_ops(options);
+  if (device == "emu") return emu::make_cuda_ops({cfg.deterministic, 0, target.memory_bytes});
+  const CudaOpsOptions options{cfg.deterministic, detect_process().local_rank, 0};  // one GPU per process
 #ifdef KILN_HAVE_CUDA
   return cuda::make_cuda_ops(options);
 #else
@@ -285,7 +286,13 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
 
   GPT model(model_cfg, *ops, B, T, {tp, tp_comm->rank()}, tp_comm.get(), cfg.train.recompute);
   model.init_weights(cfg.train.seed);
-  DataParallel data_parallel(model, *dp_comm, *tp_comm, cfg.parallel.zero == 1, cfg.parallel.bucket_mb * 1e6);
+  // A GPU's gradients are reduced over NCCL; host scalars (loss, token counts) stay on MPI.
+  std::unique_ptr<Comm> gradient_comm;
+#ifdef KILN_HAVE_CUDA
+  if (device == "cuda" && dp_comm->size() > 1) gradient_comm = make_nccl_comm(*dp_comm, cfg.parallel.timeout_s);
+#endif
+  DataParallel data_parallel(model, gradient_comm ? *gradient_comm : *dp_comm, *tp_comm, cfg.parallel.zero == 1,
+                             cfg.parallel.bucket_mb * 1e6);
   AdamW optimizer(model, cfg.optim, data_parallel.shard_first(), data_parallel.shard_count());
 
   const int64_t params = model.layout().total();  // this tensor-parallel rank's
@@ -321,7 +328,8 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   for (int64_t step = 0; step < cfg.train.steps; step++) {
     const auto start = Clock::now();
     const int64_t tp_collectives_before = tp_comm->collectives();
-    for (Comm* c : {&comm, tp_comm.get(), dp_comm.get()}) c->set_context(fmt::format("step {}", step + 1));
+    for (Comm* c : {&comm, tp_comm.get(), dp_comm.get(), gradient_comm.get()})
+      if (c) c->set_context(fmt::format("step {}", step + 1));
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < cfg.train.grad_accum; micro++) {
