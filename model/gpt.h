@@ -40,6 +40,7 @@ class GPT {
 
   const GPTConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
+  TensorParallel tensor_parallel() const { return tp_; }
   Ops& ops() const { return ops_; }
   const Tensor& params() const { return params_; }
   // The fp32 parameters AdamW updates: params() itself when that is fp32.

@@ -41,6 +41,22 @@ class ParamLayout {
   int64_t padding_ = 0;
 };
 
+// Where one tensor-parallel rank's tensor sits in the whole model's tensor: a box (start and
+// count per dimension) of the global shape, whose row-major order is the local tensor's order.
+// Global shapes are the unsharded ones, except that the fused QKV projection is [3, H, D, C]
+// (bias [3, H, D]), so that a rank's heads are one box, and wte has the real vocabulary's rows
+// only (a rank's padding rows are outside its box: its box may hold fewer rows than its tensor).
+struct TensorSlice {
+  std::vector<int64_t> global_shape, start, count;
+  int64_t numel() const;          // of the box
+  int64_t global_numel() const;
+};
+TensorSlice tensor_slice(const GPTConfig& cfg, TensorParallel tp, const ParamSpec& local);
+
+// Copies a box between a row-major global array and the box's own row-major array.
+void copy_box_out(const TensorSlice& box, const float* global, float* local);  // global -> local
+void copy_box_in(const TensorSlice& box, const float* local, float* global);   // local -> global
+
 // Named views of one flat buffer laid out by a ParamLayout (parameters, or their gradients).
 struct BlockTensors {
   Tensor ln1_w, ln1_b, qkv_w, qkv_b, attn_proj_w, attn_proj_b;

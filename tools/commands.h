@@ -25,5 +25,6 @@ void add_tokenize_command(CLI::App& app);
 void add_prepare_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
+void add_ckpt_command(CLI::App& app);
 
 }  // namespace kiln::cli

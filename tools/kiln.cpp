@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   kiln::cli::add_tokenize_command(app);
   kiln::cli::add_bench_command(app);
   kiln::cli::add_plan_command(app);
+  kiln::cli::add_ckpt_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

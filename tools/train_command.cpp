@@ -27,7 +27,10 @@ void add_train_command(CLI::App& app) {
            {"--threads", "run.threads", "CPU threads, 0 = all cores (run.threads)"},
            {"--data", "data.path", "prepared dataset directory, or 'random' (data.path)"},
            {"--tp", "parallel.tp", "tensor-parallel size, consecutive ranks (parallel.tp)"},
-           {"--seed", "train.seed", "seed of the initial weights and the data order (train.seed)"}}) {
+           {"--seed", "train.seed", "seed of the initial weights and the data order (train.seed)"},
+           {"--save-every", "checkpoint.every", "steps between checkpoints in the run directory (checkpoint.every)"},
+           {"--resume", "checkpoint.resume", "resume from this checkpoint; default: the run directory's latest (checkpoint.resume)"},
+           {"--init-from", "checkpoint.init_from", "fine-tune: a checkpoint's parameters only (checkpoint.init_from)"}}) {
     cmd->add_option_function<std::string>(
         flag, [shortcuts, key = std::string(key)](const std::string& v) { shortcuts->emplace_back(key, v); }, help);
   }

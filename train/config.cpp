@@ -182,6 +182,11 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("parallel.zero", cfg.parallel.zero);
   r.get("parallel.timeout_s", cfg.parallel.timeout_s);
   r.get("parallel.bucket_mb", cfg.parallel.bucket_mb);
+  r.get("checkpoint.every", cfg.checkpoint.every);
+  r.get("checkpoint.keep", cfg.checkpoint.keep);
+  r.get("checkpoint.resume", cfg.checkpoint.resume);
+  r.get("checkpoint.init_from", cfg.checkpoint.init_from);
+  r.get("checkpoint.on_error", cfg.checkpoint.on_error);
   r.get("run.dir", cfg.run_dir);
   r.get("run.device", cfg.device);
   r.get("run.threads", cfg.threads);
@@ -222,6 +227,12 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   } catch (const std::invalid_argument& e) {
     bad("train.recompute", e.what());
   }
+  if (cfg.checkpoint.every < 0) bad("checkpoint.every", "expected >= 0 (0: never)");
+  if (cfg.checkpoint.keep < 0) bad("checkpoint.keep", "expected >= 0 (0: keep all)");
+  if (cfg.checkpoint.on_error != "stop" && cfg.checkpoint.on_error != "continue")
+    bad("checkpoint.on_error", "'" + cfg.checkpoint.on_error + "': expected stop or continue");
+  if (!cfg.checkpoint.resume.empty() && !cfg.checkpoint.init_from.empty())
+    bad("checkpoint.init_from", "cannot be combined with checkpoint.resume (resume continues a run, init_from starts one)");
   if (cfg.train.nonfinite != "stop" && cfg.train.nonfinite != "skip")
     bad("train.nonfinite", "'" + cfg.train.nonfinite + "': expected stop or skip");
   if (cfg.train.sample_every < 0) bad("train.sample_every", "expected >= 0 (0 disables sampling)");

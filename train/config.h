@@ -49,6 +49,14 @@ struct ParallelConfig {
   double bucket_mb = 25;   // gradient all-reduce buckets, started during backward; 0: one after it
 };
 
+struct CheckpointConfig {
+  int every = 0;             // steps between saves (and at the end); 0: never
+  int keep = 3;              // newest checkpoints kept; 0: all
+  std::string resume;        // a checkpoint directory; empty: run.dir's latest, if any
+  std::string init_from;     // fine-tuning: a checkpoint's parameters only (new optimizer and data)
+  std::string on_error = "stop";  // a failed save: stop, or continue training (the previous one stays)
+};
+
 struct TrainConfig {
   std::string source;  // where it came from, for messages
   std::string settings;  // every key set by the file or an override, "section.key = value" per line, sorted
@@ -59,6 +67,7 @@ struct TrainConfig {
   TrainLoopConfig train;
   OptimConfig optim;
   ParallelConfig parallel;
+  CheckpointConfig checkpoint;
   std::string run_dir = "runs/default";
   std::string device = "auto";  // auto: cuda when a GPU is present, else cpu; emu: CUDA backend on the emulator
   int threads = 0;  // 0 = all cores

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 namespace kiln {
 
@@ -21,14 +22,18 @@ DataParallel::DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double 
                              model.ops().name() + ")");
   // The flat buffer padded to a multiple of the ranks, so that every shard has the same size.
   shard_ = zero1_ ? (total_ + comm.size() - 1) / comm.size() : total_;
-  first_ = zero1_ ? std::min(total_, comm.rank() * shard_) : 0;
-  count_ = zero1_ ? std::min(total_ - first_, shard_) : total_;
+  std::tie(first_, count_) = shard_of(total_, zero1_ ? comm.size() : 1, zero1_ ? comm.rank() : 0);
   if (zero1_) {
     padded_grads_.assign(shard_ * comm.size(), 0.0f);
     shard_grads_.assign(shard_, 0.0f);
     shard_params_.assign(shard_, 0.0f);
     gathered_.assign(shard_ * comm.size(), 0.0f);
   }
+}
+
+std::pair<int64_t, int64_t> DataParallel::shard_of(int64_t total, int size, int rank) {
+  const int64_t shard = (total + size - 1) / size, first = std::min(total, rank * shard);
+  return {first, std::min(total - first, shard)};
 }
 
 GPT::GradsReady DataParallel::grads_ready() {

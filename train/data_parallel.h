@@ -6,6 +6,7 @@
 // all-gathered. Either way every rank ends the step with the same parameters.
 #pragma once
 
+#include <utility>
 #include <vector>
 
 #include "model/gpt.h"
@@ -21,6 +22,9 @@ class DataParallel {
   // different slices of the sharded tensors and the same replicated ones).
   DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double bucket_bytes);
 
+  // [first, count) of `total` elements that rank `rank` of `size` owns under ZeRO-1: shards of
+  // ceil(total / size), the last ones short or empty.
+  static std::pair<int64_t, int64_t> shard_of(int64_t total, int size, int rank);
   // The elements of the flat buffer whose optimizer state this rank keeps.
   int64_t shard_first() const { return first_; }
   int64_t shard_count() const { return count_; }

@@ -1,4 +1,5 @@
-// One JSON object per line in RUN_DIR/metrics.jsonl. Appends, so earlier runs' rows are kept.
+// One JSON object per line in RUN_DIR/metrics.jsonl. Appends, so earlier runs' rows are kept; a
+// resumed run first drops the rows of steps after its checkpoint, so that no step shows twice.
 #pragma once
 
 #include <fstream>
@@ -9,7 +10,8 @@ namespace kiln {
 
 class MetricsWriter {
  public:
-  explicit MetricsWriter(const std::string& run_dir);  // creates the directory; throws naming it
+  // Creates the directory (throws naming it); keeps only rows with step <= last_kept_step when > 0.
+  explicit MetricsWriter(const std::string& run_dir, int64_t last_kept_step = 0);
   void write(const nlohmann::json& row);
   const std::string& path() const { return path_; }
 

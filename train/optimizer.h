@@ -19,6 +19,12 @@ class AdamW {
   // (count values, for elements first..) when given.
   void step(double lr, double grad_scale = 1.0, const Tensor& shard_grads = {});
   int64_t steps_taken() const { return step_; }
+  void set_steps_taken(int64_t steps) { step_ = steps; }  // a resumed run's bias correction
+  // The moments of elements [first(), first() + count()) of the flat buffer.
+  const Tensor& m() const { return m_; }
+  const Tensor& v() const { return v_; }
+  int64_t first() const { return first_; }
+  int64_t count() const { return count_; }
   int64_t state_floats() const { return 2 * count_; }  // m and v
   int64_t state_bytes() const { return 2 * count_ * (int64_t)sizeof(float) + table_.view().numel; }
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <optional>
 #include <random>
+#include <sstream>
 
 #include "data/dataset.h"
 #include "data/loader.h"
@@ -20,6 +21,7 @@
 #include "model/params.h"
 #include "parallel/context.h"
 #include "parallel/nccl_comm.h"
+#include "train/checkpoint.h"
 #include "train/data_parallel.h"
 #include "train/job_check.h"
 #include "train/metrics.h"
@@ -191,6 +193,17 @@ class BatchSource {
     return batch_;
   }
   DataLoader* validation() const { return val_.get(); }
+  // Where the training stream stands, for a checkpoint, and back.
+  void save_position(TrainingState& state) const {
+    if (train_) state.loader = train_->state();
+    std::ostringstream rng;
+    rng << rng_;
+    state.random_tokens = rng.str();
+  }
+  void restore_position(const TrainingState& state) {
+    if (train_ && state.loader) train_->restore(*state.loader);
+    if (!state.random_tokens.empty()) std::istringstream(state.random_tokens) >> rng_;
+  }
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }  // none for random tokens
   std::string describe(const std::string& path) const {
     if (!data_) return fmt::format("random tokens over {} ids (no validation)", vocab_);
@@ -281,8 +294,6 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
         B, T, recompute_name(cfg.train.recompute), format_bytes(plan.total()), describe(plan), target.name,
         format_bytes(target.memory_bytes)));
   std::unique_ptr<Ops> ops = make_ops(cfg, device, target);
-  std::optional<MetricsWriter> metrics;
-  if (comm.rank() == 0) metrics.emplace(cfg.run_dir);
 
   GPT model(model_cfg, *ops, B, T, {tp, tp_comm->rank()}, tp_comm.get(), cfg.train.recompute);
   model.init_weights(cfg.train.seed);
@@ -294,6 +305,23 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   DataParallel data_parallel(model, gradient_comm ? *gradient_comm : *dp_comm, *tp_comm, cfg.parallel.zero == 1,
                              cfg.parallel.bucket_mb * 1e6);
   AdamW optimizer(model, cfg.optim, data_parallel.shard_first(), data_parallel.shard_count());
+
+  // Resume from the run directory's latest checkpoint (or checkpoint.resume), whatever layout saved it.
+  const CheckpointRank ckpt_rank{tp, tp_comm->rank(), dp_comm->size(), dp_comm->rank(),
+                                 cfg.parallel.zero == 1 && dp_comm->size() > 1};
+  const std::string resume = cfg.checkpoint.resume.empty() ? latest_checkpoint(cfg.run_dir) : cfg.checkpoint.resume;
+  int64_t first_step = 0;
+  if (!resume.empty()) {
+    const TrainingState state = load_checkpoint(resume, model, optimizer);
+    data.restore_position(state);
+    first_step = state.step;
+    log << fmt::format("resumed from {} at step {}\n", resume, first_step);
+  } else if (!cfg.checkpoint.init_from.empty()) {
+    load_parameters(cfg.checkpoint.init_from, model);
+    log << fmt::format("parameters from {} (optimizer, data and schedule start afresh)\n", cfg.checkpoint.init_from);
+  }
+  std::optional<MetricsWriter> metrics;
+  if (comm.rank() == 0) metrics.emplace(cfg.run_dir, first_step);  // rows past the checkpoint are dropped
 
   const int64_t params = model.layout().total();  // this tensor-parallel rank's
   const int64_t model_params = ParamLayout(model_cfg, {1, 0}).total();
@@ -325,7 +353,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   double elapsed_s = 0;  // training steps only (for tokens/s); the breakdown covers evaluation too
   const auto run_start = Clock::now();
   int64_t tp_collectives_per_step = 0, skipped = 0;
-  for (int64_t step = 0; step < cfg.train.steps; step++) {
+  for (int64_t step = first_step; step < cfg.train.steps; step++) {
     const auto start = Clock::now();
     const int64_t tp_collectives_before = tp_comm->collectives();
     for (Comm* c : {&comm, tp_comm.get(), dp_comm.get(), gradient_comm.get()})
@@ -379,7 +407,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     if (metrics) metrics->write(row);
 
     if ((step + 1) % cfg.train.log_every == 0 || last || rec.val_loss) {
-      const double eta = elapsed_s / (double)(step + 1) * (double)(cfg.train.steps - step - 1);
+      const double eta = elapsed_s / (double)(step + 1 - first_step) * (double)(cfg.train.steps - step - 1);
       log << fmt::format("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.1f} ms | {:.0f} tok/s | "
                          "{:.2f} GFLOP/s | MFU {} | ETA {}",
                          rec.step, std::to_string(cfg.train.steps).size(), cfg.train.steps, loss, lr, norm,
@@ -393,10 +421,24 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
       log << fmt::format("sample at step {}: {:?}\n", step + 1, cfg.train.sample_prompt + data.tokenizer()->decode(text));
     }
     records.push_back(rec);
+    if (cfg.checkpoint.every > 0 && ((step + 1) % cfg.checkpoint.every == 0 || last)) {
+      TrainingState state{step + 1, {}, {}};
+      data.save_position(state);
+      const auto save_start = Clock::now();
+      try {
+        const std::string dir =
+            save_checkpoint(cfg.run_dir, cfg.settings, model, optimizer, ckpt_rank, state, comm, cfg.checkpoint.keep);
+        log << fmt::format("saved {} in {:.2f} s\n", dir,
+                           std::chrono::duration<double>(Clock::now() - save_start).count());
+      } catch (const std::exception& e) {
+        if (cfg.checkpoint.on_error == "stop") throw;
+        log << fmt::format("{}; training goes on (checkpoint.on_error = continue)\n", e.what());
+      }
+    }
   }
   if (skipped > 0) log << fmt::format("{} step(s) skipped for a non-finite loss or gradient norm\n", skipped);
-  log << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg.train.steps, format_duration(elapsed_s),
-                     tokens_per_step * cfg.train.steps / elapsed_s);
+  log << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg.train.steps - first_step,
+                     format_duration(elapsed_s), tokens_per_step * (cfg.train.steps - first_step) / elapsed_s);
   if (tp > 1) {
     check_replicas_agree(model, *tp_comm);
     log << fmt::format("tensor parallel over {} ranks: {} collectives per step; replicated parameters bitwise equal\n",

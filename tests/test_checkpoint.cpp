@@ -1,0 +1,218 @@
+// Checkpoints on one process (the MPI layouts: tests/parallel/checkpoint_resume.sh): bit-exact
+// resume, metrics without repeated steps, fine-tuning from parameters, a failed save that leaves
+// the previous checkpoint, and a clear error for every malformed checkpoint.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/prepare.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace kiln {
+namespace {
+
+using namespace kiln::test;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// kiln's README as a byte-level dataset: the loader's position is part of what resumes.
+std::string readme_data(const TempDir& dir) {
+  PrepareOptions o;
+  o.inputs = {std::string(KILN_SOURCE_DIR) + "/README.md"};
+  o.output = dir.path("data");
+  prepare_dataset(o);
+  return o.output;
+}
+
+struct TrainRun {
+  std::vector<StepRecord> records;
+  std::string log;
+};
+
+TrainRun train_test(const std::string& run_dir, const std::string& data, int steps, std::vector<std::string> extra = {}) {
+  std::vector<std::string> o = {"model.preset=test", "data.path=" + data, "train.seq_len=32", "train.batch_size=4",
+                                "train.steps=" + std::to_string(steps), "train.eval_every=0", "run.device=cpu",
+                                "run.dir=" + run_dir};
+  o.insert(o.end(), extra.begin(), extra.end());
+  std::ostringstream log;
+  std::vector<StepRecord> records = train(load_train_config("", o), log);
+  return {records, log.str()};
+}
+
+std::vector<json> metrics(const std::string& run_dir) {
+  std::vector<json> rows;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) rows.push_back(json::parse(line));
+  return rows;
+}
+
+TEST(Checkpoint, StopAndResumeIsBitExact) {
+  TempDir dir;
+  const std::string data = readme_data(dir);
+  train_test(dir.path("straight"), data, 8);
+  train_test(dir.path("resumed"), data, 4, {"checkpoint.every=2"});
+  EXPECT_EQ(latest_checkpoint(dir.path("resumed")), dir.path("resumed") + "/step_00000004");
+  const TrainRun second = train_test(dir.path("resumed"), data, 8, {"checkpoint.every=4"});
+  EXPECT_TRUE(mentions(second.log, {"resumed from " + dir.path("resumed") + "/step_00000004 at step 4"}));
+  ASSERT_EQ(second.records.size(), 4u);
+  const std::vector<json> a = metrics(dir.path("straight")), b = metrics(dir.path("resumed"));
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); i++) {
+    EXPECT_EQ(b[i]["step"], i + 1);
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>()) << "step " << i + 1;
+  }
+  // Keep 3 (the default): steps 2, 4 and 8 remain... 2 is the oldest of four saves minus one.
+  EXPECT_TRUE(fs::exists(dir.path("resumed") + "/step_00000008"));
+  EXPECT_NO_THROW(verify_checkpoint(dir.path("resumed") + "/step_00000008"));
+}
+
+TEST(Checkpoint, RowsPastTheCheckpointAreDroppedOnResume) {
+  TempDir dir;
+  const std::string run = dir.path("run");
+  train_test(run, "random", 4, {"checkpoint.every=2"});
+  // As if the job died after step 4's metrics but before its checkpoint committed.
+  fs::remove_all(run + "/step_00000004");
+  std::ofstream(run + "/latest") << "step_00000002\n";
+  train_test(run, "random", 4, {"checkpoint.every=2"});
+  std::vector<int> steps;
+  for (const json& row : metrics(run)) steps.push_back(row["step"]);
+  EXPECT_EQ(steps, (std::vector<int>{1, 2, 3, 4}));
+}
+
+TEST(Checkpoint, KeepsTheNewestK) {
+  TempDir dir;
+  train_test(dir.path("run"), "random", 6, {"checkpoint.every=1", "checkpoint.keep=2"});
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(dir.path("run")))
+    if (e.path().filename().string().starts_with("step_")) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"step_00000005", "step_00000006"}));
+}
+
+TEST(Checkpoint, AChangedModelShapeIsRefusedNamingTheField) {
+  TempDir dir;
+  train_test(dir.path("run"), "random", 2, {"checkpoint.every=2"});
+  const std::string message = error_of([&] { train_test(dir.path("run"), "random", 4, {"model.n_embd=64"}); });
+  EXPECT_TRUE(mentions(message, {"step_00000002", "saved with model.n_embd = 32; the config says 64"})) << message;
+}
+
+TEST(Checkpoint, FineTuningTakesTheParametersOnly) {
+  TempDir dir;
+  const TrainRun base = train_test(dir.path("base"), "random", 6, {"checkpoint.every=6", "optim.lr=3e-3"});
+  const TrainRun tuned = train_test(dir.path("tuned"), "random", 1,
+                               {"checkpoint.init_from=" + dir.path("base") + "/step_00000006"});
+  EXPECT_TRUE(mentions(tuned.log, {"parameters from", "start afresh"}));
+  ASSERT_EQ(tuned.records.size(), 1u);
+  EXPECT_EQ(tuned.records[0].step, 1);  // a new schedule
+  // Random tokens: the trained model is no better at them, but it starts where base ended.
+  EXPECT_NE(tuned.records[0].loss, base.records[0].loss);
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "checkpoint.resume=a", "checkpoint.init_from=b"});
+            }),
+            "command line: checkpoint.init_from: cannot be combined with checkpoint.resume (resume continues a run, "
+            "init_from starts one)");
+}
+
+// The test preset has 28 tensors, each stored as master, m and v: 84 dataset writes per save.
+TEST(Checkpoint, AFullDiskLeavesThePreviousCheckpointAndTrainingGoesOn) {
+  TempDir dir;
+  ::setenv("KILN_FAULT_ENOSPC", "85", 1);  // the second save's first write
+  const TrainRun run = train_test(dir.path("run"), "random", 4, {"checkpoint.every=2", "checkpoint.on_error=continue"});
+  ::unsetenv("KILN_FAULT_ENOSPC");
+  EXPECT_EQ(run.records.size(), 4u);
+  EXPECT_TRUE(mentions(run.log, {"checkpoint " + dir.path("run") + "/step_00000004 not saved", "No space left on device",
+                                 "latest still names the previous one", "training goes on"}))
+      << run.log;
+  EXPECT_EQ(latest_checkpoint(dir.path("run")), dir.path("run") + "/step_00000002");
+  EXPECT_FALSE(fs::exists(dir.path("run") + "/step_00000004.tmp"));
+  EXPECT_NO_THROW(verify_checkpoint(dir.path("run") + "/step_00000002"));
+}
+
+TEST(Checkpoint, AFullDiskStopsTheRunWhenConfiguredTo) {
+  TempDir dir;
+  ::setenv("KILN_FAULT_ENOSPC", "3", 1);
+  const std::string message = error_of([&] { train_test(dir.path("run"), "random", 2, {"checkpoint.every=2"}); });
+  ::unsetenv("KILN_FAULT_ENOSPC");
+  EXPECT_TRUE(mentions(message, {"step_00000002 not saved", "No space left on device"})) << message;
+  EXPECT_EQ(latest_checkpoint(dir.path("run")), "");
+}
+
+// A sound checkpoint to break, one way per test.
+class BrokenCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    train_test(dir_.path("run"), "random", 2, {"checkpoint.every=2"});
+    ckpt_ = dir_.path("run") + "/step_00000002";
+    ASSERT_NO_THROW(verify_checkpoint(ckpt_));
+  }
+  json manifest() const { return json::parse(read_file(ckpt_ + "/manifest.json")); }
+  void write_manifest(const json& m) const { std::ofstream(ckpt_ + "/manifest.json") << m.dump(); }
+  std::string rank_file() const { return ckpt_ + "/rank_00000.h5"; }
+  // Both the verifier and a resume must refuse it, naming what is wrong.
+  void expect_refused(std::initializer_list<std::string> parts) {
+    const std::string verify = error_of([&] { verify_checkpoint(ckpt_); });
+    EXPECT_TRUE(mentions(verify, parts)) << verify;
+    const std::string resume = error_of([&] { train_test(dir_.path("run"), "random", 4); });
+    EXPECT_NE(resume, "(no error)");
+  }
+  TempDir dir_;
+  std::string ckpt_;
+};
+
+TEST_F(BrokenCheckpoint, MissingFile) {
+  fs::remove(rank_file());
+  expect_refused({rank_file(), "missing or unreadable"});
+}
+
+TEST_F(BrokenCheckpoint, TruncatedFile) {
+  fs::resize_file(rank_file(), fs::file_size(rank_file()) / 2);
+  expect_refused({rank_file(), "bytes, the manifest says", "truncated"});
+}
+
+TEST_F(BrokenCheckpoint, WrongChecksum) {
+  std::fstream f(rank_file(), std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(4000);
+  f.put('\x5a');
+  f.close();
+  expect_refused({rank_file(), "checksum", "the manifest says"});
+}
+
+TEST_F(BrokenCheckpoint, ManifestMissesATensor) {
+  json m = manifest();
+  json& tensors = m["tensors"];
+  tensors.erase(tensors.begin() + 1);  // wpe
+  write_manifest(m);
+  expect_refused({ckpt_ + "/manifest.json", "no tensor 'wpe'"});
+}
+
+TEST_F(BrokenCheckpoint, ShapeMismatch) {
+  json m = manifest();
+  m["tensors"][1]["global_shape"] = {64, 16};
+  write_manifest(m);
+  expect_refused({"tensor 'wpe' has global_shape [64,16], the model's is [64,32]"});
+}
+
+TEST_F(BrokenCheckpoint, FutureFormatVersion) {
+  json m = manifest();
+  m["format"] = kCheckpointFormat + 1;
+  write_manifest(m);
+  expect_refused({ckpt_ + "/manifest.json", "format: 2, this kiln reads format 1 (a newer kiln wrote it)"});
+}
+
+TEST_F(BrokenCheckpoint, CorruptLatest) {
+  std::ofstream(dir_.path("run") + "/latest") << "step_00000099\n";
+  EXPECT_TRUE(mentions(error_of([&] { latest_checkpoint(dir_.path("run")); }),
+                       {dir_.path("run") + "/latest", "names step_00000099, which does not exist"}));
+}
+
+}  // namespace
+}  // namespace kiln

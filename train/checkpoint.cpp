@@ -1,0 +1,422 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+
+#include "data/h5.h"
+#include "model/params.h"
+#include "parallel/context.h"
+#include "train/data_parallel.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr int64_t kMaxPieceFloats = 16 << 20;  // 64 MB: HDF5's global lock is held no longer per write
+
+// One stored piece: elements [begin, end) of the row-major box (start, count) of a tensor's
+// global shape, in dataset `dataset` of `file`.
+struct Piece {
+  std::string kind;  // master, m or v
+  std::string tensor;
+  std::vector<int64_t> start, count;
+  int64_t begin = 0, end = 0;
+  std::string file, dataset;
+};
+
+std::string rank_file(int world_rank) { return fmt::format("rank_{:05}.h5", world_rank); }
+
+// Every piece that every rank of `rank`'s layout writes: the master weights by DP rank 0 of each
+// TP rank, the moments by their ZeRO-1 shard's owner (DP rank 0 without it), and tensors
+// replicated over TP by TP rank 0 only. Deterministic, so rank 0 writes the manifest alone.
+std::vector<Piece> all_pieces(const GPTConfig& cfg, const CheckpointRank& rank) {
+  std::vector<Piece> pieces;
+  for (int t = 0; t < rank.tp; t++) {
+    const ParamLayout layout(cfg, {rank.tp, t});
+    for (int d = 0; d < rank.dp; d++) {
+      const CheckpointRank writer{rank.tp, t, rank.dp, d, rank.zero1};
+      const auto [first, count] = DataParallel::shard_of(layout.total(), rank.zero1 ? rank.dp : 1, rank.zero1 ? d : 0);
+      for (const ParamSpec& s : layout.specs()) {
+        if (s.replicated && t != 0) continue;
+        const TensorSlice box = tensor_slice(cfg, {rank.tp, t}, s);
+        auto add = [&](const std::string& kind, int64_t begin, int64_t end) {
+          for (int64_t at = begin; at < end; at += kMaxPieceFloats)
+            pieces.push_back({kind, s.name, box.start, box.count, at, std::min(end, at + kMaxPieceFloats),
+                              rank_file(writer.world_rank()), fmt::format("{}:{}:{}", kind, s.name, at)});
+        };
+        if (d == 0) add("master", 0, box.numel());
+        // The moments this writer owns of the tensor's real (non-padding) elements.
+        const int64_t begin = std::max(first, s.offset) - s.offset;
+        const int64_t end = std::min({first + count, s.offset + s.numel, s.offset + box.numel()}) - s.offset;
+        if ((rank.zero1 || d == 0) && begin < end) {
+          add("m", begin, end);
+          add("v", begin, end);
+        }
+      }
+    }
+  }
+  return pieces;
+}
+
+json model_json(const GPTConfig& c) {
+  return {{"vocab_size", c.vocab_size}, {"max_seq_len", c.max_seq_len}, {"n_layer", c.n_layer},
+          {"n_head", c.n_head}, {"n_embd", c.n_embd}};
+}
+
+std::vector<float> download(Ops& ops, const Tensor& t) {
+  std::vector<float> host(t.numel);
+  ops.download(host, t);
+  return host;
+}
+
+// open + fsync + close: the file's (or directory's) contents are on disk when this returns.
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) throw std::runtime_error(path + ": cannot open to fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(path + ": fsync failed: " + std::strerror(err));
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": missing or unreadable");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Writes `text` to path through path.tmp, fsynced and renamed: readers see the old or the new.
+void write_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) throw std::runtime_error(tmp + ": write failed");
+  }
+  fsync_path(tmp, false);
+  fs::rename(tmp, path);
+}
+
+// KILN_FAULT_ENOSPC=N: the N-th dataset write since the variable took its value fails as on a
+// full disk.
+void maybe_inject_enospc(const std::string& file) {
+  static std::string armed;
+  static int writes = 0;
+  const char* n = std::getenv("KILN_FAULT_ENOSPC");
+  if (!n) return;
+  if (armed != n) armed = n, writes = 0;
+  if (++writes == std::atoi(n))
+    throw std::runtime_error(file + ": write failed: " + std::strerror(ENOSPC) + " (injected by KILN_FAULT_ENOSPC)");
+}
+
+json read_manifest(const std::string& dir) {
+  const std::string path = dir + "/manifest.json";
+  json m;
+  try {
+    m = json::parse(read_bytes(path));
+  } catch (const json::exception& e) {
+    throw std::runtime_error(path + ": not valid JSON: " + e.what());
+  }
+  const int format = m.value("format", -1);
+  if (format != kCheckpointFormat)
+    throw std::runtime_error(path + ": format: " + std::to_string(format) + ", this kiln reads format " +
+                             std::to_string(kCheckpointFormat) + (format > kCheckpointFormat ? " (a newer kiln wrote it)" : ""));
+  for (const char* field : {"step", "model", "layout", "files", "tensors"})
+    if (!m.contains(field)) throw std::runtime_error(path + ": missing field '" + field + "'");
+  return m;
+}
+
+std::vector<Piece> pieces_of(const json& tensor) {
+  std::vector<Piece> out;
+  for (const json& p : tensor.at("pieces"))
+    out.push_back({p.at("kind"), tensor.at("name"), p.at("start"), p.at("count"), p.at("begin"), p.at("end"),
+                   p.at("file"), p.at("dataset")});
+  return out;
+}
+
+// The whole (global) tensor `name` of kind `kind`, assembled from its pieces.
+std::vector<float> global_tensor(const std::string& dir, const json& tensor, const std::string& kind,
+                                 std::map<std::string, h5::File>& files) {
+  TensorSlice whole{tensor.at("global_shape").get<std::vector<int64_t>>(), {}, {}};
+  std::vector<float> global(whole.global_numel(), 0.0f);
+  // Pieces grouped by box: each box's values are filled, then placed.
+  std::map<std::vector<int64_t>, std::vector<float>> boxes;
+  std::map<std::vector<int64_t>, TensorSlice> slices;
+  bool found = false;
+  for (const Piece& p : pieces_of(tensor)) {
+    if (p.kind != kind) continue;
+    found = true;
+    TensorSlice box{whole.global_shape, p.start, p.count};
+    std::vector<float>& values = boxes[p.start];
+    if (values.empty()) values.assign(box.numel(), 0.0f), slices[p.start] = box;
+    auto it = files.find(p.file);
+    if (it == files.end()) it = files.emplace(p.file, h5::File::open_read(dir + "/" + p.file)).first;
+    if (p.begin < 0 || p.end > box.numel() || p.begin > p.end)
+      throw std::runtime_error(dir + "/manifest.json: " + p.dataset + ": range outside its box");
+    it->second.read_range<float>(p.dataset, 0, std::span<float>(values.data() + p.begin, p.end - p.begin));
+  }
+  if (!found) throw std::runtime_error(dir + "/manifest.json: tensor '" + std::string(tensor.at("name")) + "' has no " + kind + " pieces");
+  for (const auto& [start, values] : boxes) copy_box_in(slices[start], values.data(), global.data());
+  return global;
+}
+
+// This rank's local tensor `s` from the global one (its padding rows stay zero).
+void local_from_global(const GPTConfig& cfg, TensorParallel tp, const ParamSpec& s, const std::vector<float>& global,
+                       float* local) {
+  const TensorSlice box = tensor_slice(cfg, tp, s);
+  if ((int64_t)global.size() != box.global_numel())
+    throw std::runtime_error("checkpoint tensor '" + s.name + "' holds " + std::to_string(global.size()) +
+                             " values, the model's global shape " + std::to_string(box.global_numel()));
+  std::fill(local, local + s.numel, 0.0f);
+  copy_box_out(box, global.data(), local);
+}
+
+void check_model(const std::string& dir, const json& saved, const GPTConfig& cfg) {
+  const json now = model_json(cfg);
+  for (const auto& [field, value] : now.items())
+    if (saved.at("model").at(field) != value)
+      throw std::runtime_error(fmt::format("{}: saved with model.{} = {}; the config says {} (the model's shape "
+                                           "cannot change on resume)",
+                                           dir, field, saved.at("model").at(field).dump(), value.dump()));
+}
+
+const json& tensor_entry(const std::string& dir, const json& manifest, const std::string& name) {
+  for (const json& t : manifest.at("tensors"))
+    if (t.at("name") == name) return t;
+  throw std::runtime_error(dir + "/manifest.json: no tensor '" + name + "'");
+}
+
+// Every file the manifest lists has its recorded size and FNV-1a hash.
+void check_files(const std::string& dir, const json& manifest) {
+  for (const json& f : manifest.at("files")) {
+    const std::string path = dir + "/" + std::string(f.at("name"));
+    const std::string content = read_bytes(path);
+    if ((int64_t)content.size() != f.at("bytes").get<int64_t>())
+      throw std::runtime_error(fmt::format("{}: {} bytes, the manifest says {} (truncated?)", path, content.size(),
+                                           f.at("bytes").get<int64_t>()));
+    const std::string hash = fmt::format("{:016x}", fnv1a(content.data(), content.size()));
+    if (hash != f.at("fnv1a"))
+      throw std::runtime_error(path + ": checksum " + hash + ", the manifest says " + std::string(f.at("fnv1a")));
+  }
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& run_dir, const std::string& settings, GPT& model, AdamW& optimizer,
+                            const CheckpointRank& rank, const TrainingState& state, Comm& world, int keep) {
+  const GPTConfig& cfg = model.config();
+  const std::string name = fmt::format("step_{:08}", state.step), final_dir = run_dir + "/" + name;
+  const std::string tmp = final_dir + ".tmp";
+  if (world.rank() == 0) {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+  }
+  world.barrier();
+
+  // This rank's pieces, then whether every rank managed.
+  const std::vector<Piece> pieces = all_pieces(cfg, rank);
+  const std::string mine = rank_file(rank.world_rank());
+  std::string error;
+  int64_t bytes = 0;
+  uint64_t hash = 0;
+  try {
+    Ops& ops = model.ops();
+    const std::vector<float> master = download(ops, model.master()), m = download(ops, optimizer.m()),
+                             v = download(ops, optimizer.v());
+    bool wrote = false;
+    {
+      std::optional<h5::File> file;
+      for (const Piece& p : pieces) {
+        if (p.file != mine) continue;
+        if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
+        const int64_t offset = model.layout().find(p.tensor).offset;
+        const float* src = p.kind == "master" ? master.data() + offset
+                           : p.kind == "m"    ? m.data() + offset - optimizer.first()
+                                              : v.data() + offset - optimizer.first();
+        maybe_inject_enospc(tmp + "/" + mine);
+        file->write<float>(p.dataset, std::span<const float>(src + p.begin, p.end - p.begin), H5T_IEEE_F32LE);
+        wrote = true;
+      }
+    }
+    if (wrote) {
+      fsync_path(tmp + "/" + mine, false);
+      const std::string content = read_bytes(tmp + "/" + mine);
+      bytes = (int64_t)content.size();
+      hash = fnv1a(content.data(), content.size());
+    }
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  // Every rank's size, hash and success, gathered by sums over slots (one per rank).
+  std::vector<int64_t> table(3 * world.size(), 0);
+  table[3 * world.rank()] = bytes;
+  table[3 * world.rank() + 1] = (int64_t)hash;
+  table[3 * world.rank() + 2] = error.empty() ? 0 : 1;
+  world.all_reduce_sum(table);
+  int failed = -1;
+  for (int r = 0; r < world.size() && failed < 0; r++)
+    if (table[3 * r + 2]) failed = r;
+
+  if (failed < 0 && world.rank() == 0) {
+    try {
+      json files = json::array();
+      for (int r = 0; r < world.size(); r++)
+        if (table[3 * r] > 0)
+          files.push_back({{"name", rank_file(r)}, {"bytes", table[3 * r]}, {"fnv1a", fmt::format("{:016x}", (uint64_t)table[3 * r + 1])}});
+      json tensors = json::array();
+      const ParamLayout full(cfg, {1, 0});
+      for (const ParamSpec& s : full.specs()) {
+        json t = {{"name", s.name}, {"global_shape", tensor_slice(cfg, {1, 0}, s).global_shape}, {"dtype", "f32"}};
+        t["pieces"] = json::array();
+        for (const Piece& p : pieces)
+          if (p.tensor == s.name)
+            t["pieces"].push_back({{"kind", p.kind}, {"start", p.start}, {"count", p.count}, {"begin", p.begin},
+                                   {"end", p.end}, {"file", p.file}, {"dataset", p.dataset}});
+        tensors.push_back(t);
+      }
+      json manifest = {{"format", kCheckpointFormat}, {"step", state.step}, {"model", model_json(cfg)},
+                       {"layout", {{"tp", rank.tp}, {"dp", rank.dp}, {"zero1", rank.zero1}}},
+                       {"settings", settings}, {"adamw_step", optimizer.steps_taken()},
+                       {"random_tokens", state.random_tokens}, {"files", files}, {"tensors", tensors}};
+      if (state.loader)
+        manifest["loader"] = {{"seed", state.loader->seed}, {"epoch", state.loader->epoch},
+                              {"position", state.loader->position}};
+      write_atomically(tmp + "/manifest.json", manifest.dump(1));
+      fsync_path(tmp, true);
+      fs::remove_all(final_dir);  // a step saved before, by a run resumed from an earlier one
+      fs::rename(tmp, final_dir);
+      fsync_path(run_dir, true);
+      write_atomically(run_dir + "/latest", name + "\n");
+      fsync_path(run_dir, true);
+      // Keep the newest `keep`.
+      std::vector<std::string> steps;
+      for (const auto& e : fs::directory_iterator(run_dir)) {
+        const std::string n = e.path().filename().string();
+        if (e.is_directory() && n.starts_with("step_") && !n.ends_with(".tmp")) steps.push_back(n);
+      }
+      std::sort(steps.begin(), steps.end());
+      for (size_t i = 0; keep > 0 && i + keep < steps.size(); i++) fs::remove_all(run_dir + "/" + steps[i]);
+    } catch (const std::exception& e) {
+      error = e.what();
+      failed = 0;
+    }
+  }
+  int64_t committed = failed < 0 ? 1 : 0;
+  world.all_reduce_sum(std::span<int64_t>(&committed, 1));  // rank 0's commit can fail too
+  if (committed != world.size() || failed >= 0) {
+    if (world.rank() == 0) fs::remove_all(tmp);
+    throw std::runtime_error(fmt::format("checkpoint {} not saved (rank {}: {}); {} still names the previous one",
+                                         final_dir, failed < 0 ? 0 : failed, error.empty() ? "failed" : error,
+                                         run_dir + "/latest"));
+  }
+  return final_dir;
+}
+
+std::string latest_checkpoint(const std::string& run_dir) {
+  const std::string path = run_dir + "/latest";
+  if (!fs::exists(path)) return "";
+  std::string name = read_bytes(path);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  if (name.empty() || name.find('/') != std::string::npos)
+    throw std::runtime_error(path + ": expected a checkpoint directory name, found '" + name + "'");
+  if (!fs::is_directory(run_dir + "/" + name))
+    throw std::runtime_error(path + ": names " + name + ", which does not exist in " + run_dir);
+  return run_dir + "/" + name;
+}
+
+void load_parameters(const std::string& dir, GPT& model) {
+  const json manifest = read_manifest(dir);
+  check_model(dir, manifest, model.config());
+  check_files(dir, manifest);
+  std::map<std::string, h5::File> files;
+  std::vector<float> master(model.layout().total(), 0.0f);
+  const GPTConfig& cfg = model.config();
+  for (const ParamSpec& s : model.layout().specs())
+    local_from_global(cfg, model.tensor_parallel(), s, global_tensor(dir, tensor_entry(dir, manifest, s.name), "master", files),
+                      master.data() + s.offset);
+  model.set_weights(master);
+}
+
+TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimizer) {
+  load_parameters(dir, model);
+  const json manifest = read_manifest(dir);
+  std::map<std::string, h5::File> files;
+  const GPTConfig& cfg = model.config();
+  std::vector<float> m(optimizer.count()), v(optimizer.count()), local;
+  model.layout().for_each_overlap(optimizer.first(), optimizer.count(), [&](const ParamSpec& s, int64_t begin, int64_t end) {
+    const json& entry = tensor_entry(dir, manifest, s.name);
+    for (auto [kind, out] : {std::pair{"m", &m}, std::pair{"v", &v}}) {
+      local.resize(s.numel);
+      local_from_global(cfg, model.tensor_parallel(), s, global_tensor(dir, entry, kind, files), local.data());
+      std::copy(local.begin() + (begin - s.offset), local.begin() + (end - s.offset),
+                out->begin() + (begin - optimizer.first()));
+    }
+  });
+  model.ops().upload(optimizer.m(), m);
+  model.ops().upload(optimizer.v(), v);
+  optimizer.set_steps_taken(manifest.at("adamw_step"));
+  TrainingState state;
+  state.step = manifest.at("step");
+  state.random_tokens = manifest.value("random_tokens", "");
+  if (manifest.contains("loader"))
+    state.loader = LoaderState{manifest["loader"].at("seed"), manifest["loader"].at("epoch"),
+                               manifest["loader"].at("position")};
+  return state;
+}
+
+void verify_checkpoint(const std::string& dir) {
+  const json manifest = read_manifest(dir);
+  check_files(dir, manifest);
+  std::map<std::string, h5::File> files;
+  const GPTConfig cfg = [&] {
+    GPTConfig c;
+    const json& m = manifest.at("model");
+    c.vocab_size = m.at("vocab_size"), c.max_seq_len = m.at("max_seq_len"), c.n_layer = m.at("n_layer");
+    c.n_head = m.at("n_head"), c.n_embd = m.at("n_embd");
+    return c;
+  }();
+  const ParamLayout layout(cfg, {1, 0});
+  for (const ParamSpec& s : layout.specs()) {
+    const json& entry = tensor_entry(dir, manifest, s.name);
+    const std::vector<int64_t> shape = tensor_slice(cfg, {1, 0}, s).global_shape;
+    if (entry.at("global_shape").get<std::vector<int64_t>>() != shape)
+      throw std::runtime_error(fmt::format("{}/manifest.json: tensor '{}' has global_shape {}, the model's is {}", dir,
+                                           s.name, entry.at("global_shape").dump(), json(shape).dump()));
+    for (const char* kind : {"master", "m", "v"}) global_tensor(dir, entry, kind, files);  // every piece reads
+  }
+}
+
+std::string describe_checkpoint(const std::string& dir) {
+  const json m = read_manifest(dir);
+  std::ostringstream out;
+  out << fmt::format("{}: step {}, format {}, AdamW step {}\n", dir, m.at("step").get<int64_t>(),
+                     m.at("format").get<int>(), m.value("adamw_step", 0));
+  out << "model: " << m.at("model").dump() << "\nlayout: " << m.at("layout").dump() << "\n";
+  if (m.contains("loader")) out << "loader: " << m["loader"].dump() << "\n";
+  int64_t bytes = 0;
+  for (const json& f : m.at("files")) bytes += f.at("bytes").get<int64_t>();
+  out << fmt::format("files: {} ({:.1f} MiB)\n", m.at("files").size(), bytes / 1048576.0);
+  for (const json& t : m.at("tensors"))
+    out << fmt::format("  {:<28} {:<18} {} pieces\n", std::string(t.at("name")), t.at("global_shape").dump(),
+                       t.at("pieces").size());
+  return out.str();
+}
+
+}  // namespace kiln

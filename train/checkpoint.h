@@ -1,0 +1,65 @@
+// Distributed checkpoints (design.md §7): RUN_DIR/step_XXXXXXXX/ holds manifest.json and one HDF5
+// file per rank that stores something, and RUN_DIR/latest names the newest complete checkpoint.
+//
+// What is stored is the fp32 master weights and the AdamW moments, never the bf16 working copy.
+// Each stored piece is (tensor, its tensor-parallel box of the global shape, a flat range of that
+// box): a rank's QKV heads ([3, H, D, C] globally), a ZeRO-1 shard cutting across tensors, a
+// whole replicated tensor. Tensors replicated over DP or TP are written once. The manifest names
+// every piece's file and dataset, so any layout (TP, DP, ZeRO-1, CPU or CUDA) can load any other's.
+//
+// A save writes into step_X.tmp/, fsyncs every file, records each file's size and FNV-1a hash in
+// the manifest, renames the directory, fsyncs the run directory, then replaces `latest`
+// atomically: a crash at any moment leaves the previous checkpoint intact and `latest` naming it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "data/loader.h"
+#include "model/gpt.h"
+#include "parallel/comm.h"
+#include "train/optimizer.h"
+
+namespace kiln {
+
+inline constexpr int kCheckpointFormat = 1;
+
+// What resumes a run besides the tensors.
+struct TrainingState {
+  int64_t step = 0;                   // optimizer steps taken
+  std::optional<LoaderState> loader;  // the training data's position (global, so any DP size)
+  std::string random_tokens;          // the random-token source's generator state, as text
+};
+
+// Where this rank sits in the job.
+struct CheckpointRank {
+  int tp = 1, tp_rank = 0, dp = 1, dp_rank = 0;
+  bool zero1 = false;
+  int world_rank() const { return dp_rank * tp + tp_rank; }
+};
+
+// Saves step `state.step` of `model` and `optimizer` into run_dir. A collective over `world`:
+// every rank writes its pieces, then rank 0 commits. Keeps the newest `keep` checkpoints (0: all).
+// Throws on every rank if any rank failed, after removing the partial step_X.tmp/.
+// The environment variable KILN_FAULT_ENOSPC=N makes the N-th dataset write of this process fail
+// as a full disk would (for tests of that path).
+std::string save_checkpoint(const std::string& run_dir, const std::string& settings, GPT& model, AdamW& optimizer,
+                            const CheckpointRank& rank, const TrainingState& state, Comm& world, int keep);
+
+// The directory `latest` names in run_dir, or "" when there is none.
+std::string latest_checkpoint(const std::string& run_dir);
+
+// Loads a checkpoint saved under any layout into this rank's model (master weights and the
+// compute-dtype copy) and optimizer shard. Refuses a model of another shape, naming the field.
+TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimizer);
+// Only the parameters (fine-tuning from a checkpoint: new optimizer, data and schedule).
+void load_parameters(const std::string& dir, GPT& model);
+
+// Checks every file's size and checksum and every piece's dataset and length; throws
+// std::runtime_error naming the file and what is wrong.
+void verify_checkpoint(const std::string& dir);
+// Step, layout, model, and every tensor's global shape and pieces, for `kiln ckpt inspect`.
+std::string describe_checkpoint(const std::string& dir);
+
+}  // namespace kiln
