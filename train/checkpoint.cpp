@@ -164,6 +164,12 @@ std::vector<float> global_tensor(const std::string& dir, const json& tensor, con
     if (p.kind != kind) continue;
     found = true;
     TensorSlice box{whole.global_shape, p.start, p.count};
+    bool inside = p.start.size() == whole.global_shape.size() && p.count.size() == whole.global_shape.size();
+    for (size_t d = 0; inside && d < p.start.size(); d++)
+      inside = p.start[d] >= 0 && p.count[d] >= 0 && p.start[d] + p.count[d] <= whole.global_shape[d];
+    if (!inside)
+      throw std::runtime_error(fmt::format("{}/manifest.json: tensor '{}': piece {} has a box outside its global_shape {}",
+                                           dir, p.tensor, p.dataset, tensor.at("global_shape").dump()));
     std::vector<float>& values = boxes[p.start];
     if (values.empty()) values.assign(box.numel(), 0.0f), slices[p.start] = box;
     auto it = files.find(p.file);
