@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
@@ -106,13 +108,13 @@ struct TrainRun {
 
 // `steps` steps of the small model at batch 2 x 64 on `data` (random tokens unless a dataset).
 TrainRun train_small(const std::string& device, int steps, std::vector<std::string> extra = {},
-                const std::string& data = "random") {
+                     const std::string& data = "random", const std::string& run_dir = "") {
   test::TempDir dir;
   std::vector<std::string> overrides = kSmallModel;
   for (const std::string& o : std::vector<std::string>{
            "data.path=" + data, "train.batch_size=2", "train.seq_len=64", "train.steps=" + std::to_string(steps),
            "train.eval_every=0", "optim.lr=3e-3", "optim.warmup_steps=2", "run.device=" + device,
-           "run.dir=" + dir.str()})
+           "run.dir=" + (run_dir.empty() ? dir.str() : run_dir)})
     overrides.push_back(o);
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   std::ostringstream log;
@@ -201,6 +203,25 @@ TEST(GpuTraining, RecomputeGivesTheSameGradients) {
   EXPECT_LT(std::sqrt(diff / norm), 1e-2) << "mlp recompute";
   EXPECT_LT(activations[1], activations[0]);
   EXPECT_LT(activations[2], activations[1]);
+}
+
+// A checkpoint is the fp32 master weights and moments: the CPU backend's resumes on the CUDA
+// backend (and back) and continues within the 20-step test's tolerance.
+TEST(GpuTraining, CheckpointsMoveBetweenTheCpuAndTheCudaBackend) {
+  KILN_NEED_DEVICE();
+  test::TempDir dir;
+  const std::vector<StepRecord> straight = train_small("cpu", 6).records;
+  train_small("cpu", 2, {"checkpoint.every=2"}, "random", dir.path("run"));
+  train_small(kDevice, 4, {"checkpoint.every=4"}, "random", dir.path("run"));  // resumes at 2
+  const std::vector<StepRecord> back = train_small("cpu", 6, {}, "random", dir.path("run")).records;  // at 4
+  ASSERT_EQ(back.size(), 2u);
+  std::ifstream in(dir.path("run") + "/metrics.jsonl");
+  int rows = 0;
+  for (std::string line; std::getline(in, line); rows++) {
+    const double loss = nlohmann::json::parse(line)["loss"], expected = straight[rows].loss;
+    EXPECT_LE(std::abs(loss - expected) / expected, 0.01) << "step " << rows + 1;
+  }
+  EXPECT_EQ(rows, 6);
 }
 
 // kiln plan and the start-up check predict, to the byte, what the model, AdamW and the backend

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -27,6 +29,7 @@
 #include "train/metrics.h"
 #include "train/optimizer.h"
 #include "train/plan.h"
+#include "train/preemption.h"
 #include "train/sample.h"
 #include "train/schedule.h"
 
@@ -322,6 +325,9 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   }
   std::optional<MetricsWriter> metrics;
   if (comm.rank() == 0) metrics.emplace(cfg.run_dir, first_step);  // rows past the checkpoint are dropped
+  const std::string preempted_marker = cfg.run_dir + "/preempted";
+  if (comm.rank() == 0) std::filesystem::remove(preempted_marker);  // this is the requeued job
+  const PreemptionSignals signals;
 
   const int64_t params = model.layout().total();  // this tensor-parallel rank's
   const int64_t model_params = ParamLayout(model_cfg, {1, 0}).total();
@@ -421,7 +427,10 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
       log << fmt::format("sample at step {}: {:?}\n", step + 1, cfg.train.sample_prompt + data.tokenizer()->decode(text));
     }
     records.push_back(rec);
-    if (cfg.checkpoint.every > 0 && ((step + 1) % cfg.checkpoint.every == 0 || last)) {
+    // A signal on any rank stops every rank after this step, with a checkpoint.
+    int64_t preempt = signals.received() != 0;
+    if (comm.size() > 1) comm.all_reduce_sum(std::span<int64_t>(&preempt, 1));
+    if (preempt > 0 || (cfg.checkpoint.every > 0 && ((step + 1) % cfg.checkpoint.every == 0 || last))) {
       TrainingState state{step + 1, {}, {}};
       data.save_position(state);
       const auto save_start = Clock::now();
@@ -431,9 +440,15 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
         log << fmt::format("saved {} in {:.2f} s\n", dir,
                            std::chrono::duration<double>(Clock::now() - save_start).count());
       } catch (const std::exception& e) {
-        if (cfg.checkpoint.on_error == "stop") throw;
+        if (cfg.checkpoint.on_error == "stop" || preempt > 0) throw;
         log << fmt::format("{}; training goes on (checkpoint.on_error = continue)\n", e.what());
       }
+    }
+    if (preempt > 0) {
+      if (comm.rank() == 0) std::ofstream(preempted_marker) << step + 1 << "\n";
+      log << fmt::format("preempted (a signal): saved at step {}, stopping; {} tells the launcher to requeue\n",
+                         step + 1, preempted_marker);
+      return records;
     }
   }
   if (skipped > 0) log << fmt::format("{} step(s) skipped for a non-finite loss or gradient norm\n", skipped);

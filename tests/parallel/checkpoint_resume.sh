@@ -29,7 +29,8 @@ for layout in "tp2 --tp 2 --batch-size 4" "zero --parallel.zero=1 --batch-size 2
   "$kiln" ckpt verify "$work/$name"
   # shellcheck disable=SC2086
   "${mpi[@]}" "$kiln" train "${common[@]}" $flags --max-steps 8 --save-every 4 --run-dir "$work/$name" \
-    | grep -q "resumed from $work/$name/step_00000004 at step 4"
+    > "$work/$name.resume.log"
+  grep -q "resumed from $work/$name/step_00000004 at step 4" "$work/$name.resume.log"
   compare "$work/${name}_straight" "$work/$name" 0
 done
 # Resharding: TP 2's step-4 checkpoint continued under DP 2 with ZeRO-1, and on one process.

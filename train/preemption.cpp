@@ -1,0 +1,32 @@
+#include "train/preemption.h"
+
+#include <stdexcept>
+
+namespace kiln {
+namespace {
+
+// The one piece of process-wide state a signal handler can touch.
+volatile std::sig_atomic_t received_signal = 0;
+
+void on_signal(int signal) { received_signal = signal; }
+
+}  // namespace
+
+PreemptionSignals::PreemptionSignals() {
+  received_signal = 0;
+  struct sigaction action{};
+  action.sa_handler = on_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // system calls in flight (file writes, MPI) carry on
+  if (sigaction(SIGUSR1, &action, &previous_usr1_) != 0 || sigaction(SIGTERM, &action, &previous_term_) != 0)
+    throw std::runtime_error("cannot install the SIGUSR1/SIGTERM handlers");
+}
+
+PreemptionSignals::~PreemptionSignals() {
+  sigaction(SIGUSR1, &previous_usr1_, nullptr);
+  sigaction(SIGTERM, &previous_term_, nullptr);
+}
+
+int PreemptionSignals::received() const { return received_signal; }
+
+}  // namespace kiln
