@@ -21,6 +21,7 @@ packages=(
   libomp-dev                          # OpenMP
   libopenblas-openmp-dev              # BLAS for the CPU backend (OpenMP build: shares kiln's threads)
   libboost-context-dev                # fibers for the SIMT emulator
+  python3-matplotlib                  # tools/plot_metrics.py: loss, lr, grad norm, throughput plots
   bible-kjv                           # demo corpus: the King James Bible (public domain), see tools/get-corpus.sh
 )
 if [[ "${1:-}" == "--oracle" ]]; then

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 
 #include "data/h5.h"
 #include "model/params.h"
@@ -99,6 +100,20 @@ std::string read_bytes(const std::string& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// A file's size and FNV-1a hash, read in 4 MiB pieces (checkpoint files are gigabytes).
+std::pair<int64_t, uint64_t> file_hash(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": missing or unreadable");
+  std::vector<char> chunk(4 << 20);
+  int64_t bytes = 0;
+  uint64_t hash = kFnv1aStart;
+  while (in.read(chunk.data(), (std::streamsize)chunk.size()) || in.gcount() > 0) {
+    hash = fnv1a(chunk.data(), (size_t)in.gcount(), hash);
+    bytes += in.gcount();
+  }
+  return {bytes, hash};
 }
 
 // Writes `text` to path through path.tmp, fsynced and renamed: readers see the old or the new.
@@ -213,11 +228,11 @@ const json& tensor_entry(const std::string& dir, const json& manifest, const std
 void check_files(const std::string& dir, const json& manifest) {
   for (const json& f : manifest.at("files")) {
     const std::string path = dir + "/" + std::string(f.at("name"));
-    const std::string content = read_bytes(path);
-    if ((int64_t)content.size() != f.at("bytes").get<int64_t>())
-      throw std::runtime_error(fmt::format("{}: {} bytes, the manifest says {} (truncated?)", path, content.size(),
+    const auto [bytes, value] = file_hash(path);
+    if (bytes != f.at("bytes").get<int64_t>())
+      throw std::runtime_error(fmt::format("{}: {} bytes, the manifest says {} (truncated?)", path, bytes,
                                            f.at("bytes").get<int64_t>()));
-    const std::string hash = fmt::format("{:016x}", fnv1a(content.data(), content.size()));
+    const std::string hash = fmt::format("{:016x}", value);
     if (hash != f.at("fnv1a"))
       throw std::runtime_error(path + ": checksum " + hash + ", the manifest says " + std::string(f.at("fnv1a")));
   }
@@ -243,29 +258,27 @@ std::string save_checkpoint(const std::string& run_dir, const std::string& setti
   int64_t bytes = 0;
   uint64_t hash = 0;
   try {
-    Ops& ops = model.ops();
-    const std::vector<float> master = download(ops, model.master()), m = download(ops, optimizer.m()),
-                             v = download(ops, optimizer.v());
     bool wrote = false;
     {
       std::optional<h5::File> file;
-      for (const Piece& p : pieces) {
-        if (p.file != mine) continue;
-        if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
-        const int64_t offset = model.layout().find(p.tensor).offset;
-        const float* src = p.kind == "master" ? master.data() + offset
-                           : p.kind == "m"    ? m.data() + offset - optimizer.first()
-                                              : v.data() + offset - optimizer.first();
-        maybe_inject_enospc(tmp + "/" + mine);
-        file->write<float>(p.dataset, std::span<const float>(src + p.begin, p.end - p.begin), H5T_IEEE_F32LE);
-        wrote = true;
+      // One kind at a time: a host copy of one buffer (the backend's memory may be a GPU's).
+      for (const auto& [kind, tensor, first] : {std::tuple{"master", &model.master(), (int64_t)0},
+                                                std::tuple{"m", &optimizer.m(), optimizer.first()},
+                                                std::tuple{"v", &optimizer.v(), optimizer.first()}}) {
+        const std::vector<float> host = download(model.ops(), *tensor);
+        for (const Piece& p : pieces) {
+          if (p.file != mine || p.kind != kind) continue;
+          if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
+          const float* src = host.data() + model.layout().find(p.tensor).offset - first;
+          maybe_inject_enospc(tmp + "/" + mine);
+          file->write<float>(p.dataset, std::span<const float>(src + p.begin, p.end - p.begin), H5T_IEEE_F32LE);
+          wrote = true;
+        }
       }
     }
     if (wrote) {
       fsync_path(tmp + "/" + mine, false);
-      const std::string content = read_bytes(tmp + "/" + mine);
-      bytes = (int64_t)content.size();
-      hash = fnv1a(content.data(), content.size());
+      std::tie(bytes, hash) = file_hash(tmp + "/" + mine);
     }
   } catch (const std::exception& e) {
     error = e.what();

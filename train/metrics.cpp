@@ -9,7 +9,7 @@ MetricsWriter::MetricsWriter(const std::string& run_dir, int64_t last_kept_step)
   std::error_code ec;
   std::filesystem::create_directories(run_dir, ec);
   if (ec) throw std::runtime_error(run_dir + ": cannot create run directory (run.dir): " + ec.message());
-  if (last_kept_step > 0 && std::filesystem::exists(path_)) {
+  if (std::filesystem::exists(path_)) {
     std::ifstream in(path_);
     std::string kept, line;
     while (std::getline(in, line)) {

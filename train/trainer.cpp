@@ -315,10 +315,12 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   const std::string resume = cfg.checkpoint.resume.empty() ? latest_checkpoint(cfg.run_dir) : cfg.checkpoint.resume;
   int64_t first_step = 0;
   if (!resume.empty()) {
+    const auto load_start = Clock::now();
     const TrainingState state = load_checkpoint(resume, model, optimizer);
     data.restore_position(state);
     first_step = state.step;
-    log << fmt::format("resumed from {} at step {}\n", resume, first_step);
+    log << fmt::format("resumed from {} at step {} (loaded in {:.2f} s)\n", resume, first_step,
+                       std::chrono::duration<double>(Clock::now() - load_start).count());
   } else if (!cfg.checkpoint.init_from.empty()) {
     load_parameters(cfg.checkpoint.init_from, model);
     log << fmt::format("parameters from {} (optimizer, data and schedule start afresh)\n", cfg.checkpoint.init_from);

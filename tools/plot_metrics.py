@@ -1,0 +1,80 @@
+#!/usr/bin/python3
+"""Plots of kiln runs: RUN_DIR/metrics.jsonl of one or more runs, overlaid, as one PNG.
+
+Panels: train and validation loss against steps and against tokens, learning rate, gradient norm,
+tokens/s and MFU (when the run knew its peak). Skipped steps (non-finite loss) are left out.
+Needs matplotlib (Debian's python3-matplotlib, for /usr/bin/python3).
+
+    /usr/bin/python3 tools/plot_metrics.py runs/a [runs/b ...] [-o plot.png]
+"""
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+
+def load(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                sys.exit(f"{path}:{n}: not JSON ({e})")
+    if not rows:
+        sys.exit(f"{path}: no rows")
+    # Tokens seen so far: each step's tokens are tokens/s x seconds.
+    seen = 0.0
+    for r in rows:
+        seen += r.get("tokens_per_s", 0) * r.get("ms", 0) / 1000
+        r["tokens"] = seen
+    return [r for r in rows if not r.get("skipped")]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run directories (each holding metrics.jsonl)")
+    p.add_argument("-o", "--output", help="PNG to write (default: RUN/metrics.png for one run, metrics.png otherwise)")
+    a = p.parse_args()
+    runs = [(os.path.basename(os.path.normpath(d)) or d, load(d)) for d in a.runs]
+    output = a.output or (os.path.join(a.runs[0], "metrics.png") if len(a.runs) == 1 else "metrics.png")
+
+    panels = [("loss", "step"), ("loss", "tokens"), ("lr", "step"), ("grad_norm", "step"),
+              ("tokens_per_s", "step"), ("mfu", "step")]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (key, x) in zip(axes.flat, panels):
+        for name, rows in runs:
+            xs = [r[x] for r in rows if key in r]
+            ys = [100 * r[key] if key == "mfu" else r[key] for r in rows if key in r]
+            if xs:
+                ax.plot(xs, ys, label=f"{name} train" if key == "loss" else name, linewidth=1)
+            if key == "loss":
+                val = [(r[x], r["val_loss"]) for r in rows if "val_loss" in r]
+                if val:
+                    ax.plot(*zip(*val), "o-", label=f"{name} val", markersize=3)
+        ax.set_xlabel("tokens" if x == "tokens" else "step")
+        ax.set_title({"loss": "loss", "lr": "learning rate", "grad_norm": "gradient norm",
+                      "tokens_per_s": "tokens/s", "mfu": "MFU (%)"}[key] + (" vs tokens" if x == "tokens" else ""))
+        if key in ("loss", "grad_norm"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    print(f"plot_metrics: {output} ({', '.join(name for name, _ in runs)})")
+
+
+if __name__ == "__main__":
+    main()
