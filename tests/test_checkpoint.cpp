@@ -70,8 +70,9 @@ TEST(Checkpoint, StopAndResumeIsBitExact) {
     EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
     EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>()) << "step " << i + 1;
   }
-  // Keep 3 (the default): steps 2, 4 and 8 remain... 2 is the oldest of four saves minus one.
-  EXPECT_TRUE(fs::exists(dir.path("resumed") + "/step_00000008"));
+  // Saved at steps 2, 4 and 8: checkpoint.keep = 3 (the default) keeps all three.
+  for (const char* step : {"/step_00000002", "/step_00000004", "/step_00000008"})
+    EXPECT_TRUE(fs::exists(dir.path("resumed") + step)) << step;
   EXPECT_NO_THROW(verify_checkpoint(dir.path("resumed") + "/step_00000008"));
 }
 
@@ -86,6 +87,15 @@ TEST(Checkpoint, RowsPastTheCheckpointAreDroppedOnResume) {
   std::vector<int> steps;
   for (const json& row : metrics(run)) steps.push_back(row["step"]);
   EXPECT_EQ(steps, (std::vector<int>{1, 2, 3, 4}));
+}
+
+TEST(Checkpoint, AFreshRunInAUsedRunDirectoryStartsItsMetricsAfresh) {
+  TempDir dir;
+  train_test(dir.path("run"), "random", 3);
+  train_test(dir.path("run"), "random", 2);  // no checkpoint: starts over
+  std::vector<int> steps;
+  for (const json& row : metrics(dir.path("run"))) steps.push_back(row["step"]);
+  EXPECT_EQ(steps, (std::vector<int>{1, 2}));
 }
 
 TEST(Checkpoint, KeepsTheNewestK) {
