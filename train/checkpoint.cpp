@@ -78,6 +78,17 @@ json model_json(const GPTConfig& c) {
           {"n_head", c.n_head}, {"n_embd", c.n_embd}};
 }
 
+// The inverse of model_json: the saved model's sizes (the other fields their defaults).
+GPTConfig model_from_json(const json& m) {
+  GPTConfig c;
+  c.vocab_size = m.at("vocab_size");
+  c.max_seq_len = m.at("max_seq_len");
+  c.n_layer = m.at("n_layer");
+  c.n_head = m.at("n_head");
+  c.n_embd = m.at("n_embd");
+  return c;
+}
+
 std::vector<float> download(Ops& ops, const Tensor& t) {
   std::vector<float> host(t.numel);
   ops.download(host, t);
@@ -299,17 +310,16 @@ std::string save_checkpoint(const std::string& run_dir, const std::string& setti
       for (int r = 0; r < world.size(); r++)
         if (table[3 * r] > 0)
           files.push_back({{"name", rank_file(r)}, {"bytes", table[3 * r]}, {"fnv1a", fmt::format("{:016x}", (uint64_t)table[3 * r + 1])}});
+      std::map<std::string, json> pieces_by_tensor;  // one pass: a job has pieces per rank and tensor
+      for (const Piece& p : pieces)
+        pieces_by_tensor[p.tensor].push_back({{"kind", p.kind}, {"start", p.start}, {"count", p.count},
+                                              {"begin", p.begin}, {"end", p.end}, {"file", p.file},
+                                              {"dataset", p.dataset}});
       json tensors = json::array();
       const ParamLayout full(cfg, {1, 0});
-      for (const ParamSpec& s : full.specs()) {
-        json t = {{"name", s.name}, {"global_shape", tensor_slice(cfg, {1, 0}, s).global_shape}, {"dtype", "f32"}};
-        t["pieces"] = json::array();
-        for (const Piece& p : pieces)
-          if (p.tensor == s.name)
-            t["pieces"].push_back({{"kind", p.kind}, {"start", p.start}, {"count", p.count}, {"begin", p.begin},
-                                   {"end", p.end}, {"file", p.file}, {"dataset", p.dataset}});
-        tensors.push_back(t);
-      }
+      for (const ParamSpec& s : full.specs())
+        tensors.push_back({{"name", s.name}, {"global_shape", tensor_slice(cfg, {1, 0}, s).global_shape},
+                           {"dtype", "f32"}, {"pieces", pieces_by_tensor[s.name]}});
       json manifest = {{"format", kCheckpointFormat}, {"step", state.step}, {"model", model_json(cfg)},
                        {"layout", {{"tp", rank.tp}, {"dp", rank.dp}, {"zero1", rank.zero1}}},
                        {"settings", settings}, {"adamw_step", optimizer.steps_taken()},
@@ -360,23 +370,32 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return run_dir + "/" + name;
 }
 
-void load_parameters(const std::string& dir, GPT& model) {
-  const json manifest = read_manifest(dir);
+namespace {
+
+// The manifest of a checkpoint the model can load, every file's checksum checked, and this
+// rank's master weights loaded from it.
+json load_master(const std::string& dir, GPT& model, std::map<std::string, h5::File>& files) {
+  json manifest = read_manifest(dir);
   check_model(dir, manifest, model.config());
   check_files(dir, manifest);
-  std::map<std::string, h5::File> files;
   std::vector<float> master(model.layout().total(), 0.0f);
-  const GPTConfig& cfg = model.config();
   for (const ParamSpec& s : model.layout().specs())
-    local_from_global(cfg, model.tensor_parallel(), s, global_tensor(dir, tensor_entry(dir, manifest, s.name), "master", files),
-                      master.data() + s.offset);
+    local_from_global(model.config(), model.tensor_parallel(), s,
+                      global_tensor(dir, tensor_entry(dir, manifest, s.name), "master", files), master.data() + s.offset);
   model.set_weights(master);
+  return manifest;
+}
+
+}  // namespace
+
+void load_parameters(const std::string& dir, GPT& model) {
+  std::map<std::string, h5::File> files;
+  load_master(dir, model, files);
 }
 
 TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimizer) {
-  load_parameters(dir, model);
-  const json manifest = read_manifest(dir);
   std::map<std::string, h5::File> files;
+  const json manifest = load_master(dir, model, files);
   const GPTConfig& cfg = model.config();
   std::vector<float> m(optimizer.count()), v(optimizer.count()), local;
   model.layout().for_each_overlap(optimizer.first(), optimizer.count(), [&](const ParamSpec& s, int64_t begin, int64_t end) {
@@ -404,13 +423,7 @@ void verify_checkpoint(const std::string& dir) {
   const json manifest = read_manifest(dir);
   check_files(dir, manifest);
   std::map<std::string, h5::File> files;
-  const GPTConfig cfg = [&] {
-    GPTConfig c;
-    const json& m = manifest.at("model");
-    c.vocab_size = m.at("vocab_size"), c.max_seq_len = m.at("max_seq_len"), c.n_layer = m.at("n_layer");
-    c.n_head = m.at("n_head"), c.n_embd = m.at("n_embd");
-    return c;
-  }();
+  const GPTConfig cfg = model_from_json(manifest.at("model"));
   const ParamLayout layout(cfg, {1, 0});
   for (const ParamSpec& s : layout.specs()) {
     const json& entry = tensor_entry(dir, manifest, s.name);
