@@ -202,6 +202,18 @@ TEST(TrainConfig, GpuKeysAndTheirErrors) {
             "command line: train.recompute: recompute 'all': expected none, mlp or block");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.device=gpu"}); }),
             "command line: run.device: 'gpu': expected auto, cpu, cuda or emu");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.sample_every=-1"}); }),
+            "command line: train.sample_every: expected >= 0 (0 disables sampling)");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.batch_size=99999999999"}); }),
+            "command line: train.batch_size: expected an integer in range");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.sample_tokens=0"}); }),
+            "command line: train.sample_tokens: expected >= 1");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.every=-2"}); }),
+            "command line: checkpoint.every: expected >= 0 (0: never)");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.keep=-1"}); }),
+            "command line: checkpoint.keep: expected >= 0 (0: keep all)");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.on_error=retry"}); }),
+            "command line: checkpoint.on_error: 'retry': expected stop or continue");
 }
 
 TEST(Trainer, LossFallsWellBelowItsStart) {

@@ -5,6 +5,7 @@
 #include <cctype>
 #include <map>
 #include <set>
+#include <utility>
 #include <sstream>
 #include <stdexcept>
 
@@ -34,8 +35,7 @@ class Reader {
     } else {
       if (!node->is_integer()) fail(key, "an integer");
       const int64_t v = *node->value<int64_t>();
-      if (v < (int64_t)std::numeric_limits<T>::min() || (uint64_t)v > (uint64_t)std::numeric_limits<T>::max())
-        fail(key, "an integer in range");
+      if (!std::in_range<T>(v)) fail(key, "an integer in range");
       out = static_cast<T>(v);
     }
   }
