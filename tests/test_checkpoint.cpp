@@ -14,7 +14,6 @@
 #include "model/cpu_ops.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
-#include "train/sample.h"
 #include "train/trainer.h"
 
 namespace kiln {
@@ -227,17 +226,6 @@ TEST_F(BrokenCheckpoint, CorruptLatest) {
   std::ofstream(dir_.path("run") + "/latest") << "../elsewhere\n";
   EXPECT_TRUE(mentions(error_of([&] { latest_checkpoint(dir_.path("run")); }),
                        {dir_.path("run") + "/latest", "expected a checkpoint directory name, found '../elsewhere'"}));
-}
-
-TEST(Sampling, AnEmptyPromptIsRefused) {
-  const GPTConfig cfg = GPTConfig::preset("test");
-  const auto ops = make_cpu_ops();
-  GPT model(cfg, *ops, 1, 8);
-  EXPECT_EQ(error_of([&] { sample_tokens(model, {}, 4, 1, 8); }), "sample_tokens: the prompt has no tokens");
-  model.init_weights(1);
-  const std::vector<int32_t> a = sample_tokens(model, {1, 2, 3}, 12, 5, 8), b = sample_tokens(model, {1, 2, 3}, 12, 5, 8);
-  EXPECT_EQ(a.size(), 12u);
-  EXPECT_EQ(a, b) << "the same seed gives the same sample";
 }
 
 }  // namespace

@@ -1,37 +1,51 @@
-// kiln ckpt inspect|verify: a checkpoint's contents, and whether it is sound.
-#include <filesystem>
+// kiln ckpt inspect|verify|import-hf|export-hf: a checkpoint's contents, whether it is sound, and
+// conversion from and to Hugging Face's GPT-2 (model.safetensors plus config.json).
+#include <fmt/format.h>
+
 #include <iostream>
 
+#include "model/hf_gpt2.h"
 #include "tools/commands.h"
 #include "train/checkpoint.h"
 
 namespace kiln::cli {
-namespace {
-
-// A step directory, or a run directory whose `latest` names one.
-std::string checkpoint_dir(const std::string& path) {
-  if (std::filesystem::exists(path + "/manifest.json")) return path;
-  const std::string latest = latest_checkpoint(path);
-  if (latest.empty()) throw std::runtime_error(path + ": neither a checkpoint (no manifest.json) nor a run directory with a latest file");
-  return latest;
-}
-
-}  // namespace
 
 void add_ckpt_command(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand("ckpt", "Inspect or verify a checkpoint");
+  CLI::App* cmd = app.add_subcommand("ckpt", "Inspect, verify, import or export a checkpoint");
   cmd->require_subcommand(1);
   auto path = std::make_shared<std::string>();
   CLI::App* inspect = cmd->add_subcommand("inspect", "Print step, model, layout and every tensor's pieces");
   inspect->add_option("dir", *path, "checkpoint directory, or a run directory (its latest)")->required();
-  inspect->callback([path] { std::cout << describe_checkpoint(checkpoint_dir(*path)); });
+  inspect->callback([path] { std::cout << describe_checkpoint(resolve_checkpoint(*path)); });
   CLI::App* verify = cmd->add_subcommand("verify", "Check every file's size and checksum and every tensor's pieces; "
                                                    "exit 0 only for a sound checkpoint");
   verify->add_option("dir", *path, "checkpoint directory, or a run directory (its latest)")->required();
   verify->callback([path] {
-    const std::string dir = checkpoint_dir(*path);
+    const std::string dir = resolve_checkpoint(*path);
     verify_checkpoint(dir);
     std::cout << dir << ": ok\n";
+  });
+
+  auto from = std::make_shared<std::string>(), to = std::make_shared<std::string>();
+  CLI::App* import = cmd->add_subcommand("import-hf", "Make step 0 of a run directory from a Hugging Face GPT-2 "
+                                                      "(its config.json and model.safetensors)");
+  import->add_option("hf_dir", *from, "directory holding config.json and model.safetensors")->required();
+  import->add_option("run_dir", *to, "run directory to create the checkpoint in (its latest then names it)")->required();
+  import->callback([from, to] {
+    HfGpt2 hf = read_hf_gpt2(*from);
+    const GPTConfig cfg = hf.config;
+    const std::string dir = save_weights_checkpoint(*to, cfg, std::move(hf.weights));
+    std::cout << fmt::format("{}: GPT-2 with {} layers, {} heads, width {}, vocabulary {}, context {}\n", dir,
+                             cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.max_seq_len);
+  });
+  CLI::App* exporter = cmd->add_subcommand("export-hf", "Write a checkpoint's weights as a Hugging Face GPT-2 "
+                                                        "(config.json and model.safetensors, F32)");
+  exporter->add_option("dir", *from, "checkpoint directory, or a run directory (its latest)")->required();
+  exporter->add_option("hf_dir", *to, "output directory")->required();
+  exporter->callback([from, to] {
+    const CheckpointWeights ckpt = read_checkpoint_weights(resolve_checkpoint(*from));
+    write_hf_gpt2(*to, ckpt.config, ckpt.weights);
+    std::cout << *to << ": config.json and model.safetensors\n";
   });
 }
 

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   kiln::cli::add_bench_command(app);
   kiln::cli::add_plan_command(app);
   kiln::cli::add_ckpt_command(app);
+  kiln::cli::add_generate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "data/h5.h"
+#include "model/cpu_ops.h"
 #include "model/params.h"
 #include "parallel/context.h"
 #include "train/data_parallel.h"
@@ -417,6 +418,38 @@ TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimiz
     state.loader = LoaderState{manifest["loader"].at("seed"), manifest["loader"].at("epoch"),
                                manifest["loader"].at("position")};
   return state;
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  if (fs::exists(path + "/manifest.json")) return path;
+  const std::string latest = latest_checkpoint(path);
+  if (latest.empty())
+    throw std::runtime_error(path + ": neither a checkpoint (no manifest.json) nor a run directory with a latest file");
+  return latest;
+}
+
+CheckpointWeights read_checkpoint_weights(const std::string& dir) {
+  const json manifest = read_manifest(dir);
+  check_files(dir, manifest);
+  CheckpointWeights out{model_from_json(manifest.at("model")), {}, manifest.value("settings", "")};
+  const ParamLayout layout(out.config);
+  out.weights.assign(layout.total(), 0.0f);
+  std::map<std::string, h5::File> files;
+  for (const ParamSpec& s : layout.specs())
+    local_from_global(out.config, {1, 0}, s, global_tensor(dir, tensor_entry(dir, manifest, s.name), "master", files),
+                      out.weights.data() + s.offset);
+  return out;
+}
+
+std::string save_weights_checkpoint(const std::string& run_dir, const GPTConfig& config, std::vector<float> weights) {
+  const auto ops = make_cpu_ops();
+  GPT model(config, *ops, 1, 1);
+  model.set_weights(weights);
+  weights = {};
+  AdamW optimizer(model, OptimConfig{});
+  const std::unique_ptr<Comm> self = make_self_comm();
+  fs::create_directories(run_dir);
+  return save_checkpoint(run_dir, "", model, optimizer, CheckpointRank{}, TrainingState{}, *self, 0);
 }
 
 void verify_checkpoint(const std::string& dir) {

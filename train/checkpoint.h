@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "data/loader.h"
 #include "model/gpt.h"
@@ -55,6 +56,21 @@ std::string latest_checkpoint(const std::string& run_dir);
 TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimizer);
 // Only the parameters (fine-tuning from a checkpoint: new optimizer, data and schedule).
 void load_parameters(const std::string& dir, GPT& model);
+
+// A step directory as given, or the one a run directory's `latest` names; throws otherwise.
+std::string resolve_checkpoint(const std::string& path);
+
+// The whole model's master weights in the unsharded layout (ParamLayout(config)), whatever layout
+// saved them, with the model's sizes and the run's settings: for generation and export.
+struct CheckpointWeights {
+  GPTConfig config;
+  std::vector<float> weights;
+  std::string settings;
+};
+CheckpointWeights read_checkpoint_weights(const std::string& dir);
+// Step 0 of run_dir from weights alone (fresh AdamW moments): an imported model, ready for
+// `kiln train --init-from` and `kiln generate`.
+std::string save_weights_checkpoint(const std::string& run_dir, const GPTConfig& config, std::vector<float> weights);
 
 // Checks every file's size and checksum and every piece's dataset and length; throws
 // std::runtime_error naming the file and what is wrong.

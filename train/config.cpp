@@ -244,4 +244,14 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   return cfg;
 }
 
+std::string string_setting(const std::string& settings, const std::string& key) {
+  try {
+    // The settings text is TOML itself: dotted keys, one a line.
+    const toml::table table = toml::parse(settings);
+    return table.at_path(key).value_or(std::string());
+  } catch (const toml::parse_error&) {
+    return "";
+  }
+}
+
 }  // namespace kiln

@@ -83,4 +83,8 @@ int64_t parse_memory_size(const std::string& text);
 // (values in TOML syntax; bare words are taken as strings). Throws std::runtime_error on any error.
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
 
+// The string value of `key` ("data.path") in a TrainConfig::settings text (a checkpoint keeps the
+// run's), or "" when it is not set there.
+std::string string_setting(const std::string& settings, const std::string& key);
+
 }  // namespace kiln

@@ -312,7 +312,8 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   // Resume from the run directory's latest checkpoint (or checkpoint.resume), whatever layout saved it.
   const CheckpointRank ckpt_rank{tp, tp_comm->rank(), dp_comm->size(), dp_comm->rank(),
                                  cfg.parallel.zero == 1 && dp_comm->size() > 1};
-  const std::string resume = cfg.checkpoint.resume.empty() ? latest_checkpoint(cfg.run_dir) : cfg.checkpoint.resume;
+  const std::string resume =
+      cfg.checkpoint.resume.empty() ? latest_checkpoint(cfg.run_dir) : resolve_checkpoint(cfg.checkpoint.resume);
   int64_t first_step = 0;
   if (!resume.empty()) {
     const auto load_start = Clock::now();
@@ -322,8 +323,9 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     log << fmt::format("resumed from {} at step {} (loaded in {:.2f} s)\n", resume, first_step,
                        std::chrono::duration<double>(Clock::now() - load_start).count());
   } else if (!cfg.checkpoint.init_from.empty()) {
-    load_parameters(cfg.checkpoint.init_from, model);
-    log << fmt::format("parameters from {} (optimizer, data and schedule start afresh)\n", cfg.checkpoint.init_from);
+    const std::string from = resolve_checkpoint(cfg.checkpoint.init_from);
+    load_parameters(from, model);
+    log << fmt::format("parameters from {} (optimizer, data and schedule start afresh)\n", from);
   }
   std::optional<MetricsWriter> metrics;
   if (comm.rank() == 0) metrics.emplace(cfg.run_dir, first_step);  // rows past the checkpoint are dropped
@@ -425,7 +427,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     }
     if (cfg.train.sample_every > 0 && (step + 1) % cfg.train.sample_every == 0 && data.tokenizer() && tp == 1) {
       const std::vector<int32_t> text = sample_tokens(model, data.tokenizer()->encode(cfg.train.sample_prompt),
-                                                      cfg.train.sample_tokens, cfg.train.seed + step, T);
+                                                      cfg.train.sample_tokens, cfg.train.seed + step);
       log << fmt::format("sample at step {}: {:?}\n", step + 1, cfg.train.sample_prompt + data.tokenizer()->decode(text));
     }
     records.push_back(rec);
