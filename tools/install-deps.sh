@@ -4,8 +4,9 @@
 # packages: they come from NVIDIA (https://developer.nvidia.com/cuda-downloads, which also
 # ships libnccl-dev); kiln builds CPU-only when nvcc is absent.
 #
-#   tools/install-deps.sh            build + test dependencies and the demo corpus
-#   tools/install-deps.sh --oracle   also PyTorch + h5py, to regenerate the test fixtures
+#   tools/install-deps.sh            build + test dependencies and the demo corpus, and .venv-hf
+#                                    (transformers from PyPI over Debian's PyTorch) for the HF check
+#   tools/install-deps.sh --oracle   also h5py and OpenBLAS for PyTorch, to regenerate the test fixtures
 set -euo pipefail
 
 packages=(
@@ -22,11 +23,12 @@ packages=(
   libopenblas-openmp-dev              # BLAS for the CPU backend (OpenMP build: shares kiln's threads)
   libboost-context-dev                # fibers for the SIMT emulator
   python3-matplotlib                  # tools/plot_metrics.py: loss, lr, grad norm, throughput plots
+  python3-torch python3-venv          # tests/hf/check_transformers.py: kiln's GPT-2 against transformers'
   bible-kjv                           # demo corpus: the King James Bible (public domain), see tools/get-corpus.sh
 )
 if [[ "${1:-}" == "--oracle" ]]; then
   # OpenBLAS, so that PyTorch does not fall back to the reference BLAS (about 20x slower).
-  packages+=(python3-torch python3-h5py python3-numpy libopenblas0-pthread)
+  packages+=(python3-h5py python3-numpy libopenblas0-pthread)
 fi
 
 missing=()
@@ -45,12 +47,22 @@ if command -v nvcc >/dev/null && ! command -v nvdisasm >/dev/null &&
   python3 -m pip install --quiet nvidia-cuda-nvdisasm
 fi
 if ((${#missing[@]} == 0)); then
-  echo "install-deps: nothing to install"
-  exit 0
+  echo "install-deps: no Debian packages to install"
+else
+  echo "install-deps: installing ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-echo "install-deps: installing ${missing[*]}"
-sudo=""
-[[ $(id -u) -ne 0 ]] && sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -q
-$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+# transformers is not packaged for Debian 12: PyPI's, in a venv that sees Debian's torch 1.13
+# (4.40 is the last release that supports it). Without network the HF check is skipped.
+cd "$(dirname "$0")/.."
+if ! .venv-hf/bin/python -c "import torch, transformers, safetensors" 2>/dev/null; then
+  echo "install-deps: .venv-hf: transformers and safetensors (PyPI) over Debian's python3-torch"
+  rm -rf .venv-hf
+  { /usr/bin/python3 -m venv --system-site-packages .venv-hf &&
+    .venv-hf/bin/pip install --quiet "transformers==4.40.2" "safetensors==0.8.0"; } ||
+    echo "install-deps: warning: .venv-hf not set up; tests/hf/check_transformers.py will be skipped"
+fi
