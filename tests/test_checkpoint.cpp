@@ -133,6 +133,27 @@ TEST(Checkpoint, FineTuningTakesTheParametersOnly) {
             "init_from starts one)");
 }
 
+// A background save is taken at its step and written while the next steps train: the same
+// checkpoint, bit for bit, as a save in place. A snapshot over checkpoint.async_max_mb saves in place.
+TEST(Checkpoint, BackgroundSavesOverlapTrainingAndEqualSavesInPlace) {
+  TempDir dir;
+  const TrainRun background = train_test(dir.path("bg"), "random", 4, {"checkpoint.every=2", "train.log_every=1"});
+  const TrainRun in_place = train_test(dir.path("fg"), "random", 4, {"checkpoint.every=2", "checkpoint.async=false"});
+  const TrainRun bounded = train_test(dir.path("bound"), "random", 2, {"checkpoint.every=2", "checkpoint.async_max_mb=0"});
+  const std::string& log = background.log;
+  const size_t snapshot = log.find("step 2: checkpoint snapshot"), step3 = log.find("step 3/4"),
+               saved = log.find("saved " + dir.path("bg") + "/step_00000002 (");
+  ASSERT_NE(snapshot, std::string::npos) << log;
+  ASSERT_NE(saved, std::string::npos) << log;
+  EXPECT_LT(snapshot, step3);
+  EXPECT_LT(step3, saved) << "step 3 trained while step 2's checkpoint was written";
+  EXPECT_TRUE(mentions(in_place.log, {"saved " + dir.path("fg") + "/step_00000002 in"})) << in_place.log;
+  EXPECT_TRUE(mentions(bounded.log, {"saved " + dir.path("bound") + "/step_00000002 in"})) << bounded.log;
+  for (const char* step : {"/step_00000002", "/step_00000004"})
+    for (const TensorDifference& d : compare_checkpoints(dir.path("bg") + step, dir.path("fg") + step))
+      EXPECT_EQ(d.max_abs, 0.0) << step << " " << d.tensor << " " << d.kind;
+}
+
 // The test preset has 28 tensors, each stored as master, m and v: 84 dataset writes per save.
 TEST(Checkpoint, AFullDiskLeavesThePreviousCheckpointAndTrainingGoesOn) {
   TempDir dir;

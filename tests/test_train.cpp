@@ -212,6 +212,10 @@ TEST(TrainConfig, GpuKeysAndTheirErrors) {
             "command line: checkpoint.every: expected >= 0 (0: never)");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.keep=-1"}); }),
             "command line: checkpoint.keep: expected >= 0 (0: keep all)");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.async_max_mb=-1"}); }),
+            "command line: checkpoint.async_max_mb: expected >= 0 (0: always save in place)");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.async=1"}); }),
+            "command line: checkpoint.async: expected true or false");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.on_error=retry"}); }),
             "command line: checkpoint.on_error: 'retry': expected stop or continue");
 }

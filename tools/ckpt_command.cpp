@@ -27,6 +27,25 @@ void add_ckpt_command(CLI::App& app) {
   });
 
   auto from = std::make_shared<std::string>(), to = std::make_shared<std::string>();
+  auto tolerance = std::make_shared<double>(0.0);
+  CLI::App* compare = cmd->add_subcommand("compare", "Compare two checkpoints' weights and moments, whatever their "
+                                                     "layouts; exit 0 only when every difference is within the tolerance");
+  compare->add_option("a", *from, "checkpoint directory, or a run directory (its latest)")->required();
+  compare->add_option("b", *to, "checkpoint directory, or a run directory (its latest)")->required();
+  compare->add_option("--tolerance", *tolerance, "largest absolute difference allowed (0: bitwise equal)")->capture_default_str();
+  compare->callback([from, to, tolerance] {
+    const std::string a = resolve_checkpoint(*from), b = resolve_checkpoint(*to);
+    double worst = 0;
+    int over = 0;
+    for (const TensorDifference& d : compare_checkpoints(a, b)) {
+      worst = std::max(worst, d.max_abs);
+      if (d.max_abs > *tolerance && ++over <= 20) std::cout << fmt::format("  {} {}: {:.3e}\n", d.tensor, d.kind, d.max_abs);
+    }
+    std::cout << fmt::format("{} vs {}: largest difference {:.3e}, {} tensor(s) past the tolerance {}\n", a, b, worst,
+                             over, *tolerance);
+    if (over > 0) throw std::runtime_error("the checkpoints differ");
+  });
+
   CLI::App* import = cmd->add_subcommand("import-hf", "Make step 0 of a run directory from a Hugging Face GPT-2 "
                                                       "(its config.json and model.safetensors)");
   import->add_option("hf_dir", *from, "directory holding config.json and model.safetensors")->required();

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -28,25 +30,15 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr int64_t kMaxPieceFloats = 16 << 20;  // 64 MB: HDF5's global lock is held no longer per write
-
-// One stored piece: elements [begin, end) of the row-major box (start, count) of a tensor's
-// global shape, in dataset `dataset` of `file`.
-struct Piece {
-  std::string kind;  // master, m or v
-  std::string tensor;
-  std::vector<int64_t> start, count;
-  int64_t begin = 0, end = 0;
-  std::string file, dataset;
-};
+constexpr int64_t kMaxCheckpointPieceFloats = 16 << 20;  // 64 MB: HDF5's global lock is held no longer per write
 
 std::string rank_file(int world_rank) { return fmt::format("rank_{:05}.h5", world_rank); }
 
 // Every piece that every rank of `rank`'s layout writes: the master weights by DP rank 0 of each
 // TP rank, the moments by their ZeRO-1 shard's owner (DP rank 0 without it), and tensors
 // replicated over TP by TP rank 0 only. Deterministic, so rank 0 writes the manifest alone.
-std::vector<Piece> all_pieces(const GPTConfig& cfg, const CheckpointRank& rank) {
-  std::vector<Piece> pieces;
+std::vector<CheckpointPiece> all_pieces(const GPTConfig& cfg, const CheckpointRank& rank) {
+  std::vector<CheckpointPiece> pieces;
   for (int t = 0; t < rank.tp; t++) {
     const ParamLayout layout(cfg, {rank.tp, t});
     for (int d = 0; d < rank.dp; d++) {
@@ -56,8 +48,8 @@ std::vector<Piece> all_pieces(const GPTConfig& cfg, const CheckpointRank& rank) 
         if (s.replicated && t != 0) continue;
         const TensorSlice box = tensor_slice(cfg, {rank.tp, t}, s);
         auto add = [&](const std::string& kind, int64_t begin, int64_t end) {
-          for (int64_t at = begin; at < end; at += kMaxPieceFloats)
-            pieces.push_back({kind, s.name, box.start, box.count, at, std::min(end, at + kMaxPieceFloats),
+          for (int64_t at = begin; at < end; at += kMaxCheckpointPieceFloats)
+            pieces.push_back({kind, s.name, box.start, box.count, at, std::min(end, at + kMaxCheckpointPieceFloats),
                               rank_file(writer.world_rank()), fmt::format("{}:{}:{}", kind, s.name, at)});
         };
         if (d == 0) add("master", 0, box.numel());
@@ -170,8 +162,8 @@ json read_manifest(const std::string& dir) {
   return m;
 }
 
-std::vector<Piece> pieces_of(const json& tensor) {
-  std::vector<Piece> out;
+std::vector<CheckpointPiece> pieces_of(const json& tensor) {
+  std::vector<CheckpointPiece> out;
   for (const json& p : tensor.at("pieces"))
     out.push_back({p.at("kind"), tensor.at("name"), p.at("start"), p.at("count"), p.at("begin"), p.at("end"),
                    p.at("file"), p.at("dataset")});
@@ -183,11 +175,11 @@ std::vector<float> global_tensor(const std::string& dir, const json& tensor, con
                                  std::map<std::string, h5::File>& files) {
   TensorSlice whole{tensor.at("global_shape").get<std::vector<int64_t>>(), {}, {}};
   std::vector<float> global(whole.global_numel(), 0.0f);
-  // Pieces grouped by box: each box's values are filled, then placed.
+  // CheckpointPieces grouped by box: each box's values are filled, then placed.
   std::map<std::vector<int64_t>, std::vector<float>> boxes;
   std::map<std::vector<int64_t>, TensorSlice> slices;
   bool found = false;
-  for (const Piece& p : pieces_of(tensor)) {
+  for (const CheckpointPiece& p : pieces_of(tensor)) {
     if (p.kind != kind) continue;
     found = true;
     TensorSlice box{whole.global_shape, p.start, p.count};
@@ -252,10 +244,43 @@ void check_files(const std::string& dir, const json& manifest) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& run_dir, const std::string& settings, GPT& model, AdamW& optimizer,
-                            const CheckpointRank& rank, const TrainingState& state, Comm& world, int keep) {
-  const GPTConfig& cfg = model.config();
-  const std::string name = fmt::format("step_{:08}", state.step), final_dir = run_dir + "/" + name;
+int64_t snapshot_bytes(const GPTConfig& config, const CheckpointRank& rank) {
+  const std::string mine = rank_file(rank.world_rank());
+  int64_t floats = 0;
+  for (const CheckpointPiece& p : all_pieces(config, rank))
+    if (p.file == mine) floats += p.end - p.begin;
+  return floats * (int64_t)sizeof(float);
+}
+
+CheckpointSnapshot snapshot_checkpoint(const std::string& settings, GPT& model, AdamW& optimizer,
+                                       const CheckpointRank& rank, const TrainingState& state) {
+  CheckpointSnapshot snap{model.config(), rank, state, settings, optimizer.steps_taken(), all_pieces(model.config(), rank), {}};
+  const std::string mine = rank_file(rank.world_rank());
+  snap.values.resize(snap.pieces.size());
+  // One kind at a time: a host copy of one buffer (the backend's memory may be a GPU's).
+  for (const auto& [kind, tensor, first] : {std::tuple{"master", &model.master(), (int64_t)0},
+                                            std::tuple{"m", &optimizer.m(), optimizer.first()},
+                                            std::tuple{"v", &optimizer.v(), optimizer.first()}}) {
+    const std::vector<float> host = download(model.ops(), *tensor);
+    for (size_t i = 0; i < snap.pieces.size(); i++) {
+      const CheckpointPiece& p = snap.pieces[i];
+      if (p.file != mine || p.kind != kind) continue;
+      const float* src = host.data() + model.layout().find(p.tensor).offset - first;
+      snap.values[i].assign(src + p.begin, src + p.end);
+    }
+  }
+  return snap;
+}
+
+int64_t CheckpointSnapshot::bytes() const {
+  int64_t n = 0;
+  for (const std::vector<float>& v : values) n += (int64_t)(v.size() * sizeof(float));
+  return n;
+}
+
+std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapshot& snap, Comm& world, int keep) {
+  const GPTConfig& cfg = snap.config;
+  const std::string name = fmt::format("step_{:08}", snap.state.step), final_dir = run_dir + "/" + name;
   const std::string tmp = final_dir + ".tmp";
   if (world.rank() == 0) {
     fs::remove_all(tmp);
@@ -264,8 +289,7 @@ std::string save_checkpoint(const std::string& run_dir, const std::string& setti
   world.barrier();
 
   // This rank's pieces, then whether every rank managed.
-  const std::vector<Piece> pieces = all_pieces(cfg, rank);
-  const std::string mine = rank_file(rank.world_rank());
+  const std::string mine = rank_file(snap.rank.world_rank());
   std::string error;
   int64_t bytes = 0;
   uint64_t hash = 0;
@@ -273,19 +297,13 @@ std::string save_checkpoint(const std::string& run_dir, const std::string& setti
     bool wrote = false;
     {
       std::optional<h5::File> file;
-      // One kind at a time: a host copy of one buffer (the backend's memory may be a GPU's).
-      for (const auto& [kind, tensor, first] : {std::tuple{"master", &model.master(), (int64_t)0},
-                                                std::tuple{"m", &optimizer.m(), optimizer.first()},
-                                                std::tuple{"v", &optimizer.v(), optimizer.first()}}) {
-        const std::vector<float> host = download(model.ops(), *tensor);
-        for (const Piece& p : pieces) {
-          if (p.file != mine || p.kind != kind) continue;
-          if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
-          const float* src = host.data() + model.layout().find(p.tensor).offset - first;
-          maybe_inject_enospc(tmp + "/" + mine);
-          file->write<float>(p.dataset, std::span<const float>(src + p.begin, p.end - p.begin), H5T_IEEE_F32LE);
-          wrote = true;
-        }
+      for (size_t i = 0; i < snap.pieces.size(); i++) {
+        const CheckpointPiece& p = snap.pieces[i];
+        if (p.file != mine) continue;
+        if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
+        maybe_inject_enospc(tmp + "/" + mine);
+        file->write<float>(p.dataset, std::span<const float>(snap.values[i]), H5T_IEEE_F32LE);
+        wrote = true;
       }
     }
     if (wrote) {
@@ -312,7 +330,7 @@ std::string save_checkpoint(const std::string& run_dir, const std::string& setti
         if (table[3 * r] > 0)
           files.push_back({{"name", rank_file(r)}, {"bytes", table[3 * r]}, {"fnv1a", fmt::format("{:016x}", (uint64_t)table[3 * r + 1])}});
       std::map<std::string, json> pieces_by_tensor;  // one pass: a job has pieces per rank and tensor
-      for (const Piece& p : pieces)
+      for (const CheckpointPiece& p : snap.pieces)
         pieces_by_tensor[p.tensor].push_back({{"kind", p.kind}, {"start", p.start}, {"count", p.count},
                                               {"begin", p.begin}, {"end", p.end}, {"file", p.file},
                                               {"dataset", p.dataset}});
@@ -321,13 +339,13 @@ std::string save_checkpoint(const std::string& run_dir, const std::string& setti
       for (const ParamSpec& s : full.specs())
         tensors.push_back({{"name", s.name}, {"global_shape", tensor_slice(cfg, {1, 0}, s).global_shape},
                            {"dtype", "f32"}, {"pieces", pieces_by_tensor[s.name]}});
-      json manifest = {{"format", kCheckpointFormat}, {"step", state.step}, {"model", model_json(cfg)},
-                       {"layout", {{"tp", rank.tp}, {"dp", rank.dp}, {"zero1", rank.zero1}}},
-                       {"settings", settings}, {"adamw_step", optimizer.steps_taken()},
-                       {"random_tokens", state.random_tokens}, {"files", files}, {"tensors", tensors}};
-      if (state.loader)
-        manifest["loader"] = {{"seed", state.loader->seed}, {"epoch", state.loader->epoch},
-                              {"position", state.loader->position}};
+      json manifest = {{"format", kCheckpointFormat}, {"step", snap.state.step}, {"model", model_json(cfg)},
+                       {"layout", {{"tp", snap.rank.tp}, {"dp", snap.rank.dp}, {"zero1", snap.rank.zero1}}},
+                       {"settings", snap.settings}, {"adamw_step", snap.adamw_step},
+                       {"random_tokens", snap.state.random_tokens}, {"files", files}, {"tensors", tensors}};
+      if (snap.state.loader)
+        manifest["loader"] = {{"seed", snap.state.loader->seed}, {"epoch", snap.state.loader->epoch},
+                              {"position", snap.state.loader->position}};
       write_atomically(tmp + "/manifest.json", manifest.dump(1));
       fsync_path(tmp, true);
       fs::remove_all(final_dir);  // a step saved before, by a run resumed from an earlier one
@@ -357,6 +375,35 @@ std::string save_checkpoint(const std::string& run_dir, const std::string& setti
                                          run_dir + "/latest"));
   }
   return final_dir;
+}
+
+
+std::string save_checkpoint(const std::string& run_dir, const std::string& settings, GPT& model, AdamW& optimizer,
+                            const CheckpointRank& rank, const TrainingState& state, Comm& world, int keep) {
+  return write_checkpoint(run_dir, snapshot_checkpoint(settings, model, optimizer, rank, state), world, keep);
+}
+
+AsyncCheckpointWriter::~AsyncCheckpointWriter() {
+  if (!writing_.valid()) return;
+  try {
+    writing_.get();
+  } catch (const std::exception&) {  // reported by wait(); a destructor cannot
+  }
+}
+
+void AsyncCheckpointWriter::start(const std::string& run_dir, CheckpointSnapshot snapshot, int keep) {
+  if (writing_.valid()) throw std::logic_error("AsyncCheckpointWriter::start: the previous save was not waited for");
+  writing_ = std::async(std::launch::async, [this, run_dir, keep, snap = std::move(snapshot)] {
+    comm_.set_context(fmt::format("checkpoint step {}", snap.state.step));
+    const auto start = std::chrono::steady_clock::now();
+    std::string dir = write_checkpoint(run_dir, snap, comm_, keep);
+    return std::pair{dir, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()};
+  });
+}
+
+std::optional<std::pair<std::string, double>> AsyncCheckpointWriter::wait() {
+  if (!writing_.valid()) return std::nullopt;
+  return writing_.get();
 }
 
 std::string latest_checkpoint(const std::string& run_dir) {
@@ -466,6 +513,29 @@ void verify_checkpoint(const std::string& dir) {
                                            s.name, entry.at("global_shape").dump(), json(shape).dump()));
     for (const char* kind : {"master", "m", "v"}) global_tensor(dir, entry, kind, files);  // every piece reads
   }
+}
+
+std::vector<TensorDifference> compare_checkpoints(const std::string& a, const std::string& b) {
+  const json ma = read_manifest(a), mb = read_manifest(b);
+  check_files(a, ma);
+  check_files(b, mb);
+  const GPTConfig cfg = model_from_json(ma.at("model"));
+  check_model(b, mb, cfg);
+  std::map<std::string, h5::File> files_a, files_b;
+  std::vector<TensorDifference> out;
+  const ParamLayout layout(cfg, {1, 0});
+  for (const ParamSpec& s : layout.specs())
+    for (const char* kind : {"master", "m", "v"}) {
+      const std::vector<float> x = global_tensor(a, tensor_entry(a, ma, s.name), kind, files_a);
+      const std::vector<float> y = global_tensor(b, tensor_entry(b, mb, s.name), kind, files_b);
+      TensorDifference d{s.name, kind, 0.0};
+      for (size_t i = 0; i < x.size(); i++) {
+        const double diff = std::abs((double)x[i] - (double)y[i]);
+        d.max_abs = std::isnan(diff) ? INFINITY : std::max(d.max_abs, diff);
+      }
+      out.push_back(d);
+    }
+  return out;
 }
 
 std::string describe_checkpoint(const std::string& dir) {

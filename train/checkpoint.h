@@ -13,8 +13,10 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/loader.h"
@@ -40,6 +42,35 @@ struct CheckpointRank {
   int world_rank() const { return dp_rank * tp + tp_rank; }
 };
 
+// One stored piece: elements [begin, end) of the row-major box (start, count) of a tensor's
+// global shape, in dataset `dataset` of `file`.
+struct CheckpointPiece {
+  std::string kind;  // master, m or v
+  std::string tensor;
+  std::vector<int64_t> start, count;
+  int64_t begin = 0, end = 0;
+  std::string file, dataset;
+};
+
+// A checkpoint as taken at one step, in host memory: every rank's pieces (for the manifest) and
+// the values of this rank's own.
+struct CheckpointSnapshot {
+  GPTConfig config;
+  CheckpointRank rank;
+  TrainingState state;
+  std::string settings;
+  int64_t adamw_step = 0;
+  std::vector<CheckpointPiece> pieces;
+  std::vector<std::vector<float>> values;  // per piece: this rank's, empty for the others'
+  int64_t bytes() const;                   // host memory the values take
+};
+// The bytes of this rank's values in a snapshot, known before taking one.
+int64_t snapshot_bytes(const GPTConfig& config, const CheckpointRank& rank);
+CheckpointSnapshot snapshot_checkpoint(const std::string& settings, GPT& model, AdamW& optimizer,
+                                       const CheckpointRank& rank, const TrainingState& state);
+// Writes a snapshot into run_dir, as save_checkpoint does (a collective over `world`).
+std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapshot& snapshot, Comm& world, int keep);
+
 // Saves step `state.step` of `model` and `optimizer` into run_dir. A collective over `world`:
 // every rank writes its pieces, then rank 0 commits. Keeps the newest `keep` checkpoints (0: all).
 // Throws on every rank if any rank failed, after removing the partial step_X.tmp/.
@@ -47,6 +78,24 @@ struct CheckpointRank {
 // as a full disk would (for tests of that path).
 std::string save_checkpoint(const std::string& run_dir, const std::string& settings, GPT& model, AdamW& optimizer,
                             const CheckpointRank& rank, const TrainingState& state, Comm& world, int keep);
+
+// Writes snapshots on a background thread while training goes on, one at a time: host memory
+// holds at most one snapshot being written. `comm` is the writer's own communicator (the job's,
+// split off for it), so that its collectives run beside the training thread's.
+class AsyncCheckpointWriter {
+ public:
+  explicit AsyncCheckpointWriter(Comm& comm) : comm_(comm) {}
+  ~AsyncCheckpointWriter();  // waits for a save in flight (its error is lost: call wait() first)
+  // Starts writing; the previous save must have been waited for.
+  void start(const std::string& run_dir, CheckpointSnapshot snapshot, int keep);
+  // Waits for the save in flight: its directory and seconds spent writing, or nothing when there
+  // was none. Throws what the save threw (the same on every rank: the save is collective).
+  std::optional<std::pair<std::string, double>> wait();
+
+ private:
+  Comm& comm_;
+  std::future<std::pair<std::string, double>> writing_;
+};
 
 // The directory `latest` names in run_dir, or "" when there is none.
 std::string latest_checkpoint(const std::string& run_dir);
@@ -75,6 +124,14 @@ std::string save_weights_checkpoint(const std::string& run_dir, const GPTConfig&
 // Checks every file's size and checksum and every piece's dataset and length; throws
 // std::runtime_error naming the file and what is wrong.
 void verify_checkpoint(const std::string& dir);
+// The largest absolute difference between two checkpoints' master weights, and between their
+// moments, tensor by tensor, whatever layouts saved them. Throws when the models' sizes differ.
+struct TensorDifference {
+  std::string tensor, kind;  // kind: master, m or v
+  double max_abs = 0;
+};
+std::vector<TensorDifference> compare_checkpoints(const std::string& a, const std::string& b);
+
 // Step, layout, model, and every tensor's global shape and pieces, for `kiln ckpt inspect`.
 std::string describe_checkpoint(const std::string& dir);
 

@@ -184,6 +184,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("parallel.bucket_mb", cfg.parallel.bucket_mb);
   r.get("checkpoint.every", cfg.checkpoint.every);
   r.get("checkpoint.keep", cfg.checkpoint.keep);
+  r.get("checkpoint.async", cfg.checkpoint.async);
+  r.get("checkpoint.async_max_mb", cfg.checkpoint.async_max_mb);
   r.get("checkpoint.resume", cfg.checkpoint.resume);
   r.get("checkpoint.init_from", cfg.checkpoint.init_from);
   r.get("checkpoint.on_error", cfg.checkpoint.on_error);
@@ -229,6 +231,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   }
   if (cfg.checkpoint.every < 0) bad("checkpoint.every", "expected >= 0 (0: never)");
   if (cfg.checkpoint.keep < 0) bad("checkpoint.keep", "expected >= 0 (0: keep all)");
+  if (cfg.checkpoint.async_max_mb < 0) bad("checkpoint.async_max_mb", "expected >= 0 (0: always save in place)");
   if (cfg.checkpoint.on_error != "stop" && cfg.checkpoint.on_error != "continue")
     bad("checkpoint.on_error", "'" + cfg.checkpoint.on_error + "': expected stop or continue");
   if (!cfg.checkpoint.resume.empty() && !cfg.checkpoint.init_from.empty())

@@ -52,6 +52,8 @@ struct ParallelConfig {
 struct CheckpointConfig {
   int every = 0;             // steps between saves (and at the end); 0: never
   int keep = 3;              // newest checkpoints kept; 0: all
+  bool async = true;         // write on a background thread while training goes on
+  int64_t async_max_mb = 8192;  // host memory a background save may take; larger ones save in place
   std::string resume;        // a checkpoint directory; empty: run.dir's latest, if any
   std::string init_from;     // fine-tuning: a checkpoint's parameters only (new optimizer and data)
   std::string on_error = "stop";  // a failed save: stop, or continue training (the previous one stays)

@@ -332,6 +332,25 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   const std::string preempted_marker = cfg.run_dir + "/preempted";
   if (comm.rank() == 0) std::filesystem::remove(preempted_marker);  // this is the requeued job
   const PreemptionSignals signals;
+  // Background saves: a communicator of their own, so their collectives run beside training's.
+  std::unique_ptr<Comm> checkpoint_comm;
+  std::optional<AsyncCheckpointWriter> writer;
+  if (cfg.checkpoint.every > 0 && cfg.checkpoint.async) {
+    checkpoint_comm = comm.split(0, comm.rank());
+    writer.emplace(*checkpoint_comm);
+  }
+  const int64_t snapshot_mb = (snapshot_bytes(model_cfg, ckpt_rank) + (1 << 20) - 1) >> 20;
+  // Waits for the save in flight, at the same step on every rank (its outcome is the same on all).
+  auto finish_background_save = [&] {
+    if (!writer) return;
+    try {
+      if (const auto saved = writer->wait())
+        log << fmt::format("saved {} ({:.2f} s writing in the background)\n", saved->first, saved->second);
+    } catch (const std::exception& e) {
+      if (cfg.checkpoint.on_error == "stop") throw;
+      log << fmt::format("{}; training goes on (checkpoint.on_error = continue)\n", e.what());
+    }
+  };
 
   const int64_t params = model.layout().total();  // this tensor-parallel rank's
   const int64_t model_params = ParamLayout(model_cfg, {1, 0}).total();
@@ -437,27 +456,47 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     if (preempt > 0 || (cfg.checkpoint.every > 0 && ((step + 1) % cfg.checkpoint.every == 0 || last))) {
       TrainingState state{step + 1, {}, {}};
       data.save_position(state);
+      finish_background_save();  // one snapshot in host memory at a time
       const auto save_start = Clock::now();
       try {
-        const std::string dir =
-            save_checkpoint(cfg.run_dir, cfg.settings, model, optimizer, ckpt_rank, state, comm, cfg.checkpoint.keep);
-        log << fmt::format("saved {} in {:.2f} s\n", dir,
-                           std::chrono::duration<double>(Clock::now() - save_start).count());
+        if (writer && preempt == 0 && snapshot_mb <= cfg.checkpoint.async_max_mb) {
+          writer->start(cfg.run_dir, snapshot_checkpoint(cfg.settings, model, optimizer, ckpt_rank, state),
+                        cfg.checkpoint.keep);
+          log << fmt::format("step {}: checkpoint snapshot ({} MiB) taken in {:.2f} s, writing in the background\n",
+                             step + 1, snapshot_mb, std::chrono::duration<double>(Clock::now() - save_start).count());
+        } else {
+          const std::string dir =
+              save_checkpoint(cfg.run_dir, cfg.settings, model, optimizer, ckpt_rank, state, comm, cfg.checkpoint.keep);
+          log << fmt::format("saved {} in {:.2f} s\n", dir,
+                             std::chrono::duration<double>(Clock::now() - save_start).count());
+        }
       } catch (const std::exception& e) {
         if (cfg.checkpoint.on_error == "stop" || preempt > 0) throw;
         log << fmt::format("{}; training goes on (checkpoint.on_error = continue)\n", e.what());
       }
     }
     if (preempt > 0) {
+      finish_background_save();
       if (comm.rank() == 0) std::ofstream(preempted_marker) << step + 1 << "\n";
       log << fmt::format("preempted (a signal): saved at step {}, stopping; {} tells the launcher to requeue\n",
                          step + 1, preempted_marker);
       return records;
     }
   }
+  finish_background_save();
+  // Resumed where the run ends: the state is saved in this run directory, in this job's layout
+  // (so `--resume OTHER --max-steps STEP` copies, and reshards, a checkpoint).
+  if (first_step == cfg.train.steps && cfg.checkpoint.every > 0 &&
+      latest_checkpoint(cfg.run_dir) != cfg.run_dir + fmt::format("/step_{:08}", first_step)) {
+    TrainingState state{first_step, {}, {}};
+    data.save_position(state);
+    log << fmt::format("no steps left: saved {}\n", save_checkpoint(cfg.run_dir, cfg.settings, model, optimizer,
+                                                                       ckpt_rank, state, comm, cfg.checkpoint.keep));
+  }
   if (skipped > 0) log << fmt::format("{} step(s) skipped for a non-finite loss or gradient norm\n", skipped);
-  log << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg.train.steps - first_step,
-                     format_duration(elapsed_s), tokens_per_step * (cfg.train.steps - first_step) / elapsed_s);
+  if (cfg.train.steps > first_step)
+    log << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg.train.steps - first_step,
+                       format_duration(elapsed_s), tokens_per_step * (cfg.train.steps - first_step) / elapsed_s);
   if (tp > 1) {
     check_replicas_agree(model, *tp_comm);
     log << fmt::format("tensor parallel over {} ranks: {} collectives per step; replicated parameters bitwise equal\n",

@@ -45,3 +45,23 @@ for target in "dp2 ${mpi[*]}" "single"; do
     --run-dir "$work/reshard_$name" > /dev/null
   compare "$work/tp2_straight" "$work/reshard_$name" 1e-5
 done
+# Right after loading under another layout the state is the saved one, bit for bit: TP 2's
+# checkpoint resumed where it ends (step 4) is saved again under DP 2 with ZeRO-1 and on one
+# process, and every tensor's weights and moments equal the original's.
+for target in "dp2 ${mpi[*]}" "single"; do
+  read -r name launcher <<< "$target"
+  flags=(--batch-size 4) dp=1
+  [[ "$name" == dp2 ]] && flags=(--parallel.zero=1 --batch-size 2) dp=2
+  # shellcheck disable=SC2086
+  $launcher "$kiln" train "${common[@]}" "${flags[@]}" --max-steps 4 --save-every 4 \
+    --resume "$work/tp2/step_00000004" --run-dir "$work/resaved_$name" > "$work/resaved_$name.log"
+  grep -q "no steps left: saved $work/resaved_$name/step_00000004" "$work/resaved_$name.log"
+  grep -Eq "\"dp\": ?$dp," "$work/resaved_$name/step_00000004/manifest.json"  # saved in the new layout
+  "$kiln" ckpt compare "$work/tp2/step_00000004" "$work/resaved_$name"
+done
+# ... and the comparison does see a difference: four more steps changed every tensor.
+if "$kiln" ckpt compare "$work/tp2/step_00000004" "$work/tp2/step_00000008" > "$work/compare_differs.log"; then
+  echo "kiln ckpt compare found step 4 and step 8 equal" >&2
+  exit 1
+fi
+grep -q "84 tensor(s) past the tolerance 0" "$work/compare_differs.log"
