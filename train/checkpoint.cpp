@@ -82,12 +82,6 @@ GPTConfig model_from_json(const json& m) {
   return c;
 }
 
-std::vector<float> download(Ops& ops, const Tensor& t) {
-  std::vector<float> host(t.numel);
-  ops.download(host, t);
-  return host;
-}
-
 // open + fsync + close: the file's (or directory's) contents are on disk when this returns.
 void fsync_path(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
@@ -257,17 +251,15 @@ CheckpointSnapshot snapshot_checkpoint(const std::string& settings, GPT& model, 
   CheckpointSnapshot snap{model.config(), rank, state, settings, optimizer.steps_taken(), all_pieces(model.config(), rank), {}};
   const std::string mine = rank_file(rank.world_rank());
   snap.values.resize(snap.pieces.size());
-  // One kind at a time: a host copy of one buffer (the backend's memory may be a GPU's).
-  for (const auto& [kind, tensor, first] : {std::tuple{"master", &model.master(), (int64_t)0},
-                                            std::tuple{"m", &optimizer.m(), optimizer.first()},
-                                            std::tuple{"v", &optimizer.v(), optimizer.first()}}) {
-    const std::vector<float> host = download(model.ops(), *tensor);
-    for (size_t i = 0; i < snap.pieces.size(); i++) {
-      const CheckpointPiece& p = snap.pieces[i];
-      if (p.file != mine || p.kind != kind) continue;
-      const float* src = host.data() + model.layout().find(p.tensor).offset - first;
-      snap.values[i].assign(src + p.begin, src + p.end);
-    }
+  // Each piece straight from the backend's buffer (a GPU's memory, or the host's) into its own.
+  for (size_t i = 0; i < snap.pieces.size(); i++) {
+    const CheckpointPiece& p = snap.pieces[i];
+    if (p.file != mine) continue;
+    const bool master = p.kind == "master";
+    const Tensor& buffer = master ? model.master() : p.kind == "m" ? optimizer.m() : optimizer.v();
+    const int64_t offset = model.layout().find(p.tensor).offset - (master ? 0 : optimizer.first()) + p.begin;
+    snap.values[i].resize(p.end - p.begin);
+    model.ops().download(snap.values[i], buffer.slice(offset, p.end - p.begin));
   }
   return snap;
 }
