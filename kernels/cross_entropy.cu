@@ -172,6 +172,11 @@ __global__ void __launch_bounds__(kThreads)
   if (with_grad) write_dlogits<W>(row, V_local_valid, Vp_local, max, 1.0f / sumexp, dloss, target - vocab_begin);
 }
 
+__global__ void rescale_sumexp_kernel(float* row_sumexp, const float* row_max, const float* global_max, int N) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n < N && row_sumexp[n] != 0.0f) row_sumexp[n] *= expf(row_max[n] - global_max[n]);
+}
+
 }  // namespace detail
 
 namespace {
@@ -232,6 +237,16 @@ void cross_entropy_stats(const Stream& stream, float* row_max, float* row_sumexp
   else
     launch(detail::cross_entropy_stats_kernel<1>, N, kThreads, 0, stream, row_max, row_sumexp, target_logit, logits,
            targets, vocab_begin, V_local_valid, Vp_local);
+}
+
+void rescale_sumexp(const Stream& stream, float* row_sumexp, const float* row_max, const float* global_max, int N) {
+  constexpr const char* kName = "rescale_sumexp";
+  require_pointer(row_sumexp, kName, "row_sumexp");
+  require_pointer(row_max, kName, "row_max");
+  require_pointer(global_max, kName, "global_max");
+  require(N >= 1, kName, "N = " + std::to_string(N) + " must be >= 1");
+  launch(detail::rescale_sumexp_kernel, (N + kThreads - 1) / kThreads, kThreads, 0, stream, row_sumexp, row_max,
+         global_max, N);
 }
 
 void cross_entropy_from_stats(const Stream& stream, float* losses, __nv_bfloat16* logits_and_dlogits,

@@ -30,7 +30,7 @@ void cross_entropy_forward_backward(const Stream& stream, float* losses, __nv_bf
 //   row_sumexp[n]   = sum over the slice's valid logits of exp(z - row_max[n]) (0 when none),
 //   target_logit[n] = z[targets[n]] if the target falls in this slice's valid columns, else 0,
 //                     so that summing over ranks gives the target's logit (0 for ignored rows).
-// Step 2, the caller (later issue: all-reduce): global_max = max over ranks of row_max;
+// Step 2, the caller (an all-reduce max, rescale_sumexp, an all-reduce sum): global_max = max over ranks of row_max;
 //   global_sumexp = sum over ranks of row_sumexp * exp(row_max - global_max);
 //   global_target_logit = sum over ranks of target_logit.
 // Step 3, per rank: losses[n] = (global_max - global_target_logit) + log(global_sumexp) (every
@@ -43,6 +43,9 @@ void cross_entropy_forward_backward(const Stream& stream, float* losses, __nv_bf
 void cross_entropy_stats(const Stream& stream, float* row_max, float* row_sumexp, float* target_logit,
                          const __nv_bfloat16* logits, const int32_t* targets, int N, int vocab_begin,
                          int V_local_valid, int Vp_local);
+// Step 2's rescaling on each rank, before the sum over ranks:
+//   row_sumexp[n] *= exp(row_max[n] - global_max[n])   (a slice without valid logits stays 0).
+void rescale_sumexp(const Stream& stream, float* row_sumexp, const float* row_max, const float* global_max, int N);
 void cross_entropy_from_stats(const Stream& stream, float* losses, __nv_bfloat16* logits_and_dlogits,
                               const int32_t* targets, const float* global_max, const float* global_sumexp,
                               const float* global_target_logit, int N, int vocab_begin, int V_local_valid,

@@ -50,6 +50,12 @@ void cross_entropy_stats(T* row_max, T* row_sumexp, T* target_logit, const T* lo
 }
 
 template <class T>
+void rescale_sumexp(T* row_sumexp, const T* row_max, const T* global_max, int N) {
+  for (int n = 0; n < N; n++)
+    if (row_sumexp[n] != 0) row_sumexp[n] *= std::exp(row_max[n] - global_max[n]);
+}
+
+template <class T>
 void cross_entropy_from_stats(T* losses, T* dlogits, const T* logits, const int32_t* targets, const T* global_max,
                               const T* global_sumexp, const T* global_target_logit, int N, int vocab_begin, int valid,
                               int Vp_local, T dloss) {
@@ -78,6 +84,8 @@ template void cross_entropy_forward_backward<float>(float*, float*, const float*
 template void cross_entropy_forward_backward<double>(double*, double*, const double*, const int32_t*, int, int,
                                                      int, double);
 
+template void rescale_sumexp<float>(float*, const float*, const float*, int);
+template void rescale_sumexp<double>(double*, const double*, const double*, int);
 template void cross_entropy_stats<float>(float*, float*, float*, const float*, const int32_t*, int, int, int, int);
 template void cross_entropy_stats<double>(double*, double*, double*, const double*, const int32_t*, int, int, int,
                                           int);

@@ -75,6 +75,10 @@ void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, cons
 template <class T>
 void cross_entropy_stats(T* row_max, T* row_sumexp, T* target_logit, const T* logits, const int32_t* targets, int N,
                          int vocab_begin, int valid, int Vp_local);
+// row_sumexp[n] *= exp(row_max[n] - global_max[n]), a slice's sum-exp rescaled to the global max
+// before the sum over ranks (0 stays 0: a slice without valid logits has row_max -inf).
+template <class T>
+void rescale_sumexp(T* row_sumexp, const T* row_max, const T* global_max, int N);
 template <class T>
 void cross_entropy_from_stats(T* losses, T* dlogits, const T* logits, const int32_t* targets, const T* global_max,
                               const T* global_sumexp, const T* global_target_logit, int N, int vocab_begin, int valid,

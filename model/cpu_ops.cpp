@@ -46,6 +46,11 @@ class CpuOps final : public Ops {
     OpTimer timer(times_, "other");
     clear(t);
   }
+  void copy(const Tensor& dst, const Tensor& src) override {
+    OpTimer timer(times_, "other");
+    require_same("copy", dst, src);
+    std::memcpy(dst.data, src.data, (size_t)src.numel * dtype_size(src.dtype));
+  }
   void upload(const Tensor& dst, std::span<const float> src) override { copy(dst.f32(), dst.numel, src); }
   void upload(const Tensor& dst, std::span<const int32_t> src) override { copy(dst.i32(), dst.numel, src); }
   void download(std::span<float> dst, const Tensor& src) override {
@@ -151,8 +156,7 @@ class CpuOps final : public Ops {
   }
   void rescale_sumexp(const Tensor& row_sumexp, const Tensor& row_max, const Tensor& global_max, int N) override {
     OpTimer t(times_, "cross_entropy");
-    float *s = row_sumexp.f32(), *m = row_max.f32(), *g = global_max.f32();
-    for (int n = 0; n < N; n++) s[n] = s[n] == 0 ? 0 : s[n] * std::exp(m[n] - g[n]);  // an empty slice stays 0
+    ref::rescale_sumexp(row_sumexp.f32(), row_max.f32(), global_max.f32(), N);
   }
   void cross_entropy_from_stats(const Tensor& losses, const Tensor& logits, const Tensor& targets,
                                 const Tensor& global_max, const Tensor& global_sumexp, const Tensor& global_target_logit,

@@ -76,6 +76,11 @@ class CudaOps final : public Ops {
   void zero(const Tensor& t) override {
     KILN_CHECK(KILN_RT cudaMemsetAsync(t.data, 0, (size_t)t.numel * dtype_size(t.dtype), stream_.get()));
   }
+  void copy(const Tensor& dst, const Tensor& src) override {
+    require_same("copy", dst, src);
+    KILN_CHECK(KILN_RT cudaMemcpyAsync(dst.data, src.data, (size_t)src.numel * dtype_size(src.dtype),
+                                       cudaMemcpyDeviceToDevice, stream_.get()));
+  }
   void upload(const Tensor& dst, std::span<const float> src) override {
     check_size("upload", dst, src.size());
     if (dst.dtype == DType::f32) return copy_in(dst.f32(), src.data(), src.size_bytes());
@@ -183,8 +188,8 @@ class CudaOps final : public Ops {
     kiln::KILN_NS::cross_entropy_stats(stream_, row_max.f32(), row_sumexp.f32(), target_logit.f32(), bf(logits),
                                        targets.i32(), N, vocab_begin, valid, Vp_local);
   }
-  void rescale_sumexp(const Tensor&, const Tensor&, const Tensor&, int) override {
-    throw std::logic_error(name() + " backend: tensor parallelism runs on the cpu backend only so far (GPT refuses it)");
+  void rescale_sumexp(const Tensor& row_sumexp, const Tensor& row_max, const Tensor& global_max, int N) override {
+    kiln::KILN_NS::rescale_sumexp(stream_, row_sumexp.f32(), row_max.f32(), global_max.f32(), N);
   }
   void cross_entropy_from_stats(const Tensor& losses, const Tensor& logits, const Tensor& targets,
                                 const Tensor& global_max, const Tensor& global_sumexp, const Tensor& global_target_logit,

@@ -9,7 +9,7 @@
 namespace kiln {
 
 GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp, Comm* tp_comm,
-         Recompute recompute)
+         Recompute recompute, MasterRange master)
     : cfg_(cfg),
       ops_(ops),
       tp_(tp),
@@ -22,8 +22,6 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
   if (tp.size > 1 && (!tp_comm || tp_comm->size() != tp.size || tp_comm->rank() != tp.rank))
     throw std::invalid_argument("GPT: tensor parallel rank " + std::to_string(tp.rank) + " of " +
                                 std::to_string(tp.size) + " needs its group's Comm");
-  if (tp.size > 1 && !ops.name().starts_with("cpu"))
-    throw std::invalid_argument("GPT: tensor parallelism runs on the cpu backend only so far");
   if (max_batch < 1) throw std::invalid_argument("batch size " + std::to_string(max_batch) + ": expected >= 1");
   if (max_seq < 1 || max_seq > cfg.max_seq_len)
     throw std::invalid_argument("sequence length " + std::to_string(max_seq) + ": expected 1.." +
@@ -34,7 +32,13 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
     return ops.allocate(numel, dtype);
   };
   params_ = alloc(memory_.parameters, layout_.total(), wd);
-  master_ = wd == f32 ? params_ : alloc(memory_.master, layout_.total(), f32);
+  if (wd == f32 || master.count < 0) master = {0, layout_.total()};
+  if (master.first < 0 || master.first + master.count > layout_.total())
+    throw std::invalid_argument("GPT: master weights [" + std::to_string(master.first) + ", " +
+                                std::to_string(master.first + master.count) + ") outside the " +
+                                std::to_string(layout_.total()) + " parameters");
+  master_first_ = master.first;
+  master_ = wd == f32 ? params_ : alloc(memory_.master, master.count, f32);
   grads_ = alloc(memory_.gradients, layout_.total(), f32);
   w_ = bind(layout_, params_, cfg.n_layer);
   g_ = bind(layout_, grads_, cfg.n_layer);
@@ -98,7 +102,12 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
 }
 
 void GPT::tp_all_reduce(const Tensor& t) {
-  if (tp_comm_) tp_comm_->all_reduce_sum(std::span<float>(t.f32(), (size_t)t.numel));
+  if (!tp_comm_) return;
+  ops_.synchronize();  // the ops that wrote t have finished
+  if (t.dtype == DType::bf16)
+    tp_comm_->all_reduce_sum_bf16(std::span<uint16_t>(static_cast<uint16_t*>(t.data), (size_t)t.numel));
+  else
+    tp_comm_->all_reduce_sum(std::span<float>(t.f32(), (size_t)t.numel));
 }
 
 
@@ -166,8 +175,16 @@ void GPT::init_weights(uint64_t seed) {
 }
 
 void GPT::set_weights(std::span<const float> host) {
-  ops_.upload(master_, host);
-  if (master_.view().data != params_.view().data) ops_.upload(params_, host);
+  if (master_.view().data != params_.view().data)
+    ops_.upload(master_, host.subspan(master_first_, master_.view().numel));
+  ops_.upload(params_, host);
+}
+
+std::vector<float> GPT::download_weights() const {
+  const bool whole = master_.view().numel == layout_.total();
+  std::vector<float> host(layout_.total());
+  ops_.download(host, whole ? master_ : params_);
+  return host;
 }
 
 double GPT::forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T) {
@@ -269,7 +286,8 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
     const Tensor max = rows(ce_max_, 1), global_max = rows(ce_global_max_, 1);
     const Tensor sums = ce_sums_.view().slice(0, 2 * N), sumexp = sums.slice(0, N), target = sums.slice(N, N);
     ops_.cross_entropy_stats(max, sumexp, target, rows(logits_, Vp), tgt, N, local_.vocab_begin, columns, Vp);
-    std::copy_n(max.f32(), N, global_max.f32());
+    ops_.copy(global_max, max);
+    ops_.synchronize();
     tp_comm_->all_reduce_max(std::span<float>(global_max.f32(), (size_t)N));
     ops_.rescale_sumexp(sumexp, max, global_max, N);
     tp_all_reduce(sums);

@@ -27,24 +27,38 @@ struct ModelMemory {
   int64_t total() const { return parameters + master + gradients + activations + logits + workspace; }
 };
 
+// The flat range [first, first + count) of the parameters whose fp32 master weights a rank keeps:
+// all of them (count < 0), or under ZeRO-1 its optimizer shard.
+struct MasterRange {
+  int64_t first = 0, count = -1;
+};
+
 class GPT {
  public:
-  // Under tensor parallelism (tp.size > 1, tp_comm its group, CPU backend) the model is Megatron's:
+  // Under tensor parallelism (tp.size > 1, tp_comm its group: one that reaches the backend's
+  // memory, MPI for the CPU and the emulator, NCCL for a GPU) the model is Megatron's:
   // heads and the MLP column-parallel into row-parallel projections whose outputs are all-reduced,
   // the embedding and LM head vocab-parallel with a vocab-parallel cross-entropy, the gradients at
   // the column-parallel inputs all-reduced. Replicated parameters (ParamSpec::replicated:
   // layernorms, row-parallel biases, wpe) get identical gradients on every rank.
   // recompute: what the backward rebuilds (model/config.h) instead of keeping it from the forward.
+  // master: the range of master weights kept, where they are not the parameters themselves (fp32
+  // parameters, the CPU backend's, are their own master weights, all of them).
   GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp = {}, Comm* tp_comm = nullptr,
-      Recompute recompute = Recompute::none);
+      Recompute recompute = Recompute::none, MasterRange master = {});
 
   const GPTConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
   TensorParallel tensor_parallel() const { return tp_; }
   Ops& ops() const { return ops_; }
   const Tensor& params() const { return params_; }
-  // The fp32 parameters AdamW updates: params() itself when that is fp32.
+  // The fp32 parameters AdamW updates, elements [master_first(), master_first() + numel) of the
+  // flat layout: params() itself when that is fp32.
   const Tensor& master() const { return master_; }
+  int64_t master_first() const { return master_first_; }
+  // Every parameter of this rank as fp32: the master weights, or the compute-dtype copy where
+  // they are sharded.
+  std::vector<float> download_weights() const;
   const Tensor& grads() const { return grads_; }
   const ModelMemory& memory() const { return memory_; }
   Recompute recompute() const { return recompute_; }
@@ -101,6 +115,7 @@ class GPT {
   int max_batch_, max_seq_;
   Recompute recompute_;
   Buffer params_, master_, grads_;
+  int64_t master_first_ = 0;
   ModelTensors w_, g_;
 
   // Saved activations; sizes for max_batch x max_seq.

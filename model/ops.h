@@ -45,6 +45,8 @@ class Ops {
   virtual void upload(const Tensor& dst, std::span<const float> src) = 0;
   virtual void upload(const Tensor& dst, std::span<const int32_t> src) = 0;
   virtual void download(std::span<float> dst, const Tensor& src) = 0;
+  // dst = src, both of the same dtype and size, stream-ordered like the ops.
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
   // Waits for the work queued so far (the CUDA backend's ops are asynchronous): before a host-side
   // collective reads the tensors they wrote.
   virtual void synchronize() = 0;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 namespace kiln {
 
@@ -34,6 +35,13 @@ struct Tensor {
   float* f32() const { return as<float>(DType::f32); }
   int32_t* i32() const { return as<int32_t>(DType::i32); }
 };
+
+// Throws unless a and b hold the same dtype and number of elements (a copy between them).
+inline void require_same(const char* what, const Tensor& a, const Tensor& b) {
+  if (a.dtype != b.dtype || a.numel != b.numel)
+    throw std::invalid_argument(std::string(what) + ": " + std::to_string(b.numel) + " " + dtype_name(b.dtype) +
+                                " values into " + std::to_string(a.numel) + " " + dtype_name(a.dtype));
+}
 
 // Owns backend memory; the deleter comes from the backend that allocated it.
 class Buffer {

@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -43,6 +44,7 @@ class SelfComm final : public Comm {
   void all_reduce_max(std::span<float>) override {}
   void all_reduce_sum(std::span<double>) override {}
   void all_reduce_sum(std::span<int64_t>) override {}
+  void all_reduce_sum_bf16(std::span<uint16_t>) override {}
   void all_reduce_sum_start(std::span<float>) override {}
   void wait_all() override {}
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
@@ -53,12 +55,23 @@ class SelfComm final : public Comm {
     require_size(out.size(), in.size(), "all_gather");
     std::copy(in.begin(), in.end(), out.begin());
   }
+  void all_gather_bytes(std::span<const std::byte> in, std::span<std::byte> out) override {
+    require_size(out.size(), in.size(), "all_gather_bytes");
+    std::copy(in.begin(), in.end(), out.begin());
+  }
   void broadcast(std::span<std::byte>, int root) override {
     if (root != 0) throw std::invalid_argument("broadcast: root " + std::to_string(root) + " in a group of 1");
   }
   void barrier() override {}
   void set_context(const std::string&) override {}
 };
+
+// fp32 to bf16 bits, rounded to nearest even (NaN stays a NaN).
+uint16_t bf16_bits(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
 
 // Counts above INT_MAX go in pieces: MPI's counts are int.
 constexpr size_t kMaxCount = size_t(1) << 30;
@@ -164,6 +177,13 @@ class MpiComm final : public Comm {
     KILN_MPI_CHECK(MPI_Waitall((int)pending_.size(), pending_.data(), MPI_STATUSES_IGNORE));
     pending_.clear();
   }
+  void all_reduce_sum_bf16(std::span<uint16_t> data) override {
+    // Widening is exact; the fp32 sum is the same on every rank, and so is its rounding.
+    widened_.resize(data.size());
+    for (size_t i = 0; i < data.size(); i++) widened_[i] = std::bit_cast<float>((uint32_t)data[i] << 16);
+    all_reduce(widened_.data(), widened_.size(), MPI_FLOAT, MPI_SUM);
+    for (size_t i = 0; i < data.size(); i++) data[i] = bf16_bits(widened_[i]);
+  }
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     require_size(in.size(), out.size() * size_, "reduce_scatter_sum");
     if (out.size() > kMaxCount) throw std::invalid_argument("reduce_scatter_sum: block above 2^30 values");
@@ -175,6 +195,12 @@ class MpiComm final : public Comm {
     if (in.size() > kMaxCount) throw std::invalid_argument("all_gather: block above 2^30 values");
     const Watched w = collective("all_gather");
     KILN_MPI_CHECK(MPI_Allgather(in.data(), (int)in.size(), MPI_FLOAT, out.data(), (int)in.size(), MPI_FLOAT, comm_));
+  }
+  void all_gather_bytes(std::span<const std::byte> in, std::span<std::byte> out) override {
+    require_size(out.size(), in.size() * size_, "all_gather_bytes");
+    if (in.size() > kMaxCount) throw std::invalid_argument("all_gather_bytes: block above 2^30 bytes");
+    const Watched w = collective("all_gather");
+    KILN_MPI_CHECK(MPI_Allgather(in.data(), (int)in.size(), MPI_BYTE, out.data(), (int)in.size(), MPI_BYTE, comm_));
   }
   void broadcast(std::span<std::byte> data, int root) override {
     const Watched w = collective("broadcast");
@@ -211,6 +237,7 @@ class MpiComm final : public Comm {
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   int64_t collectives_ = 0;
+  std::vector<float> widened_;  // all_reduce_sum_bf16's fp32 copy
   std::vector<MPI_Request> pending_;  // started by all_reduce_sum_start; completed requests become null
   std::unique_ptr<Watchdog> watchdog_;
 };

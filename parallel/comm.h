@@ -27,6 +27,9 @@ class Comm {
   virtual void all_reduce_max(std::span<float> data) = 0;
   virtual void all_reduce_sum(std::span<double> data) = 0;
   virtual void all_reduce_sum(std::span<int64_t> data) = 0;
+  // bf16 values (their bits), the same bits on all ranks: over MPI summed in fp32 and rounded to
+  // nearest even once, over NCCL by its bf16 reduction.
+  virtual void all_reduce_sum_bf16(std::span<uint16_t> data) = 0;
   // Starts an in-place all-reduce of `data` and returns; wait_all() completes every one started.
   // The data must not be touched in between.
   virtual void all_reduce_sum_start(std::span<float> data) = 0;
@@ -35,6 +38,8 @@ class Comm {
   virtual void reduce_scatter_sum(std::span<const float> in, std::span<float> out) = 0;
   // out holds size() * in.size() values: block r is rank r's in.
   virtual void all_gather(std::span<const float> in, std::span<float> out) = 0;
+  // The same for raw bytes (any dtype: nothing is added up).
+  virtual void all_gather_bytes(std::span<const std::byte> in, std::span<std::byte> out) = 0;
   // root's bytes to every rank.
   virtual void broadcast(std::span<std::byte> data, int root) = 0;
   virtual void barrier() = 0;

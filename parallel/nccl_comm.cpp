@@ -50,6 +50,9 @@ class NcclComm final : public Comm {
   void all_reduce_max(std::span<float> d) override { blocking([&] { all_reduce(d.data(), d.size(), ncclFloat, ncclMax); }, "all_reduce_max"); }
   void all_reduce_sum(std::span<double> d) override { blocking([&] { all_reduce(d.data(), d.size(), ncclDouble, ncclSum); }, "all_reduce_sum"); }
   void all_reduce_sum(std::span<int64_t> d) override { blocking([&] { all_reduce(d.data(), d.size(), ncclInt64, ncclSum); }, "all_reduce_sum"); }
+  void all_reduce_sum_bf16(std::span<uint16_t> d) override {
+    blocking([&] { all_reduce(d.data(), d.size(), ncclBfloat16, ncclSum); }, "all_reduce_sum");
+  }
   void all_reduce_sum_start(std::span<float> d) override {
     collectives_++;
     all_reduce(d.data(), d.size(), ncclFloat, ncclSum);
@@ -63,6 +66,11 @@ class NcclComm final : public Comm {
   void all_gather(std::span<const float> in, std::span<float> out) override {
     if (out.size() != in.size() * size_) throw std::invalid_argument("all_gather: out is not size() x in");
     blocking([&] { KILN_NCCL_CHECK(ncclAllGather(in.data(), out.data(), in.size(), ncclFloat, comm_, stream_)); },
+             "all_gather");
+  }
+  void all_gather_bytes(std::span<const std::byte> in, std::span<std::byte> out) override {
+    if (out.size() != in.size() * size_) throw std::invalid_argument("all_gather_bytes: out is not size() x in");
+    blocking([&] { KILN_NCCL_CHECK(ncclAllGather(in.data(), out.data(), in.size(), ncclUint8, comm_, stream_)); },
              "all_gather");
   }
   void broadcast(std::span<std::byte> data, int root) override {

@@ -17,9 +17,7 @@ namespace {
 using namespace kiln::test;
 
 std::vector<float> weights_of(const GPT& model) {
-  std::vector<float> w(model.master().numel);
-  model.ops().download(w, model.master());
-  return w;
+  return model.download_weights();
 }
 
 // The decoder's logits after each position equal the full forward pass's at that position,

@@ -28,8 +28,7 @@ std::vector<float> random_weights(const GPTConfig& cfg) {
   const auto ops = make_cpu_ops();
   GPT model(cfg, *ops, 1, 1);
   model.init_weights(11);
-  std::vector<float> w(model.master().numel);
-  ops->download(w, model.master());
+  std::vector<float> w = model.download_weights();
   std::mt19937 rng(5);
   std::normal_distribution<float> noise(0.0f, 0.1f);
   for (const ParamSpec& s : model.layout().specs())

@@ -34,9 +34,9 @@ constexpr int64_t kMaxCheckpointPieceFloats = 16 << 20;  // 64 MB: HDF5's global
 
 std::string rank_file(int world_rank) { return fmt::format("rank_{:05}.h5", world_rank); }
 
-// Every piece that every rank of `rank`'s layout writes: the master weights by DP rank 0 of each
-// TP rank, the moments by their ZeRO-1 shard's owner (DP rank 0 without it), and tensors
-// replicated over TP by TP rank 0 only. Deterministic, so rank 0 writes the manifest alone.
+// Every piece that every rank of `rank`'s layout writes: the master weights and moments by their
+// ZeRO-1 shard's owner (DP rank 0 of each TP rank without ZeRO-1), and tensors replicated over TP
+// by TP rank 0 only. Deterministic, so rank 0 writes the manifest alone.
 std::vector<CheckpointPiece> all_pieces(const GPTConfig& cfg, const CheckpointRank& rank) {
   std::vector<CheckpointPiece> pieces;
   for (int t = 0; t < rank.tp; t++) {
@@ -52,11 +52,11 @@ std::vector<CheckpointPiece> all_pieces(const GPTConfig& cfg, const CheckpointRa
             pieces.push_back({kind, s.name, box.start, box.count, at, std::min(end, at + kMaxCheckpointPieceFloats),
                               rank_file(writer.world_rank()), fmt::format("{}:{}:{}", kind, s.name, at)});
         };
-        if (d == 0) add("master", 0, box.numel());
-        // The moments this writer owns of the tensor's real (non-padding) elements.
+        // The state this writer owns of the tensor's real (non-padding) elements.
         const int64_t begin = std::max(first, s.offset) - s.offset;
         const int64_t end = std::min({first + count, s.offset + s.numel, s.offset + box.numel()}) - s.offset;
         if ((rank.zero1 || d == 0) && begin < end) {
+          add("master", begin, end);
           add("m", begin, end);
           add("v", begin, end);
         }
@@ -257,7 +257,8 @@ CheckpointSnapshot snapshot_checkpoint(const std::string& settings, GPT& model, 
     if (p.file != mine) continue;
     const bool master = p.kind == "master";
     const Tensor& buffer = master ? model.master() : p.kind == "m" ? optimizer.m() : optimizer.v();
-    const int64_t offset = model.layout().find(p.tensor).offset - (master ? 0 : optimizer.first()) + p.begin;
+    const int64_t offset =
+        model.layout().find(p.tensor).offset - (master ? model.master_first() : optimizer.first()) + p.begin;
     snap.values[i].resize(p.end - p.begin);
     model.ops().download(snap.values[i], buffer.slice(offset, p.end - p.begin));
   }

@@ -9,6 +9,14 @@
 #include <tuple>
 
 namespace kiln {
+namespace {
+
+std::span<float> floats(const Buffer& b) { return {b.view().f32(), (size_t)b.view().numel}; }
+std::span<std::byte> bytes(const Buffer& b) {
+  return {static_cast<std::byte*>(b.view().data), (size_t)b.view().numel * dtype_size(b.view().dtype)};
+}
+
+}  // namespace
 
 DataParallel::DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double bucket_bytes)
     : model_(model),
@@ -17,17 +25,17 @@ DataParallel::DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double 
       zero1_(zero1 && comm.size() > 1),
       bucket_bytes_(zero1_ || comm.size() == 1 ? 0 : bucket_bytes),
       total_(model.layout().total()) {
-  if (zero1 && comm.size() > 1 && !model.ops().name().starts_with("cpu"))
-    throw std::runtime_error("parallel.zero = 1 runs on the cpu backend only so far (run.device = " +
-                             model.ops().name() + ")");
   // The flat buffer padded to a multiple of the ranks, so that every shard has the same size.
   shard_ = zero1_ ? (total_ + comm.size() - 1) / comm.size() : total_;
   std::tie(first_, count_) = shard_of(total_, zero1_ ? comm.size() : 1, zero1_ ? comm.rank() : 0);
-  if (zero1_) {
-    padded_grads_.assign(shard_ * comm.size(), 0.0f);
-    shard_grads_.assign(shard_, 0.0f);
-    shard_params_.assign(shard_, 0.0f);
-    gathered_.assign(shard_ * comm.size(), 0.0f);
+  if (zero1_) {  // in the backend's memory, where the collectives read and write
+    Ops& ops = model.ops();
+    const DType wd = model.params().dtype;
+    padded_grads_ = ops.allocate(shard_ * comm.size(), DType::f32);  // the padding stays 0
+    shard_grads_ = ops.allocate(shard_, DType::f32);
+    shard_params_ = ops.allocate(shard_, wd);
+    gathered_ = ops.allocate(shard_ * comm.size(), wd);
+    staging_bytes_ = (shard_ * (comm.size() + 1)) * (int64_t)(sizeof(float) + dtype_size(wd));
   }
 }
 
@@ -80,8 +88,9 @@ double DataParallel::reduce_gradients() {
   } else if (!zero1_) {
     comm_.all_reduce_sum(full);
   } else {
-    std::copy(full.begin(), full.end(), padded_grads_.begin());  // the padding stays 0
-    comm_.reduce_scatter_sum(padded_grads_, shard_grads_);
+    model_.ops().copy(padded_grads_.view().slice(0, total_), grads);
+    model_.ops().synchronize();
+    comm_.reduce_scatter_sum(floats(padded_grads_), floats(shard_grads_));
   }
   // The global norm counts every parameter once: ZeRO shards over the data-parallel ranks, and
   // replicated tensors on one tensor-parallel rank.
@@ -92,16 +101,16 @@ double DataParallel::reduce_gradients() {
   return std::sqrt(squares);
 }
 
-Tensor DataParallel::optimizer_grads() {
-  return zero1_ ? Tensor{shard_grads_.data(), DType::f32, count_} : Tensor{};
-}
+Tensor DataParallel::optimizer_grads() { return zero1_ ? shard_grads_.view().slice(0, count_) : Tensor{}; }
 
 void DataParallel::gather_parameters() {
   if (!zero1_) return;
-  const float* params = model_.params().f32();
-  std::copy(params + first_, params + first_ + count_, shard_params_.begin());
-  comm_.all_gather(shard_params_, gathered_);
-  std::copy(gathered_.begin(), gathered_.begin() + total_, model_.params().f32());
+  Ops& ops = model_.ops();
+  const Tensor& params = model_.params();
+  ops.copy(shard_params_.view().slice(0, count_), params.slice(first_, count_));
+  ops.synchronize();
+  comm_.all_gather_bytes(bytes(shard_params_), bytes(gathered_));
+  ops.copy(params, gathered_.view().slice(0, total_));
 }
 
 }  // namespace kiln

@@ -40,6 +40,8 @@ class DataParallel {
   Tensor optimizer_grads();
   // After the optimizer step: ZeRO-1 gives every rank every shard's parameters.
   void gather_parameters();
+  // Bytes of the ZeRO-1 staging buffers (0 without ZeRO-1).
+  int64_t staging_bytes() const { return staging_bytes_; }
 
  private:
   void start_pending();  // starts the all-reduce of the bucket being filled, if it holds anything
@@ -56,7 +58,10 @@ class DataParallel {
   int64_t total_, shard_, first_, count_;
   // The bucket being filled: [pending_first_, pending_end_), and what was started this step.
   int64_t pending_first_ = 0, pending_end_ = 0, started_ = 0, buckets_ = 0, buckets_last_step_ = 0;  // shard_: the padded shard size, count_ <= shard_ real elements
-  std::vector<float> padded_grads_, shard_grads_, shard_params_, gathered_;  // ZeRO-1 staging, allocated once
+  // ZeRO-1 staging in the backend's memory, allocated once: the gradients padded to size() x
+  // shard_, this rank's reduced shard, its updated parameters, and every rank's gathered.
+  Buffer padded_grads_, shard_grads_, shard_params_, gathered_;
+  int64_t staging_bytes_ = 0;
 };
 
 }  // namespace kiln

@@ -67,6 +67,9 @@ MemoryPlan plan_memory(const PlanInput& in) {
                        (int)H};
   // (the emulator's and the GPU's backend are the same source: the same sizes)
   m.workspace += cpu ? kFp32 * N * H : emu::cuda_ops_workspace_bytes(shape, {in.deterministic});
+  // ZeRO-1's staging (train/data_parallel.cpp): the gradients padded to dp shards, the reduced
+  // shard, its updated parameters and every rank's gathered.
+  if (in.zero1 && dp > 1) m.workspace += share * (dp + 1) * (kFp32 + w);
   m.reserved = cpu ? 0 : (int64_t)in.gpu.reserved_bytes;
   return m;
 }

@@ -62,9 +62,7 @@ std::vector<int32_t> generate(Decoder& decoder, std::span<const int32_t> prompt,
 
 std::vector<int32_t> sample_tokens(const GPT& model, std::span<const int32_t> prompt, int count, uint64_t seed) {
   if (model.tensor_parallel().size != 1) throw std::logic_error("sample_tokens: a tensor-parallel model");
-  std::vector<float> weights(model.master().numel);
-  model.ops().download(weights, model.master());
-  Decoder decoder(model.config(), std::move(weights));
+  Decoder decoder(model.config(), model.download_weights());
   const int room = model.config().max_seq_len - (int)prompt.size();
   return generate(decoder, prompt, std::min(count, room), seed, SamplingOptions{});
 }

@@ -11,6 +11,7 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include "data/dataset.h"
 #include "data/loader.h"
@@ -298,20 +299,28 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
         format_bytes(target.memory_bytes)));
   std::unique_ptr<Ops> ops = make_ops(cfg, device, target);
 
-  GPT model(model_cfg, *ops, B, T, {tp, tp_comm->rank()}, tp_comm.get(), cfg.train.recompute);
-  model.init_weights(cfg.train.seed);
-  // A GPU's gradients are reduced over NCCL; host scalars (loss, token counts) stay on MPI.
-  std::unique_ptr<Comm> gradient_comm;
+  // A GPU's activations and gradients are reduced over NCCL; host scalars (loss, token counts)
+  // stay on MPI. The emulator's device memory is the host's: MPI reaches it.
+  std::unique_ptr<Comm> gradient_comm, activation_comm;
 #ifdef KILN_HAVE_CUDA
   if (device == "cuda" && dp_comm->size() > 1) gradient_comm = make_nccl_comm(*dp_comm, cfg.parallel.timeout_s);
+  if (device == "cuda" && tp > 1) activation_comm = make_nccl_comm(*tp_comm, cfg.parallel.timeout_s);
 #endif
+  // ZeRO-1 keeps the master weights of this rank's optimizer shard only.
+  const bool zero1 = cfg.parallel.zero == 1 && dp_comm->size() > 1;
+  MasterRange master;
+  if (zero1)
+    std::tie(master.first, master.count) = DataParallel::shard_of(ParamLayout(model_cfg, {tp, tp_comm->rank()}).total(),
+                                                                  dp_comm->size(), dp_comm->rank());
+  GPT model(model_cfg, *ops, B, T, {tp, tp_comm->rank()}, activation_comm ? activation_comm.get() : tp_comm.get(),
+            cfg.train.recompute, master);
+  model.init_weights(cfg.train.seed);
   DataParallel data_parallel(model, gradient_comm ? *gradient_comm : *dp_comm, *tp_comm, cfg.parallel.zero == 1,
                              cfg.parallel.bucket_mb * 1e6);
   AdamW optimizer(model, cfg.optim, data_parallel.shard_first(), data_parallel.shard_count());
 
   // Resume from the run directory's latest checkpoint (or checkpoint.resume), whatever layout saved it.
-  const CheckpointRank ckpt_rank{tp, tp_comm->rank(), dp_comm->size(), dp_comm->rank(),
-                                 cfg.parallel.zero == 1 && dp_comm->size() > 1};
+  const CheckpointRank ckpt_rank{tp, tp_comm->rank(), dp_comm->size(), dp_comm->rank(), zero1};
   const std::string resume =
       cfg.checkpoint.resume.empty() ? latest_checkpoint(cfg.run_dir) : resolve_checkpoint(cfg.checkpoint.resume);
   int64_t first_step = 0;
@@ -365,7 +374,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                      ops->name() == "cpu" ? fmt::format("{} threads, {}", omp_get_max_threads(), cpu::blas_name())
                                           : fmt::format("{} backend on {}{}", ops->name(), target.name,
                                                         cfg.deterministic ? ", deterministic" : ""));
-  const int64_t allocated = model.memory().total() + optimizer.state_bytes();
+  const int64_t allocated = model.memory().total() + optimizer.state_bytes() + data_parallel.staging_bytes();
   const int64_t planned = plan.total() - plan.reserved;
   log << fmt::format("allocated {} on rank 0 ({})\n", format_bytes(allocated),
                      allocated == planned ? "the plan, to the byte"
@@ -385,7 +394,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   for (int64_t step = first_step; step < cfg.train.steps; step++) {
     const auto start = Clock::now();
     const int64_t tp_collectives_before = tp_comm->collectives();
-    for (Comm* c : {&comm, tp_comm.get(), dp_comm.get(), gradient_comm.get()})
+    for (Comm* c : {&comm, tp_comm.get(), dp_comm.get(), gradient_comm.get(), activation_comm.get()})
       if (c) c->set_context(fmt::format("step {}", step + 1));
     model.zero_grads();
     double loss = 0;

@@ -277,12 +277,24 @@ void check_slices(int N, int V, int Vp_local, int slices, float offset, uint32_t
     }
   }
 
-  // The all-reduce, on the host in fp32: max, then the sums rescaled to it, then the target logits.
+  // The all-reduces, on the host in fp32: the max; then each slice's sums rescaled to it on the
+  // device (rescale_sumexp, against the reference) and summed; and the target logits.
   Stats global{std::vector<float>(N, -INFINITY), std::vector<float>(N, 0.0f), std::vector<float>(N, 0.0f)};
-  for (int n = 0; n < N; n++) {
+  for (int n = 0; n < N; n++)
     for (const Slice& sl : parts) global.max[n] = std::max(global.max[n], sl.stats.max[n]);
-    for (const Slice& sl : parts) {
-      global.sumexp[n] += sl.stats.sumexp[n] * std::exp(sl.stats.max[n] - global.max[n]);
+  for (int k = 0; k < slices; k++) {
+    const Slice& sl = parts[k];
+    Stream s;
+    DeviceBuffer<float> sumexp = to_device(sl.stats.sumexp, s), max = to_device(sl.stats.max, s),
+                        global_max = to_device(global.max, s);
+    rescale_sumexp(s, sumexp.data(), max.data(), global_max.data(), N);
+    const std::vector<float> rescaled = sumexp.to_host(s);
+    std::vector<float> want = sl.stats.sumexp;
+    ref::rescale_sumexp(want.data(), sl.stats.max.data(), global.max.data(), N);
+    for (int n = 0; n < N; n++) {
+      ASSERT_FALSE(std::isnan(rescaled[n])) << what << ": slice " << k << " row " << n;
+      EXPECT_NEAR(rescaled[n], want[n], 1e-6 * want[n]) << what << ": slice " << k << " row " << n;
+      global.sumexp[n] += rescaled[n];
       global.target_logit[n] += sl.stats.target_logit[n];
     }
   }
@@ -381,6 +393,12 @@ TEST_F(CrossEntropy, SplitLauncherErrors) {
                  st + "V_local_valid = -1 must be in [0, Vp_local = 128]");
   expect_invalid([&] { cross_entropy_stats(s, pa, pb, pc, z + 4, t, 4, 0, 100, 128); },
                  st + "logits must be 16-byte aligned");
+
+  const std::string rs = "rescale_sumexp: ";
+  expect_invalid([&] { rescale_sumexp(s, nullptr, pb, pc, 8); }, rs + "row_sumexp is null");
+  expect_invalid([&] { rescale_sumexp(s, pa, nullptr, pc, 8); }, rs + "row_max is null");
+  expect_invalid([&] { rescale_sumexp(s, pa, pb, nullptr, 8); }, rs + "global_max is null");
+  expect_invalid([&] { rescale_sumexp(s, pa, pb, pc, 0); }, rs + "N = 0 must be >= 1");
 
   const std::string fs = "cross_entropy_from_stats: ";
   float* l = pa;

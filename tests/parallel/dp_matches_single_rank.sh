@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Data and tensor parallel on the CPU backend, and data parallel on the emulated CUDA backend: the
 # same global batch over 1, 2 and 4 ranks (mpiexec on this 2-core machine: oversubscribed, one
-# thread each) gives the same loss and gradient norm at every step (and validation loss), within
-# fp32 reduction-order noise (relative 1e-5): random tokens with gradient accumulation, a prepared
+# thread each) gives the same loss and gradient norm at every step (and validation loss), and the
+# same parameters and moments after the last (compared through checkpoints), within fp32
+# reduction-order noise (relative 1e-5, absolute 1e-5): random tokens with gradient accumulation, a prepared
 # dataset (the loader's rank slices, evaluation on every rank),
 # small and no gradient buckets, and ZeRO-1.
 set -euo pipefail
@@ -13,7 +14,8 @@ mpi=(mpiexec --oversubscribe --mca mpi_yield_when_idle 1 --mca btl self,vader)
 "$kiln" prepare "$src/README.md" "$src/docs/kernels.md" "$src/docs/emulator.md" --val-docs 1 --output "$work/data" \
   > /dev/null 2>&1
 
-compare() {  # compare RUN_A RUN_B [TOLERANCE]: loss and grad_norm of every step
+compare() {  # compare RUN_A RUN_B [TOLERANCE]: loss and grad_norm of every step, then the parameters
+  [[ -f "$2/latest" ]] && "$kiln" ckpt compare "$1" "$2" --tolerance "${PARAMETER_TOLERANCE:-1e-5}" | tail -1
   python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "${3:-1e-5}" <<'PY'
 import json, sys
 a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
@@ -29,7 +31,7 @@ sys.exit(0 if worst < float(sys.argv[3]) else 1)
 PY
 }
 
-common=(--model.preset=test --seq-len 32 --max-steps 8 --train.log_every=8 --train.eval_every=0)
+common=(--model.preset=test --seq-len 32 --max-steps 8 --save-every 8 --train.log_every=8 --train.eval_every=0)
 for ranks in 1 2 4; do
   batch=$((8 / ranks))
   "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data random --batch-size $batch --train.grad_accum=2 \
@@ -100,4 +102,4 @@ done
 grep -q "gradient reduction over 2 ranks: [2-9] bucket(s) per step" "$work/emu_2.log"
 compare "$work/emu_1" "$work/emu_2" 1e-2
 # Only rank 0 writes metrics and logs.
-[ "$(grep -c '^step' "$work/random_4.log")" -eq 1 ]
+[ "$(grep -c '^step .* | loss' "$work/random_4.log")" -eq 1 ]
