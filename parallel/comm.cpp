@@ -3,7 +3,6 @@
 #include <mpi.h>
 
 #include <algorithm>
-#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -14,6 +13,8 @@
 #include <vector>
 #include <stdexcept>
 #include <string>
+
+#include "parallel/bf16_bits.h"
 
 namespace kiln {
 namespace {
@@ -65,13 +66,6 @@ class SelfComm final : public Comm {
   void barrier() override {}
   void set_context(const std::string&) override {}
 };
-
-// fp32 to bf16 bits, rounded to nearest even (NaN stays a NaN).
-uint16_t bf16_bits(float x) {
-  const uint32_t bits = std::bit_cast<uint32_t>(x);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
 
 // Counts above INT_MAX go in pieces: MPI's counts are int.
 constexpr size_t kMaxCount = size_t(1) << 30;
@@ -180,9 +174,9 @@ class MpiComm final : public Comm {
   void all_reduce_sum_bf16(std::span<uint16_t> data) override {
     // Widening is exact; the fp32 sum is the same on every rank, and so is its rounding.
     widened_.resize(data.size());
-    for (size_t i = 0; i < data.size(); i++) widened_[i] = std::bit_cast<float>((uint32_t)data[i] << 16);
+    for (size_t i = 0; i < data.size(); i++) widened_[i] = bf16_to_float(data[i]);
     all_reduce(widened_.data(), widened_.size(), MPI_FLOAT, MPI_SUM);
-    for (size_t i = 0; i < data.size(); i++) data[i] = bf16_bits(widened_[i]);
+    for (size_t i = 0; i < data.size(); i++) data[i] = float_to_bf16(widened_[i]);
   }
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     require_size(in.size(), out.size() * size_, "reduce_scatter_sum");

@@ -1,9 +1,12 @@
 // kiln train: a config file plus --section.key=value overrides.
+#include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <tuple>
 
 #include "parallel/comm.h"
 #include "parallel/context.h"
+#include "parallel/socket_comm.h"
 #include "tools/commands.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -53,8 +56,19 @@ void add_train_command(CLI::App& app) {
       train(cfg, std::cout);
       return;
     }
-    if (process.launcher == "env")
-      throw std::runtime_error("RANK/WORLD_SIZE launches (file rendezvous) are not implemented yet: use mpirun or srun");
+    // Launched by hand (RANK/WORLD_SIZE): the ranks meet through a file and talk over TCP.
+    if (process.launcher == "env") {
+      const std::string file = cfg.parallel.rendezvous.empty() ? cfg.run_dir + "/rendezvous" : cfg.parallel.rendezvous;
+      if (std::filesystem::path(file).has_parent_path()) std::filesystem::create_directories(std::filesystem::path(file).parent_path());
+      const std::unique_ptr<Comm> world = rendezvous_comm(process, file, cfg.parallel.timeout_s);
+      try {
+        train(cfg, std::cout, *world);
+      } catch (const std::exception& e) {
+        std::cerr << ("kiln: error: rank " + std::to_string(process.rank) + ": " + e.what() + "\n");
+        std::_Exit(1);  // the other ranks see the connection close and stop too
+      }
+      return;
+    }
     const MpiSession mpi;
     const std::unique_ptr<Comm> world = mpi.world(cfg.parallel.timeout_s);
     if (world->size() != process.world_size || world->rank() != process.rank)

@@ -182,6 +182,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("parallel.zero", cfg.parallel.zero);
   r.get("parallel.timeout_s", cfg.parallel.timeout_s);
   r.get("parallel.bucket_mb", cfg.parallel.bucket_mb);
+  r.get("parallel.rendezvous", cfg.parallel.rendezvous);
   r.get("checkpoint.every", cfg.checkpoint.every);
   r.get("checkpoint.keep", cfg.checkpoint.keep);
   r.get("checkpoint.async", cfg.checkpoint.async);

@@ -47,6 +47,7 @@ struct ParallelConfig {
   int zero = 0;  // 1: ZeRO-1, the optimizer state sharded over the data-parallel ranks
   double timeout_s = 600;  // a collective unfinished after this long aborts the job
   double bucket_mb = 25;   // gradient all-reduce buckets, started during backward; 0: one after it
+  std::string rendezvous;  // RANK/WORLD_SIZE launches: the file the ranks meet through; "": RUN_DIR/rendezvous
 };
 
 struct CheckpointConfig {

@@ -1,15 +1,21 @@
-// parallel/comm.h over MPI, run under mpiexec with several ranks (and the one-process Comm): each
-// collective's result on every rank against the sums computed here from every rank's inputs.
+// parallel/comm.h over MPI, run under mpiexec with several ranks, and over TCP (--rendezvous FILE,
+// processes started with RANK and WORLD_SIZE), and the one-process Comm: each collective's result
+// on every rank against the sums computed here from every rank's inputs.
 #include "parallel/comm.h"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <numeric>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "parallel/bf16_bits.h"
+#include "parallel/context.h"
+#include "parallel/socket_comm.h"
 
 namespace kiln {
 namespace {
@@ -71,6 +77,64 @@ TEST(Comm, BroadcastCopiesTheRootsBytes) {
   world->barrier();
 }
 
+TEST(Comm, AllReduceMaxAndStartedAllReduces) {
+  const int n = world->size();
+  std::vector<float> m = {(float)world->rank(), -(float)world->rank()}, a(300), b(7);
+  world->all_reduce_max(m);
+  EXPECT_EQ(m, (std::vector<float>{(float)(n - 1), 0.0f}));
+  for (size_t i = 0; i < a.size(); i++) a[i] = value(world->rank(), i);
+  for (size_t i = 0; i < b.size(); i++) b[i] = value(world->rank(), i + 9);
+  world->all_reduce_sum_start(a);
+  world->all_reduce_sum_start(b);
+  world->wait_all();
+  for (size_t i = 0; i < a.size(); i++) {
+    float want = 0;
+    for (int r = 0; r < n; r++) want += value(r, i);
+    ASSERT_EQ(a[i], want) << "element " << i;
+  }
+  float want = 0;
+  for (int r = 0; r < n; r++) want += value(r, 15);
+  EXPECT_EQ(b[6], want);
+}
+
+// bf16 sums are made in fp32 and rounded once, to the same bits on every rank: here each rank
+// adds 1 + 2^-7 (exact in bf16), and the sum rounds to the nearest bf16.
+TEST(Comm, Bf16AllReduceRoundsTheFp32Sum) {
+  const int n = world->size();
+  std::vector<uint16_t> x = {float_to_bf16(1.0f + 0x1p-7f), float_to_bf16((float)world->rank()), float_to_bf16(-2.5f)};
+  world->all_reduce_sum_bf16(x);
+  const float sum = n * (1.0f + 0x1p-7f);
+  EXPECT_EQ(x[0], float_to_bf16(sum));
+  EXPECT_LE(std::abs(bf16_to_float(x[0]) - sum), sum * 0x1p-8f);
+  EXPECT_EQ(bf16_to_float(x[1]), n * (n - 1) / 2.0f);
+  EXPECT_EQ(bf16_to_float(x[2]), -2.5f * n);
+}
+
+TEST(Comm, AllGatherBytesConcatenatesInRankOrder) {
+  const int n = world->size();
+  std::vector<std::byte> in(3, std::byte(world->rank() + 1)), out(3 * n);
+  world->all_gather_bytes(in, out);
+  for (int r = 0; r < n; r++)
+    for (int i = 0; i < 3; i++) ASSERT_EQ(out[3 * r + i], std::byte(r + 1)) << "rank " << r;
+  EXPECT_THROW(world->all_gather_bytes(in, std::span<std::byte>(out).first(2)), std::invalid_argument);
+}
+
+// Groups of the ranks with the same color, ordered by key: here odd and even ranks, in reverse.
+TEST(Comm, SplitMakesGroupsOrderedByKey) {
+  const int n = world->size(), r = world->rank();
+  const std::unique_ptr<Comm> group = world->split(r % 2, -r);
+  int members = 0, above = 0;
+  for (int q = r % 2; q < n; q += 2) members++, above += q > r;
+  EXPECT_EQ(group->size(), members);
+  EXPECT_EQ(group->rank(), above) << "the highest rank has the lowest key";
+  std::vector<int64_t> sum = {r};
+  group->all_reduce_sum(sum);
+  int64_t want = 0;
+  for (int q = r % 2; q < n; q += 2) want += q;
+  EXPECT_EQ(sum[0], want);
+  group->barrier();
+}
+
 TEST(Comm, SelfCommIsTheIdentity) {
   const std::unique_ptr<Comm> self = make_self_comm();
   std::vector<float> f = {1.5f, 2.5f}, out(2);
@@ -87,8 +151,15 @@ TEST(Comm, SelfCommIsTheIdentity) {
 
 // MPI is initialised once for all tests; every rank runs every test and reports its own failures.
 // With --stall, rank 1 never joins a barrier, and rank 0's watchdog (1 s) must abort the job.
+// With --rendezvous FILE the ranks come from RANK and WORLD_SIZE and talk over TCP, without MPI.
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
+  if (argc > 2 && std::string(argv[1]) == "--rendezvous") {
+    const std::unique_ptr<kiln::Comm> comm = kiln::rendezvous_comm(kiln::detect_process(), argv[2], 60.0);
+    kiln::world = comm.get();
+    if (comm->rank() != 0) ::testing::GTEST_FLAG(print_time) = false;
+    return RUN_ALL_TESTS();
+  }
   kiln::MpiSession mpi;
   if (argc > 1 && std::string(argv[1]) == "--stall") {
     const std::unique_ptr<kiln::Comm> comm = mpi.world(1.0);
