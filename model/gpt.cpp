@@ -9,7 +9,7 @@
 namespace kiln {
 
 GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp, Comm* tp_comm,
-         Recompute recompute, MasterRange master)
+         Recompute recompute, ZeroSharding zero)
     : cfg_(cfg),
       ops_(ops),
       tp_(tp),
@@ -31,17 +31,19 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
     category += numel * (int64_t)dtype_size(dtype);
     return ops.allocate(numel, dtype);
   };
-  params_ = alloc(memory_.parameters, layout_.total(), wd);
-  if (wd == f32 || master.count < 0) master = {0, layout_.total()};
-  if (master.first < 0 || master.first + master.count > layout_.total())
-    throw std::invalid_argument("GPT: master weights [" + std::to_string(master.first) + ", " +
-                                std::to_string(master.first + master.count) + ") outside the " +
-                                std::to_string(layout_.total()) + " parameters");
-  master_first_ = master.first;
-  master_ = wd == f32 ? params_ : alloc(memory_.master, master.count, f32);
-  grads_ = alloc(memory_.gradients, layout_.total(), f32);
-  w_ = bind(layout_, params_, cfg.n_layer);
-  g_ = bind(layout_, grads_, cfg.n_layer);
+  if (zero.shards < 1 || zero.index < 0 || zero.index >= zero.shards)
+    throw std::invalid_argument("GPT: ZeRO shard " + std::to_string(zero.index) + " of " + std::to_string(zero.shards));
+  shard_ = flat_shard(layout_.total(), zero.shards, zero.index);
+  const int64_t padded = shard_.size * zero.shards;
+  params_ = alloc(memory_.parameters, padded, wd);
+  grads_ = alloc(memory_.gradients, padded, f32);
+  params_view_ = params_.view().slice(0, layout_.total());
+  grads_view_ = grads_.view().slice(0, layout_.total());
+  // fp32 parameters are their own master weights; otherwise this rank's shard of them in fp32.
+  master_first_ = wd == f32 ? 0 : shard_.first;
+  master_ = wd == f32 ? Buffer(params_view_, nullptr) : alloc(memory_.master, shard_.count, f32);
+  w_ = bind(layout_, params_view_, cfg.n_layer);
+  g_ = bind(layout_, grads_view_, cfg.n_layer);
   auto span = [&](const std::string& first, const std::string& last) {
     const ParamSpec& l = layout_.find(last);
     return Range{layout_.find(first).offset, l.offset + l.numel};
@@ -175,15 +177,15 @@ void GPT::init_weights(uint64_t seed) {
 }
 
 void GPT::set_weights(std::span<const float> host) {
-  if (master_.view().data != params_.view().data)
+  if (master_.view().data != params_view_.data)
     ops_.upload(master_, host.subspan(master_first_, master_.view().numel));
-  ops_.upload(params_, host);
+  ops_.upload(params_view_, host);
 }
 
 std::vector<float> GPT::download_weights() const {
   const bool whole = master_.view().numel == layout_.total();
   std::vector<float> host(layout_.total());
-  ops_.download(host, whole ? master_ : params_);
+  ops_.download(host, whole ? master_.view() : params_view_);
   return host;
 }
 

@@ -27,10 +27,12 @@ struct ModelMemory {
   int64_t total() const { return parameters + master + gradients + activations + logits + workspace; }
 };
 
-// The flat range [first, first + count) of the parameters whose fp32 master weights a rank keeps:
-// all of them (count < 0), or under ZeRO-1 its optimizer shard.
-struct MasterRange {
-  int64_t first = 0, count = -1;
+// ZeRO-1 over `shards` data-parallel ranks, this rank being `index`: the flat parameter and
+// gradient buffers are padded to `shards` equal shards, so that the gradients reduce-scatter and
+// the parameters all-gather in place, and the fp32 master weights (where the parameters are not
+// fp32 themselves) are kept for this rank's shard only.
+struct ZeroSharding {
+  int shards = 1, index = 0;
 };
 
 class GPT {
@@ -42,16 +44,14 @@ class GPT {
   // the column-parallel inputs all-reduced. Replicated parameters (ParamSpec::replicated:
   // layernorms, row-parallel biases, wpe) get identical gradients on every rank.
   // recompute: what the backward rebuilds (model/config.h) instead of keeping it from the forward.
-  // master: the range of master weights kept, where they are not the parameters themselves (fp32
-  // parameters, the CPU backend's, are their own master weights, all of them).
   GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParallel tp = {}, Comm* tp_comm = nullptr,
-      Recompute recompute = Recompute::none, MasterRange master = {});
+      Recompute recompute = Recompute::none, ZeroSharding zero = {});
 
   const GPTConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
   TensorParallel tensor_parallel() const { return tp_; }
   Ops& ops() const { return ops_; }
-  const Tensor& params() const { return params_; }
+  const Tensor& params() const { return params_view_; }
   // The fp32 parameters AdamW updates, elements [master_first(), master_first() + numel) of the
   // flat layout: params() itself when that is fp32.
   const Tensor& master() const { return master_; }
@@ -59,7 +59,12 @@ class GPT {
   // Every parameter of this rank as fp32: the master weights, or the compute-dtype copy where
   // they are sharded.
   std::vector<float> download_weights() const;
-  const Tensor& grads() const { return grads_; }
+  const Tensor& grads() const { return grads_view_; }
+  // ZeRO-1's shard of the flat buffers (the whole of them without ZeRO-1), and the buffers with
+  // their padding to shards x shard().size elements.
+  const FlatShard& shard() const { return shard_; }
+  const Tensor& padded_params() const { return params_; }
+  const Tensor& padded_grads() const { return grads_; }
   const ModelMemory& memory() const { return memory_; }
   Recompute recompute() const { return recompute_; }
 
@@ -83,7 +88,7 @@ class GPT {
   // forward, then grads += d(loss_scale * mean loss)/d(params). Returns the mean loss.
   double forward_backward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
                           float loss_scale = 1.0f, const GradsReady& ready = {});
-  void zero_grads() { ops_.zero(grads_); }
+  void zero_grads() { ops_.zero(grads_view_); }
 
  private:
   struct BlockActivations {
@@ -114,7 +119,9 @@ class GPT {
   ParamLayout layout_;
   int max_batch_, max_seq_;
   Recompute recompute_;
-  Buffer params_, master_, grads_;
+  FlatShard shard_;
+  Buffer params_, master_, grads_;  // params_ and grads_ padded to whole shards
+  Tensor params_view_, grads_view_;  // their first layout_.total() elements
   int64_t master_first_ = 0;
   ModelTensors w_, g_;
 

@@ -55,6 +55,11 @@ const ParamSpec& ParamLayout::find(const std::string& name) const {
   throw std::out_of_range("no parameter named '" + name + "'");
 }
 
+FlatShard flat_shard(int64_t total, int shards, int index) {
+  const int64_t size = (total + shards - 1) / shards, first = std::min(total, index * size);
+  return {first, std::min(total - first, size), size};
+}
+
 int64_t TensorSlice::numel() const {
   int64_t n = 1;
   for (int64_t c : count) n *= c;

@@ -41,6 +41,14 @@ class ParamLayout {
   int64_t padding_ = 0;
 };
 
+// ZeRO-1's shard `index` of `shards` of a flat buffer of `total` elements: [first, first + count),
+// shards of ceil(total / shards), the last ones short or empty.
+struct FlatShard {
+  int64_t first = 0, count = 0;
+  int64_t size = 0;  // ceil(total / shards): the flat buffers are padded to shards x size
+};
+FlatShard flat_shard(int64_t total, int shards, int index);
+
 // Where one tensor-parallel rank's tensor sits in the whole model's tensor: a box (start and
 // count per dimension) of the global shape, whose row-major order is the local tensor's order.
 // Global shapes are the unsharded ones, except that the fused QKV projection is [3, H, D, C]

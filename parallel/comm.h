@@ -38,7 +38,7 @@ class Comm {
   virtual void reduce_scatter_sum(std::span<const float> in, std::span<float> out) = 0;
   // out holds size() * in.size() values: block r is rank r's in.
   virtual void all_gather(std::span<const float> in, std::span<float> out) = 0;
-  // The same for raw bytes (any dtype: nothing is added up).
+  // The same for raw bytes (any dtype: nothing is added up). `in` may be out's own block (in place).
   virtual void all_gather_bytes(std::span<const std::byte> in, std::span<std::byte> out) = 0;
   // root's bytes to every rank.
   virtual void broadcast(std::span<std::byte> data, int root) = 0;

@@ -175,7 +175,7 @@ class SocketComm final : public Comm {
       send(0, Op::gather, in.data(), in.size());
       return recv(0, Op::gather, out.data(), out.size());
     }
-    std::copy(in.begin(), in.end(), out.begin());
+    std::copy(in.begin(), in.end(), out.begin());  // in place, rank 0's block is already there
     for (int r = 1; r < size_; r++) recv(r, Op::gather, out.data() + r * in.size(), in.size());
     for (int r = 1; r < size_; r++) send(r, Op::gather, out.data(), out.size());
   }

@@ -22,7 +22,6 @@
 #include "model/cpu_ops.h"
 #include "model/params.h"
 #include "parallel/context.h"
-#include "train/data_parallel.h"
 
 namespace kiln {
 namespace {
@@ -43,7 +42,8 @@ std::vector<CheckpointPiece> all_pieces(const GPTConfig& cfg, const CheckpointRa
     const ParamLayout layout(cfg, {rank.tp, t});
     for (int d = 0; d < rank.dp; d++) {
       const CheckpointRank writer{rank.tp, t, rank.dp, d, rank.zero1};
-      const auto [first, count] = DataParallel::shard_of(layout.total(), rank.zero1 ? rank.dp : 1, rank.zero1 ? d : 0);
+      const FlatShard shard = flat_shard(layout.total(), rank.zero1 ? rank.dp : 1, rank.zero1 ? d : 0);
+      const int64_t first = shard.first, count = shard.count;
       for (const ParamSpec& s : layout.specs()) {
         if (s.replicated && t != 0) continue;
         const TensorSlice box = tensor_slice(cfg, {rank.tp, t}, s);

@@ -11,9 +11,9 @@
 namespace kiln {
 namespace {
 
-std::span<float> floats(const Buffer& b) { return {b.view().f32(), (size_t)b.view().numel}; }
-std::span<std::byte> bytes(const Buffer& b) {
-  return {static_cast<std::byte*>(b.view().data), (size_t)b.view().numel * dtype_size(b.view().dtype)};
+std::span<float> floats(const Tensor& t) { return {t.f32(), (size_t)t.numel}; }
+std::span<std::byte> bytes(const Tensor& t) {
+  return {static_cast<std::byte*>(t.data), (size_t)t.numel * dtype_size(t.dtype)};
 }
 
 }  // namespace
@@ -25,23 +25,14 @@ DataParallel::DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double 
       zero1_(zero1 && comm.size() > 1),
       bucket_bytes_(zero1_ || comm.size() == 1 ? 0 : bucket_bytes),
       total_(model.layout().total()) {
-  // The flat buffer padded to a multiple of the ranks, so that every shard has the same size.
-  shard_ = zero1_ ? (total_ + comm.size() - 1) / comm.size() : total_;
-  std::tie(first_, count_) = shard_of(total_, zero1_ ? comm.size() : 1, zero1_ ? comm.rank() : 0);
-  if (zero1_) {  // in the backend's memory, where the collectives read and write
-    Ops& ops = model.ops();
-    const DType wd = model.params().dtype;
-    padded_grads_ = ops.allocate(shard_ * comm.size(), DType::f32);  // the padding stays 0
-    shard_grads_ = ops.allocate(shard_, DType::f32);
-    shard_params_ = ops.allocate(shard_, wd);
-    gathered_ = ops.allocate(shard_ * comm.size(), wd);
-    staging_bytes_ = (shard_ * (comm.size() + 1)) * (int64_t)(sizeof(float) + dtype_size(wd));
-  }
-}
-
-std::pair<int64_t, int64_t> DataParallel::shard_of(int64_t total, int size, int rank) {
-  const int64_t shard = (total + size - 1) / size, first = std::min(total, rank * shard);
-  return {first, std::min(total - first, shard)};
+  const FlatShard& shard = model.shard();
+  if (zero1_ && (model.padded_grads().numel != shard.size * comm.size() || shard.first != comm.rank() * shard.size))
+    throw std::logic_error("DataParallel: ZeRO-1 over " + std::to_string(comm.size()) +
+                           " ranks needs a model sharded the same way (GPT's ZeroSharding)");
+  first_ = zero1_ ? shard.first : 0;
+  count_ = zero1_ ? shard.count : total_;
+  // This rank's reduced gradient shard, in the backend's memory where the collectives write.
+  if (zero1_) shard_grads_ = model.ops().allocate(shard.size, DType::f32);
 }
 
 GPT::GradsReady DataParallel::grads_ready() {
@@ -87,10 +78,8 @@ double DataParallel::reduce_gradients() {
     buckets_last_step_ = buckets_;
   } else if (!zero1_) {
     comm_.all_reduce_sum(full);
-  } else {
-    model_.ops().copy(padded_grads_.view().slice(0, total_), grads);
-    model_.ops().synchronize();
-    comm_.reduce_scatter_sum(floats(padded_grads_), floats(shard_grads_));
+  } else {  // the padding past total_ is never written: it stays 0
+    comm_.reduce_scatter_sum(floats(model_.padded_grads()), floats(shard_grads_));
   }
   // The global norm counts every parameter once: ZeRO shards over the data-parallel ranks, and
   // replicated tensors on one tensor-parallel rank.
@@ -105,12 +94,9 @@ Tensor DataParallel::optimizer_grads() { return zero1_ ? shard_grads_.view().sli
 
 void DataParallel::gather_parameters() {
   if (!zero1_) return;
-  Ops& ops = model_.ops();
-  const Tensor& params = model_.params();
-  ops.copy(shard_params_.view().slice(0, count_), params.slice(first_, count_));
-  ops.synchronize();
-  comm_.all_gather_bytes(bytes(shard_params_), bytes(gathered_));
-  ops.copy(params, gathered_.view().slice(0, total_));
+  model_.ops().synchronize();  // the optimizer has written this rank's shard
+  const std::span<std::byte> all = bytes(model_.padded_params());
+  comm_.all_gather_bytes(all.subspan(comm_.rank() * all.size() / comm_.size(), all.size() / comm_.size()), all);
 }
 
 }  // namespace kiln

@@ -22,9 +22,6 @@ class DataParallel {
   // different slices of the sharded tensors and the same replicated ones).
   DataParallel(GPT& model, Comm& comm, Comm& tp, bool zero1, double bucket_bytes);
 
-  // [first, count) of `total` elements that rank `rank` of `size` owns under ZeRO-1: shards of
-  // ceil(total / size), the last ones short or empty.
-  static std::pair<int64_t, int64_t> shard_of(int64_t total, int size, int rank);
   // The elements of the flat buffer whose optimizer state this rank keeps.
   int64_t shard_first() const { return first_; }
   int64_t shard_count() const { return count_; }
@@ -40,8 +37,8 @@ class DataParallel {
   Tensor optimizer_grads();
   // After the optimizer step: ZeRO-1 gives every rank every shard's parameters.
   void gather_parameters();
-  // Bytes of the ZeRO-1 staging buffers (0 without ZeRO-1).
-  int64_t staging_bytes() const { return staging_bytes_; }
+  // Bytes of ZeRO-1's reduced gradient shard (0 without ZeRO-1).
+  int64_t staging_bytes() const { return shard_grads_.view().numel * (int64_t)sizeof(float); }
 
  private:
   void start_pending();  // starts the all-reduce of the bucket being filled, if it holds anything
@@ -55,13 +52,10 @@ class DataParallel {
   Comm& tp_;
   bool zero1_;
   double bucket_bytes_;
-  int64_t total_, shard_, first_, count_;
+  int64_t total_, first_, count_;
   // The bucket being filled: [pending_first_, pending_end_), and what was started this step.
-  int64_t pending_first_ = 0, pending_end_ = 0, started_ = 0, buckets_ = 0, buckets_last_step_ = 0;  // shard_: the padded shard size, count_ <= shard_ real elements
-  // ZeRO-1 staging in the backend's memory, allocated once: the gradients padded to size() x
-  // shard_, this rank's reduced shard, its updated parameters, and every rank's gathered.
-  Buffer padded_grads_, shard_grads_, shard_params_, gathered_;
-  int64_t staging_bytes_ = 0;
+  int64_t pending_first_ = 0, pending_end_ = 0, started_ = 0, buckets_ = 0, buckets_last_step_ = 0;
+  Buffer shard_grads_;  // ZeRO-1: this rank's reduced gradients (the model's buffers are padded to whole shards)
 };
 
 }  // namespace kiln

@@ -42,9 +42,11 @@ MemoryPlan plan_memory(const PlanInput& in) {
   int64_t tensors_in_shard = 0;
   layout.for_each_overlap(0, share, [&](const ParamSpec&, int64_t, int64_t) { tensors_in_shard++; });
 
+  // ZeRO-1 pads the flat parameter and gradient buffers to dp shards of `share`.
+  const int64_t padded = in.zero1 && dp > 1 ? share * dp : P;
   MemoryPlan m;
-  m.parameters = w * P;
-  m.gradients = kFp32 * P;
+  m.parameters = w * padded;
+  m.gradients = kFp32 * padded;
   m.master = cpu ? 0 : kFp32 * share;
   m.moments = 2 * kFp32 * share + tensors_in_shard * (int64_t)sizeof(ref::AdamWRange);
   // What a block saves per token (model/gpt.h's BlockActivations): ln_1 and ln_2 outputs, the
@@ -67,9 +69,8 @@ MemoryPlan plan_memory(const PlanInput& in) {
                        (int)H};
   // (the emulator's and the GPU's backend are the same source: the same sizes)
   m.workspace += cpu ? kFp32 * N * H : emu::cuda_ops_workspace_bytes(shape, {in.deterministic});
-  // ZeRO-1's staging (train/data_parallel.cpp): the gradients padded to dp shards, the reduced
-  // shard, its updated parameters and every rank's gathered.
-  if (in.zero1 && dp > 1) m.workspace += share * (dp + 1) * (kFp32 + w);
+  // ZeRO-1's reduced gradient shard (train/data_parallel.cpp).
+  if (in.zero1 && dp > 1) m.workspace += kFp32 * share;
   m.reserved = cpu ? 0 : (int64_t)in.gpu.reserved_bytes;
   return m;
 }

@@ -11,7 +11,6 @@
 #include <optional>
 #include <random>
 #include <sstream>
-#include <tuple>
 
 #include "data/dataset.h"
 #include "data/loader.h"
@@ -306,14 +305,11 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   if (device == "cuda" && dp_comm->size() > 1) gradient_comm = make_nccl_comm(*dp_comm, cfg.parallel.timeout_s);
   if (device == "cuda" && tp > 1) activation_comm = make_nccl_comm(*tp_comm, cfg.parallel.timeout_s);
 #endif
-  // ZeRO-1 keeps the master weights of this rank's optimizer shard only.
+  // ZeRO-1 shards the flat buffers over the data-parallel ranks (the master weights too).
   const bool zero1 = cfg.parallel.zero == 1 && dp_comm->size() > 1;
-  MasterRange master;
-  if (zero1)
-    std::tie(master.first, master.count) = DataParallel::shard_of(ParamLayout(model_cfg, {tp, tp_comm->rank()}).total(),
-                                                                  dp_comm->size(), dp_comm->rank());
+  const ZeroSharding zero = zero1 ? ZeroSharding{dp_comm->size(), dp_comm->rank()} : ZeroSharding{};
   GPT model(model_cfg, *ops, B, T, {tp, tp_comm->rank()}, activation_comm ? activation_comm.get() : tp_comm.get(),
-            cfg.train.recompute, master);
+            cfg.train.recompute, zero);
   model.init_weights(cfg.train.seed);
   DataParallel data_parallel(model, gradient_comm ? *gradient_comm : *dp_comm, *tp_comm, cfg.parallel.zero == 1,
                              cfg.parallel.bucket_mb * 1e6);
