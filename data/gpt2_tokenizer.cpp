@@ -174,12 +174,16 @@ class Gpt2Tokenizer::WordCache {
 Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir) : regex_(std::make_unique<Regex>()),
                                                        cache_(std::make_unique<WordCache>()) {
   if (!std::filesystem::is_directory(dir))
-    throw std::runtime_error(dir + ": GPT-2 tokenizer directory not found (it holds encoder.json and vocab.bpe)");
+    throw std::runtime_error(dir + ": GPT-2 tokenizer directory not found (it holds encoder.json and vocab.bpe, "
+                             "or Hugging Face's copies of them, vocab.json and merges.txt)");
+  // OpenAI's release names the two files encoder.json and vocab.bpe; a Hugging Face GPT-2
+  // directory has the same files as vocab.json and merges.txt.
+  const bool hf_names = !std::filesystem::exists(dir + "/encoder.json") && std::filesystem::exists(dir + "/vocab.json");
   const std::array<int, 324> byte_of = byte_of_codepoint();
   std::string bytes;  // one token's raw bytes
 
   // encoder.json: {"token": id, ...}, ids dense in 0..N-1.
-  const std::string encoder_path = dir + "/encoder.json";
+  const std::string encoder_path = dir + (hf_names ? "/vocab.json" : "/encoder.json");
   const std::string encoder_text = read_file(encoder_path);
   nlohmann::json encoder;
   try {
@@ -216,7 +220,7 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir) : regex_(std::make_unique<R
   eot_ = eot->second;
 
   // vocab.bpe: a "#version" line, then one merge per line, "left right", best first.
-  const std::string merges_path = dir + "/vocab.bpe";
+  const std::string merges_path = dir + (hf_names ? "/merges.txt" : "/vocab.bpe");
   const std::string merges_text = read_file(merges_path);
   std::string_view rest = merges_text;
   std::string left, right;

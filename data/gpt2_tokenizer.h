@@ -1,4 +1,5 @@
-// GPT-2's byte-level BPE, loaded from encoder.json (token -> id) and vocab.bpe (merges, best first).
+// GPT-2's byte-level BPE, loaded from encoder.json (token -> id) and vocab.bpe (merges, best first),
+// or the same files under Hugging Face's names, vocab.json and merges.txt.
 //
 // encode: split the text into pre-tokens with GPT-2's regex (PCRE2), then run BPE on the bytes of
 // each pre-token. A pre-token is a word with its leading space, a number, a run of punctuation or of

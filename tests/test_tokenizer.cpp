@@ -122,6 +122,14 @@ TEST(Gpt2Tokenizer, VocabularyAndFingerprint) {
   const auto fewer = make_tokenizer("gpt2", dir.str());
   EXPECT_NE(fewer->fingerprint(), t.fingerprint());
   EXPECT_EQ(fewer->vocab_size(), 50257);
+
+  // A Hugging Face GPT-2 directory has the same two files as vocab.json and merges.txt.
+  TempDir hf;
+  fs::copy_file(kGpt2Dir + "/encoder.json", hf.path("vocab.json"));
+  fs::copy_file(kGpt2Dir + "/vocab.bpe", hf.path("merges.txt"));
+  const auto from_hf = make_tokenizer("gpt2", hf.str());
+  EXPECT_EQ(from_hf->fingerprint(), t.fingerprint());
+  EXPECT_EQ(from_hf->encode("Hello world\n"), (std::vector<int32_t>{15496, 995, 198}));
 }
 
 TEST(Gpt2Tokenizer, RoundTripsInvalidUtf8) {

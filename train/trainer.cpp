@@ -480,8 +480,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
         log << fmt::format("{}; training goes on (checkpoint.on_error = continue)\n", e.what());
       }
     }
-    if (preempt > 0) {
-      finish_background_save();
+    if (preempt > 0) {  // the save above waited for any background one, then saved in place
       if (comm.rank() == 0) std::ofstream(preempted_marker) << step + 1 << "\n";
       log << fmt::format("preempted (a signal): saved at step {}, stopping; {} tells the launcher to requeue\n",
                          step + 1, preempted_marker);
