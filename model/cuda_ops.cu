@@ -76,6 +76,7 @@ class CudaOps final : public Ops {
   void zero(const Tensor& t) override {
     KILN_CHECK(KILN_RT cudaMemsetAsync(t.data, 0, (size_t)t.numel * dtype_size(t.dtype), stream_.get()));
   }
+  void* stream_handle() override { return stream_.get(); }
   void copy(const Tensor& dst, const Tensor& src) override {
     require_same("copy", dst, src);
     KILN_CHECK(KILN_RT cudaMemcpyAsync(dst.data, src.data, (size_t)src.numel * dtype_size(src.dtype),

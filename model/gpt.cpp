@@ -105,7 +105,7 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
 
 void GPT::tp_all_reduce(const Tensor& t) {
   if (!tp_comm_) return;
-  ops_.synchronize();  // the ops that wrote t have finished
+  make_ready_for(ops_, *tp_comm_);  // the ops that write t come first
   if (t.dtype == DType::bf16)
     tp_comm_->all_reduce_sum_bf16(std::span<uint16_t>(static_cast<uint16_t*>(t.data), (size_t)t.numel));
   else
@@ -289,7 +289,7 @@ double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t
     const Tensor sums = ce_sums_.view().slice(0, 2 * N), sumexp = sums.slice(0, N), target = sums.slice(N, N);
     ops_.cross_entropy_stats(max, sumexp, target, rows(logits_, Vp), tgt, N, local_.vocab_begin, columns, Vp);
     ops_.copy(global_max, max);
-    ops_.synchronize();
+    make_ready_for(ops_, *tp_comm_);
     tp_comm_->all_reduce_max(std::span<float>(global_max.f32(), (size_t)N));
     ops_.rescale_sumexp(sumexp, max, global_max, N);
     tp_all_reduce(sums);

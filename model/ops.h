@@ -12,6 +12,7 @@
 
 #include "kernels/ref.h"
 #include "model/tensor.h"
+#include "parallel/comm.h"
 
 namespace kiln {
 
@@ -50,6 +51,9 @@ class Ops {
   // Waits for the work queued so far (the CUDA backend's ops are asynchronous): before a host-side
   // collective reads the tensors they wrote.
   virtual void synchronize() = 0;
+  // The device stream the ops run on (a cudaStream_t), for a device Comm to order its collectives
+  // after them with an event instead of a host wait; null for a host backend.
+  virtual void* stream_handle() { return nullptr; }
 
   // out[B,T,C] = wte[token] + wpe[t], wte holding vocab rows [vocab_begin, vocab_begin + vocab_rows).
   virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int B,
@@ -123,5 +127,12 @@ class Ops {
   virtual void adamw_update(const Tensor& master, const Tensor& params, const Tensor& grads, const Tensor& m,
                             const Tensor& v, const Tensor& table, const ref::AdamWParams& hp) = 0;
 };
+
+// Makes `comm`'s next collectives see what `ops` queued so far: ordered on the device by an event
+// when the Comm can (NCCL on the backend's stream), else by waiting for the ops on the host.
+inline void make_ready_for(Ops& ops, Comm& comm) {
+  void* stream = ops.stream_handle();
+  if (!stream || !comm.order_after(stream)) ops.synchronize();
+}
 
 }  // namespace kiln

@@ -41,6 +41,7 @@ class SelfComm final : public Comm {
   int size() const override { return 1; }
   std::unique_ptr<Comm> split(int, int) override { return std::make_unique<SelfComm>(); }
   int64_t collectives() const override { return 0; }
+  int64_t bytes() const override { return 0; }
   void all_reduce_sum(std::span<float>) override {}
   void all_reduce_max(std::span<float>) override {}
   void all_reduce_sum(std::span<double>) override {}
@@ -148,6 +149,7 @@ class MpiComm final : public Comm {
     return out;
   }
   int64_t collectives() const override { return collectives_; }
+  int64_t bytes() const override { return bytes_; }
   void all_reduce_sum(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT, MPI_SUM); }
   void all_reduce_max(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT, MPI_MAX); }
   void all_reduce_sum(std::span<double> data) override { all_reduce(data.data(), data.size(), MPI_DOUBLE, MPI_SUM); }
@@ -156,6 +158,7 @@ class MpiComm final : public Comm {
   }
   void all_reduce_sum_start(std::span<float> data) override {
     collectives_++;
+    bytes_ += (int64_t)data.size_bytes();
     for (size_t at = 0; at < data.size(); at += kMaxCount) {
       pending_.emplace_back();
       KILN_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data.data() + at, (int)std::min(kMaxCount, data.size() - at),
@@ -181,30 +184,30 @@ class MpiComm final : public Comm {
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     require_size(in.size(), out.size() * size_, "reduce_scatter_sum");
     if (out.size() > kMaxCount) throw std::invalid_argument("reduce_scatter_sum: block above 2^30 values");
-    const Watched w = collective("reduce_scatter_sum");
+    const Watched w = collective("reduce_scatter_sum", in.size_bytes());
     KILN_MPI_CHECK(MPI_Reduce_scatter_block(in.data(), out.data(), (int)out.size(), MPI_FLOAT, MPI_SUM, comm_));
   }
   void all_gather(std::span<const float> in, std::span<float> out) override {
     require_size(out.size(), in.size() * size_, "all_gather");
     if (in.size() > kMaxCount) throw std::invalid_argument("all_gather: block above 2^30 values");
-    const Watched w = collective("all_gather");
+    const Watched w = collective("all_gather", in.size_bytes());
     KILN_MPI_CHECK(MPI_Allgather(in.data(), (int)in.size(), MPI_FLOAT, out.data(), (int)in.size(), MPI_FLOAT, comm_));
   }
   void all_gather_bytes(std::span<const std::byte> in, std::span<std::byte> out) override {
     require_size(out.size(), in.size() * size_, "all_gather_bytes");
     if (in.size() > kMaxCount) throw std::invalid_argument("all_gather_bytes: block above 2^30 bytes");
-    const Watched w = collective("all_gather");
+    const Watched w = collective("all_gather", in.size());
     const bool in_place = in.data() == out.data() + rank_ * in.size();  // MPI wants that said
     KILN_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : in.data(), (int)in.size(), MPI_BYTE, out.data(),
                                  (int)in.size(), MPI_BYTE, comm_));
   }
   void broadcast(std::span<std::byte> data, int root) override {
-    const Watched w = collective("broadcast");
+    const Watched w = collective("broadcast", data.size());
     for (size_t at = 0; at < data.size(); at += kMaxCount)
       KILN_MPI_CHECK(MPI_Bcast(data.data() + at, (int)std::min(kMaxCount, data.size() - at), MPI_BYTE, root, comm_));
   }
   void barrier() override {
-    const Watched w = collective("barrier");
+    const Watched w = collective("barrier", 0);
     KILN_MPI_CHECK(MPI_Barrier(comm_));
   }
   void set_context(const std::string& where) override { watchdog_->set_context(where); }
@@ -217,14 +220,15 @@ class MpiComm final : public Comm {
     Watchdog& watchdog;
   };
   // A blocking collective: counted, and watched while it runs.
-  Watched collective(const char* op) {
+  Watched collective(const char* op, size_t bytes) {
     collectives_++;
+    bytes_ += (int64_t)bytes;
     return Watched(*watchdog_, op);
   }
   void all_reduce(void* data, size_t count, MPI_Datatype type, MPI_Op op) {
     int bytes = 0;
     KILN_MPI_CHECK(MPI_Type_size(type, &bytes));
-    const Watched w = collective(op == MPI_MAX ? "all_reduce_max" : "all_reduce_sum");
+    const Watched w = collective(op == MPI_MAX ? "all_reduce_max" : "all_reduce_sum", count * bytes);
     for (size_t at = 0; at < count; at += kMaxCount)
       KILN_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + at * bytes, (int)std::min(kMaxCount, count - at),
                                    type, op, comm_));
@@ -232,7 +236,7 @@ class MpiComm final : public Comm {
   double timeout_s_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
-  int64_t collectives_ = 0;
+  int64_t collectives_ = 0, bytes_ = 0;
   std::vector<float> widened_;  // all_reduce_sum_bf16's fp32 copy
   std::vector<MPI_Request> pending_;  // started by all_reduce_sum_start; completed requests become null
   std::unique_ptr<Watchdog> watchdog_;

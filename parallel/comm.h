@@ -20,8 +20,15 @@ class Comm {
   virtual int size() const = 0;
   // The group of the ranks that pass the same color, ordered by key (MPI_Comm_split). A collective.
   virtual std::unique_ptr<Comm> split(int color, int key) = 0;
-  // Collectives issued so far (started all-reduces count when started), for tests and logs.
+  // Collectives issued so far (started all-reduces count when started), and the bytes this rank
+  // put into them (its data argument: a reduce-scatter's whole input, an all-gather's block), for
+  // tests and logs.
   virtual int64_t collectives() const = 0;
+  virtual int64_t bytes() const = 0;
+  // Makes the next collectives wait for the work queued so far on a device stream (a
+  // cudaStream_t) without blocking the host, and returns true; false when this Comm cannot (it
+  // reads host memory: the caller synchronizes the host with the stream first).
+  virtual bool order_after(void* /*stream*/) { return false; }
   // In place: every rank ends with the element-wise sum over the group (the same bits on all).
   virtual void all_reduce_sum(std::span<float> data) = 0;
   virtual void all_reduce_max(std::span<float> data) = 0;

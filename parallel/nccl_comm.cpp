@@ -31,9 +31,11 @@ class NcclComm final : public Comm {
     KILN_NCCL_CHECK(ncclCommCount(comm_, &size_));
     KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     KILN_CUDA_CHECK(cudaMalloc(&token_, sizeof(float)));
+    KILN_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   }
   ~NcclComm() override {
     cudaStreamSynchronize(stream_);
+    cudaEventDestroy(ready_);
     cudaFree(token_);
     cudaStreamDestroy(stream_);
     ncclCommDestroy(comm_);
@@ -46,39 +48,54 @@ class NcclComm final : public Comm {
     return std::make_unique<NcclComm>(part, timeout_s_, context_);
   }
   int64_t collectives() const override { return collectives_; }
-  void all_reduce_sum(std::span<float> d) override { blocking([&] { all_reduce(d.data(), d.size(), ncclFloat, ncclSum); }, "all_reduce_sum"); }
-  void all_reduce_max(std::span<float> d) override { blocking([&] { all_reduce(d.data(), d.size(), ncclFloat, ncclMax); }, "all_reduce_max"); }
-  void all_reduce_sum(std::span<double> d) override { blocking([&] { all_reduce(d.data(), d.size(), ncclDouble, ncclSum); }, "all_reduce_sum"); }
-  void all_reduce_sum(std::span<int64_t> d) override { blocking([&] { all_reduce(d.data(), d.size(), ncclInt64, ncclSum); }, "all_reduce_sum"); }
+  int64_t bytes() const override { return bytes_; }
+  bool order_after(void* stream) override {
+    KILN_CUDA_CHECK(cudaEventRecord(ready_, static_cast<cudaStream_t>(stream)));
+    KILN_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+    return true;
+  }
+  void all_reduce_sum(std::span<float> d) override {
+    blocking([&] { all_reduce(d.data(), d.size(), ncclFloat, ncclSum); }, "all_reduce_sum", d.size_bytes());
+  }
+  void all_reduce_max(std::span<float> d) override {
+    blocking([&] { all_reduce(d.data(), d.size(), ncclFloat, ncclMax); }, "all_reduce_max", d.size_bytes());
+  }
+  void all_reduce_sum(std::span<double> d) override {
+    blocking([&] { all_reduce(d.data(), d.size(), ncclDouble, ncclSum); }, "all_reduce_sum", d.size_bytes());
+  }
+  void all_reduce_sum(std::span<int64_t> d) override {
+    blocking([&] { all_reduce(d.data(), d.size(), ncclInt64, ncclSum); }, "all_reduce_sum", d.size_bytes());
+  }
   void all_reduce_sum_bf16(std::span<uint16_t> d) override {
-    blocking([&] { all_reduce(d.data(), d.size(), ncclBfloat16, ncclSum); }, "all_reduce_sum");
+    blocking([&] { all_reduce(d.data(), d.size(), ncclBfloat16, ncclSum); }, "all_reduce_sum", d.size_bytes());
   }
   void all_reduce_sum_start(std::span<float> d) override {
     collectives_++;
+    bytes_ += (int64_t)d.size_bytes();
     all_reduce(d.data(), d.size(), ncclFloat, ncclSum);
   }
   void wait_all() override { wait("all_reduce_sum (bucketed)"); }
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     if (in.size() != out.size() * size_) throw std::invalid_argument("reduce_scatter_sum: in is not size() x out");
     blocking([&] { KILN_NCCL_CHECK(ncclReduceScatter(in.data(), out.data(), out.size(), ncclFloat, ncclSum, comm_, stream_)); },
-             "reduce_scatter_sum");
+             "reduce_scatter_sum", in.size_bytes());
   }
   void all_gather(std::span<const float> in, std::span<float> out) override {
     if (out.size() != in.size() * size_) throw std::invalid_argument("all_gather: out is not size() x in");
     blocking([&] { KILN_NCCL_CHECK(ncclAllGather(in.data(), out.data(), in.size(), ncclFloat, comm_, stream_)); },
-             "all_gather");
+             "all_gather", in.size_bytes());
   }
   void all_gather_bytes(std::span<const std::byte> in, std::span<std::byte> out) override {
     if (out.size() != in.size() * size_) throw std::invalid_argument("all_gather_bytes: out is not size() x in");
     blocking([&] { KILN_NCCL_CHECK(ncclAllGather(in.data(), out.data(), in.size(), ncclUint8, comm_, stream_)); },
-             "all_gather");
+             "all_gather", in.size());
   }
   void broadcast(std::span<std::byte> data, int root) override {
     blocking([&] { KILN_NCCL_CHECK(ncclBroadcast(data.data(), data.data(), data.size(), ncclUint8, root, comm_, stream_)); },
-             "broadcast");
+             "broadcast", data.size());
   }
   void barrier() override {
-    blocking([&] { KILN_NCCL_CHECK(ncclAllReduce(token_, token_, 1, ncclFloat, ncclSum, comm_, stream_)); }, "barrier");
+    blocking([&] { KILN_NCCL_CHECK(ncclAllReduce(token_, token_, 1, ncclFloat, ncclSum, comm_, stream_)); }, "barrier", 0);
   }
   void set_context(const std::string& where) override { context_ = where; }
 
@@ -87,8 +104,9 @@ class NcclComm final : public Comm {
     KILN_NCCL_CHECK(ncclAllReduce(data, data, count, type, op, comm_, stream_));
   }
   template <class Enqueue>
-  void blocking(Enqueue&& enqueue, const char* op) {
+  void blocking(Enqueue&& enqueue, const char* op, size_t bytes) {
     collectives_++;
+    bytes_ += (int64_t)bytes;
     enqueue();
     wait(op);
   }
@@ -117,8 +135,9 @@ class NcclComm final : public Comm {
   double timeout_s_;
   std::string context_;
   int rank_ = 0, size_ = 1;
-  int64_t collectives_ = 0;
+  int64_t collectives_ = 0, bytes_ = 0;
   float* token_ = nullptr;  // one device float, all-reduced by barrier()
+  cudaEvent_t ready_ = nullptr;  // order_after's: recorded on the compute stream, waited for on ours
 };
 
 }  // namespace

@@ -132,6 +132,7 @@ class SocketComm final : public Comm {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   int64_t collectives() const override { return collectives_; }
+  int64_t bytes() const override { return bytes_; }
   void set_context(const std::string& where) override { context_ = where; }
 
   std::unique_ptr<Comm> split(int color, int key) override;
@@ -152,7 +153,7 @@ class SocketComm final : public Comm {
 
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     if (in.size() != out.size() * size_) throw std::invalid_argument("reduce_scatter_sum: in is not size() x out");
-    begin(Op::reduce_scatter);
+    begin(Op::reduce_scatter, in.size_bytes());
     if (rank_ != 0) {
       send(0, Op::reduce_scatter, in.data(), in.size_bytes());
       return recv(0, Op::reduce_scatter, out.data(), out.size_bytes());
@@ -170,7 +171,7 @@ class SocketComm final : public Comm {
   }
   void all_gather_bytes(std::span<const std::byte> in, std::span<std::byte> out) override {
     if (out.size() != in.size() * size_) throw std::invalid_argument("all_gather: out is not size() x in");
-    begin(Op::gather);
+    begin(Op::gather, in.size());
     if (rank_ != 0) {
       send(0, Op::gather, in.data(), in.size());
       return recv(0, Op::gather, out.data(), out.size());
@@ -181,7 +182,7 @@ class SocketComm final : public Comm {
   }
   void broadcast(std::span<std::byte> data, int root) override {
     if (root < 0 || root >= size_) throw std::invalid_argument("broadcast: root " + std::to_string(root) + " of " + std::to_string(size_));
-    begin(Op::broadcast);
+    begin(Op::broadcast, data.size());
     if (root != 0 && rank_ == root) send(0, Op::broadcast, data.data(), data.size());
     if (root != 0 && rank_ == 0) recv(root, Op::broadcast, data.data(), data.size());
     if (rank_ != 0) return recv(0, Op::broadcast, data.data(), data.size());
@@ -193,16 +194,17 @@ class SocketComm final : public Comm {
   }
 
  private:
-  // The start of a collective: counted, and its deadline set.
-  void begin(Op op) {
+  // The start of a collective: counted with this rank's bytes, and its deadline set.
+  void begin(Op op, size_t bytes) {
     collectives_++;
+    bytes_ += (int64_t)bytes;
     op_ = op;
     deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s_));
   }
   // Rank 0 combines every rank's values in rank order and sends the result back.
   template <class T, class Combine>
   void reduce(std::span<T> data, Op op, Combine combine) {
-    begin(op);
+    begin(op, op == Op::barrier ? 0 : data.size_bytes());
     if (size_ == 1) return;
     if (rank_ != 0) {
       send(0, op, data.data(), data.size_bytes());
@@ -269,7 +271,7 @@ class SocketComm final : public Comm {
   std::string context_;
   Op op_ = Op::hello;
   Clock::time_point deadline_;
-  int64_t collectives_ = 0;
+  int64_t collectives_ = 0, bytes_ = 0;
   std::vector<float> widened_;
 };
 

@@ -50,7 +50,7 @@ GPT::GradsReady DataParallel::grads_ready() {
 
 void DataParallel::start_pending() {
   if (pending_end_ == pending_first_) return;
-  model_.ops().synchronize();  // the backward has written the bucket
+  make_ready_for(model_.ops(), comm_);  // after the backward has written the bucket, without a host wait on NCCL
   comm_.all_reduce_sum_start(std::span<float>(model_.grads().f32() + pending_first_, (size_t)(pending_end_ - pending_first_)));
   started_ += pending_end_ - pending_first_;
   buckets_++;
@@ -68,7 +68,7 @@ double DataParallel::tp_sum_squares(const Tensor& grads, int64_t first, int64_t 
 double DataParallel::reduce_gradients() {
   const Tensor& grads = model_.grads();
   std::span<float> full(grads.f32(), (size_t)total_);
-  model_.ops().synchronize();
+  make_ready_for(model_.ops(), comm_);
   if (bucket_bytes_ > 0) {
     start_pending();
     comm_.wait_all();
@@ -94,7 +94,7 @@ Tensor DataParallel::optimizer_grads() { return zero1_ ? shard_grads_.view().sli
 
 void DataParallel::gather_parameters() {
   if (!zero1_) return;
-  model_.ops().synchronize();  // the optimizer has written this rank's shard
+  make_ready_for(model_.ops(), comm_);  // the optimizer has written this rank's shard
   const std::span<std::byte> all = bytes(model_.padded_params());
   comm_.all_gather_bytes(all.subspan(comm_.rank() * all.size() / comm_.size(), all.size() / comm_.size()), all);
 }

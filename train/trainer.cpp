@@ -386,10 +386,22 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   std::vector<StepRecord> records;
   double elapsed_s = 0;  // training steps only (for tokens/s); the breakdown covers evaluation too
   const auto run_start = Clock::now();
-  int64_t tp_collectives_per_step = 0, skipped = 0;
+  // Each group's collectives and bytes in the last step: what the tests check the layout by.
+  struct Traffic {
+    int64_t collectives = 0, bytes = 0;
+  };
+  auto traffic = [](std::initializer_list<const Comm*> comms) {
+    Traffic t;
+    for (const Comm* c : comms)
+      if (c) t.collectives += c->collectives(), t.bytes += c->bytes();
+    return t;
+  };
+  Traffic tp_step, dp_step;
+  int64_t skipped = 0;
   for (int64_t step = first_step; step < cfg.train.steps; step++) {
     const auto start = Clock::now();
-    const int64_t tp_collectives_before = tp_comm->collectives();
+    const Traffic tp_before = traffic({tp_comm.get(), activation_comm.get()});
+    const Traffic dp_before = traffic({dp_comm.get(), gradient_comm.get()});
     for (Comm* c : {&comm, tp_comm.get(), dp_comm.get(), gradient_comm.get(), activation_comm.get()})
       if (c) c->set_context(fmt::format("step {}", step + 1));
     model.zero_grads();
@@ -423,7 +435,10 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
       skipped++;
       log << fmt::format("step {}: loss {}, gradient norm {}: step skipped ({} so far)\n", step + 1, loss, norm, skipped);
     }
-    tp_collectives_per_step = tp_comm->collectives() - tp_collectives_before;
+    const Traffic tp_after = traffic({tp_comm.get(), activation_comm.get()});
+    const Traffic dp_after = traffic({dp_comm.get(), gradient_comm.get()});
+    tp_step = {tp_after.collectives - tp_before.collectives, tp_after.bytes - tp_before.bytes};
+    dp_step = {dp_after.collectives - dp_before.collectives, dp_after.bytes - dp_before.bytes};
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     elapsed_s += seconds;
 
@@ -503,16 +518,18 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                        format_duration(elapsed_s), tokens_per_step * (cfg.train.steps - first_step) / elapsed_s);
   if (tp > 1) {
     check_replicas_agree(model, *tp_comm);
-    log << fmt::format("tensor parallel over {} ranks: {} collectives per step; replicated parameters bitwise equal\n",
-                       tp, tp_collectives_per_step);
+    log << fmt::format("tensor parallel over {} ranks: {} collectives ({} bytes) per step; replicated parameters "
+                       "bitwise equal\n",
+                       tp, tp_step.collectives, tp_step.bytes);
   }
   if (dp_comm->size() > 1)
-    log << fmt::format("gradient reduction over {} ranks: {}\n", dp_comm->size(),
+    log << fmt::format("gradient reduction over {} ranks: {}; {} collectives ({} bytes) per step\n", dp_comm->size(),
                        data_parallel.buckets_last_step() > 0
                            ? fmt::format("{} bucket(s) per step, started during the backward pass",
                                          data_parallel.buckets_last_step())
                            : std::string(cfg.parallel.zero ? "reduce-scatter after the backward pass (ZeRO-1)"
-                                                           : "one all-reduce after the backward pass"));
+                                                           : "one all-reduce after the backward pass"),
+                       dp_step.collectives, dp_step.bytes);
   if (!ops->op_seconds().empty())
     log << op_breakdown(*ops, std::chrono::duration<double>(Clock::now() - run_start).count()) << "\n";
   return records;

@@ -69,8 +69,11 @@ compare "$work/random_1" "$work/tp2dp2_0"
 compare "$work/random_1" "$work/tp2dp2_1"
 # Per micro-batch: the embedding, 2 per layer and 2 for the cross-entropy forward, the LM head's
 # and 2 per layer backward; 2 micro-batches, plus the gradient norm: 2 (4 + 4 L) + 1 = 25 at L = 2.
-grep -q "tensor parallel over 2 ranks: 25 collectives per step; replicated parameters bitwise equal" "$work/tp2.log"
-grep -q "tensor parallel over 2 ranks: 25 collectives per step" "$work/tp2dp2_1.log"
+# Their bytes: N C floats for each of the 2 + 4 L activation all-reduces, 3 N floats for the
+# cross-entropy's max, sum-exp and target logit, per micro-batch of N tokens; 8 for the norm.
+tp_bytes() { echo $(( 2 * ((2 + 4 * 2) * $1 * 32 * 4 + 3 * $1 * 4) + 8 )); }
+grep -q "tensor parallel over 2 ranks: 25 collectives ($(tp_bytes 256) bytes) per step; replicated parameters bitwise equal" "$work/tp2.log"
+for zero in 0 1; do grep -q "tensor parallel over 2 ranks: 25 collectives ($(tp_bytes 128) bytes) per step" "$work/tp2dp2_$zero.log"; done
 # The sharding is real: a TP rank holds fewer parameters than the model.
 read -r local whole < <(sed -n 's/^parameters on rank 0: \([0-9]*\) of the model.s \([0-9]*\)$/\1 \2/p' "$work/tp2.log")
 echo "TP 2: rank 0 holds $local of the model's $whole parameters"
@@ -89,6 +92,19 @@ for ranks in 2 4; do
   want=$(( 2 * ((full / 2 + ranks - 1) / ranks) )) got=$(floats "$work/zero_$ranks.log")
   echo "ZeRO-1 at $ranks ranks: $got optimizer floats on rank 0 (all: $full, expected $want)"
   [ "$got" -eq "$want" ]
+done
+# Each step's data-parallel traffic, per rank: 2 micro-batches' token counts and the loss (8 bytes
+# each), then the gradients: all P floats all-reduced (in as many buckets as there are), or under
+# ZeRO-1 the padded buffer reduce-scattered, the norm's sum (8) and a shard S = ceil(P / ranks)
+# all-gathered. A layout that moved more (or less) than its share would show here.
+P=$((full / 2))
+for ranks in 2 4; do
+  S=$(( (P + ranks - 1) / ranks ))
+  grep -q "one all-reduce after the backward pass; 4 collectives ($((24 + 4 * P)) bytes) per step" "$work/unbucketed_$ranks.log"
+  grep -Eq "bucket\(s\) per step, started during the backward pass; [0-9]+ collectives \($((24 + 4 * P)) bytes\) per step" \
+    "$work/buckets_$ranks.log"
+  grep -q "reduce-scatter after the backward pass (ZeRO-1); 6 collectives ($((32 + 4 * S * (ranks + 1))) bytes) per step" \
+    "$work/zero_$ranks.log"
 done
 # The CUDA backend on the emulator, data parallel over MPI: its device memory is host memory. bf16
 # storage turns the ranks' different fp32 summation orders into last-bit differences of the

@@ -40,7 +40,7 @@ mkdir -p "$work/env_tp"
 echo "nowhere.invalid 1 2 12345" > "$work/env_tp/rendezvous"
 launch 2 "$work/env_tp" "$kiln" "${common[@]}" --batch-size 4 --tp 2 --run-dir "$work/env_tp"
 "$kiln" "${common[@]}" --batch-size 4 --run-dir "$work/single" > "$work/single.log"
-grep -q "tensor parallel over 2 ranks: [0-9]* collectives per step; replicated parameters bitwise equal" "$work/env_tp.0"
+grep -Eq "tensor parallel over 2 ranks: 13 collectives \([0-9]+ bytes\) per step; replicated parameters bitwise equal" "$work/env_tp.0"
 "$kiln" ckpt compare "$work/single" "$work/env_tp" --tolerance 1e-5 | tail -1
 
 expect_failure() {  # expect_failure LOG MESSAGE: the job failed and LOG says MESSAGE
