@@ -31,7 +31,7 @@ sys.exit(0 if worst < float(sys.argv[3]) else 1)
 PY
 }
 
-common=(--model.preset=test --seq-len 32 --max-steps 8 --save-every 8 --train.log_every=8 --train.eval_every=0)
+common=(--model.preset=test --seq-len 32 --max-steps 10 --save-every 10 --train.log_every=10 --train.eval_every=0)
 for ranks in 1 2 4; do
   batch=$((8 / ranks))
   "${mpi[@]}" -n $ranks "$kiln" train "${common[@]}" --data random --batch-size $batch --train.grad_accum=2 \

@@ -1,0 +1,58 @@
+// The NCCL Comm on a GPU (label gpu: skipped without one), at world size 1, bootstrapped over the
+// one-process Comm: every collective on device buffers of the CUDA backend, ordered after its
+// stream by an event, with its bytes counted. (Several ranks need several GPUs: run this binary
+// under mpirun there, with MPI as the bootstrap.)
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "kernels/device_info.h"
+#include "model/cuda_ops.h"
+#include "parallel/bf16_bits.h"
+#include "parallel/nccl_comm.h"
+
+namespace kiln {
+namespace {
+
+TEST(NcclComm, EveryCollectiveAtWorldSizeOne) {
+  if (query_cuda().devices.empty()) GTEST_SKIP() << "no CUDA device";
+  const std::unique_ptr<Ops> ops = cuda::make_cuda_ops({});
+  const std::unique_ptr<Comm> self = make_self_comm();
+  const std::unique_ptr<Comm> nccl = make_nccl_comm(*self, 60.0);
+  ASSERT_EQ(nccl->size(), 1);
+  ASSERT_EQ(nccl->rank(), 0);
+
+  std::vector<float> host(1000);
+  for (size_t i = 0; i < host.size(); i++) host[i] = 0.5f * (float)i - 7.0f;
+  const Buffer a = ops->allocate((int64_t)host.size(), DType::f32), b = ops->allocate((int64_t)host.size(), DType::f32);
+  ops->upload(a, host);
+  ASSERT_TRUE(nccl->order_after(ops->stream_handle())) << "NCCL orders itself after the compute stream";
+  std::span<float> da(a.view().f32(), host.size()), db(b.view().f32(), host.size());
+  nccl->all_reduce_sum(da);
+  nccl->all_reduce_max(da);
+  nccl->all_reduce_sum_start(da);
+  nccl->wait_all();
+  nccl->reduce_scatter_sum(da, db);
+  std::vector<float> out(host.size());
+  ops->download(out, b);
+  EXPECT_EQ(out, host) << "one rank's sums are its own values";
+
+  const Buffer bf = ops->allocate(4, DType::bf16);
+  const std::vector<float> small = {1.5f, -2.0f, 0.25f, 3.0f};
+  ops->upload(bf, small);
+  nccl->all_reduce_sum_bf16(std::span<uint16_t>(static_cast<uint16_t*>(bf.view().data), 4));
+  std::vector<float> back(4);
+  ops->download(back, bf);
+  EXPECT_EQ(back, small);
+
+  nccl->all_gather_bytes(std::as_bytes(std::span<float>(db)), std::as_writable_bytes(std::span<float>(db)));  // in place
+  nccl->broadcast(std::as_writable_bytes(std::span<float>(db)), 0);
+  nccl->barrier();
+  ops->download(out, b);
+  EXPECT_EQ(out, host);
+  EXPECT_EQ(nccl->collectives(), 8);  // wait_all completes the started one: not a collective of its own
+  EXPECT_EQ(nccl->bytes(), (int64_t)(4 * host.size() * 6 + 2 * 4));
+}
+
+}  // namespace
+}  // namespace kiln
