@@ -22,6 +22,9 @@ bool is_conv1d_weight(const std::string& name) {
   return false;
 }
 
+// HF's name of a kiln tensor: the embeddings are modules there (wte.weight), the rest the same.
+std::string hf_name(const ParamSpec& s) { return s.name == "wte" || s.name == "wpe" ? s.name + ".weight" : s.name; }
+
 // out[c, r] = in[r, c] for in [rows, cols].
 void transpose(const float* in, float* out, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; r++)
@@ -85,7 +88,7 @@ HfGpt2 read_hf_gpt2(const std::string& dir) {
   const std::string prefix = file.contains("transformer.wte.weight") ? "transformer." : "";
   out.weights.assign(layout.total(), 0.0f);
   for (const ParamSpec& s : layout.specs()) {
-    const std::string name = prefix + (s.name == "wte" || s.name == "wpe" ? s.name + ".weight" : s.name);
+    const std::string name = prefix + hf_name(s);
     const SafetensorsEntry& e = file.entry(name);
     std::vector<int64_t> expected = s.shape;
     if (s.name == "wte") expected[0] = out.config.vocab_size;  // kiln pads the rows, HF does not
@@ -132,7 +135,7 @@ void write_hf_gpt2(const std::string& dir, const GPTConfig& config, std::span<co
       transpose(values.data(), transposed.back().data(), s.shape[0], s.shape[1]);
       values = transposed.back();
     }
-    tensors.push_back({s.name == "wte" || s.name == "wpe" ? s.name + ".weight" : s.name, shape, values});
+    tensors.push_back({hf_name(s), shape, values});
   }
   write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
   const json cfg = {{"architectures", {"GPT2LMHeadModel"}},

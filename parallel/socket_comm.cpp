@@ -59,8 +59,9 @@ const char* op_name(Op op) {
                                    "all_gather", "broadcast", "barrier"};
   return names[(int)op];
 }
+constexpr uint32_t kMagic = 0x4e4c494b;  // "KILN"
 struct Header {
-  uint32_t magic = 0x4e4c494b;  // "KILN"
+  uint32_t magic = kMagic;
   Op op = Op::hello;
   uint64_t bytes = 0;
 };
@@ -251,15 +252,15 @@ class SocketComm final : public Comm {
     }
   }
   void send(int peer, Op op, const void* data, size_t bytes) {
-    const Header h{0x4e4c494b, op, bytes};
+    const Header h{kMagic, op, bytes};
     write_all(peer, &h, sizeof(h));
     write_all(peer, data, bytes);
   }
   void recv(int peer, Op op, void* data, size_t bytes) {
     Header h;
     read_all(peer, &h, sizeof(h));
-    if (h.magic != Header{}.magic || h.op != op || h.bytes != bytes)
-      throw std::runtime_error(where(peer) + ": it sent " + (h.magic == Header{}.magic && (uint32_t)h.op <= 7 ? op_name(h.op) : "garbage") +
+    if (h.magic != kMagic || h.op != op || h.bytes != bytes)
+      throw std::runtime_error(where(peer) + ": it sent " + (h.magic == kMagic && (uint32_t)h.op <= (uint32_t)Op::barrier ? op_name(h.op) : "garbage") +
                                " of " + std::to_string(h.bytes) + " bytes where " + std::to_string(bytes) +
                                " were expected: the ranks issue different collectives");
     read_all(peer, data, bytes);
@@ -383,7 +384,7 @@ std::unique_ptr<Comm> rendezvous_comm(const ProcessInfo& process, const std::str
     peers = accept_ranks(listener, size, nonce, deadline, what);
     std::filesystem::remove(file);  // every rank is in: the next job must not find it
     for (int r = 1; r < size; r++) {
-      const Header ack{0x4e4c494b, Op::ack, 0};
+      const Header ack{kMagic, Op::ack, 0};
       if (::send(peers[r].get(), &ack, sizeof(ack), MSG_NOSIGNAL) != sizeof(ack))
         throw std::runtime_error(what + ": rank " + std::to_string(r) + " left before the start");
     }

@@ -413,17 +413,24 @@ std::string latest_checkpoint(const std::string& run_dir) {
 
 namespace {
 
+// The master weights of the tensor-parallel rank `tp` of `cfg`, in its flat layout.
+std::vector<float> master_weights(const std::string& dir, const json& manifest, const GPTConfig& cfg, TensorParallel tp,
+                                  std::map<std::string, h5::File>& files) {
+  const ParamLayout layout(cfg, tp);
+  std::vector<float> master(layout.total(), 0.0f);
+  for (const ParamSpec& s : layout.specs())
+    local_from_global(cfg, tp, s, global_tensor(dir, tensor_entry(dir, manifest, s.name), "master", files),
+                      master.data() + s.offset);
+  return master;
+}
+
 // The manifest of a checkpoint the model can load, every file's checksum checked, and this
 // rank's master weights loaded from it.
 json load_master(const std::string& dir, GPT& model, std::map<std::string, h5::File>& files) {
   json manifest = read_manifest(dir);
   check_model(dir, manifest, model.config());
   check_files(dir, manifest);
-  std::vector<float> master(model.layout().total(), 0.0f);
-  for (const ParamSpec& s : model.layout().specs())
-    local_from_global(model.config(), model.tensor_parallel(), s,
-                      global_tensor(dir, tensor_entry(dir, manifest, s.name), "master", files), master.data() + s.offset);
-  model.set_weights(master);
+  model.set_weights(master_weights(dir, manifest, model.config(), model.tensor_parallel(), files));
   return manifest;
 }
 
@@ -472,12 +479,8 @@ CheckpointWeights read_checkpoint_weights(const std::string& dir) {
   const json manifest = read_manifest(dir);
   check_files(dir, manifest);
   CheckpointWeights out{model_from_json(manifest.at("model")), {}, manifest.value("settings", "")};
-  const ParamLayout layout(out.config);
-  out.weights.assign(layout.total(), 0.0f);
   std::map<std::string, h5::File> files;
-  for (const ParamSpec& s : layout.specs())
-    local_from_global(out.config, {1, 0}, s, global_tensor(dir, tensor_entry(dir, manifest, s.name), "master", files),
-                      out.weights.data() + s.offset);
+  out.weights = master_weights(dir, manifest, out.config, {1, 0}, files);
   return out;
 }
 
