@@ -257,6 +257,25 @@ TEST(GpuTraining, TheMemoryPlanIsWhatIsAllocated) {
       }
 }
 
+// ZeRO-1 on the CUDA backend: the flat buffers padded to whole shards, the master weights of this
+// rank's shard only, and an optimizer for another range, or a shard that does not exist, refused.
+TEST(GpuTraining, ZeroShardingKeepsOneShardOfTheMasterWeights) {
+  KILN_NEED_DEVICE();
+  const GPTConfig cfg = small_model();
+  const auto ops = backend::make_cuda_ops({});
+  GPT model(cfg, *ops, 1, 16, {}, nullptr, Recompute::none, {3, 1});
+  const int64_t total = model.layout().total(), shard = (total + 2) / 3;
+  EXPECT_EQ(model.padded_params().numel, 3 * shard);
+  EXPECT_EQ(model.padded_grads().numel, 3 * shard);
+  EXPECT_EQ(model.master().numel, shard);
+  EXPECT_EQ(model.master_first(), shard);
+  EXPECT_NO_THROW(AdamW(model, OptimConfig{}, shard, shard));
+  EXPECT_EQ(test::error_of([&] { AdamW(model, OptimConfig{}, 0, total); }),
+            "AdamW: elements [0, " + std::to_string(total) + ") are not all in the model's master weights [" +
+                std::to_string(shard) + ", " + std::to_string(2 * shard) + ")");
+  EXPECT_EQ(test::error_of([&] { GPT(cfg, *ops, 1, 16, {}, nullptr, Recompute::none, {2, 2}); }), "GPT: ZeRO shard 2 of 2");
+}
+
 #ifndef KILN_TEST_GPU
 // The emulated device's memory is configurable, so running out of it is tested without a GPU.
 TEST(GpuTraining, AModelThatDoesNotFitIsRefusedBeforeAnyStep) {

@@ -46,6 +46,18 @@ grep -Eq "tensor parallel over 2 ranks: 13 collectives \([0-9]+ bytes\) per step
 expect_failure() {  # expect_failure LOG MESSAGE: the job failed and LOG says MESSAGE
   grep -qF -- "$2" "$1" || { echo "expected '$2' in $1:" >&2; cat "$1" >&2; exit 1; }
 }
+# Ranks issuing different collectives are caught by rank 0, naming them.
+if launch 2 "$work/mismatch" "$test_comm" --rendezvous "$work/mismatch.rdv" --mismatch; then
+  echo "a barrier met an all-reduce unnoticed" >&2; exit 1
+fi
+expect_failure "$work/mismatch.0" "rank 0: barrier (start-up) with rank 1: it sent all_reduce of 12 bytes where 8 were expected: the ranks issue different collectives"
+# Two processes claiming the same rank.
+RANK=0 WORLD_SIZE=3 "$kiln" "${common[@]}" --parallel.timeout_s=5 --run-dir "$work/twice" > "$work/twice.0" 2>&1 &
+rank0=$!
+for r in 1 1; do RANK=$r WORLD_SIZE=3 "$kiln" "${common[@]}" --parallel.timeout_s=5 --run-dir "$work/twice" > /dev/null 2>&1 & done
+! wait $rank0
+wait || true
+expect_failure "$work/twice.0" "two processes claim rank 1"
 # Rank 1 never starts: rank 0 gives up after parallel.timeout_s.
 if RANK=0 WORLD_SIZE=2 "$kiln" "${common[@]}" --parallel.timeout_s=2 --run-dir "$work/alone" > "$work/alone.log" 2>&1; then
   echo "rank 0 trained without rank 1" >&2; exit 1

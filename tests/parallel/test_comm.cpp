@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
@@ -156,6 +157,17 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   if (argc > 2 && std::string(argv[1]) == "--rendezvous") {
     const std::unique_ptr<kiln::Comm> comm = kiln::rendezvous_comm(kiln::detect_process(), argv[2], 60.0);
+    // With --mismatch, rank 0 enters a barrier where the others all-reduce: rank 0 must say so.
+    if (argc > 3 && std::string(argv[3]) == "--mismatch") {
+      std::vector<float> x(3);
+      try {
+        comm->rank() == 0 ? comm->barrier() : comm->all_reduce_sum(x);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 1;
+      }
+      return 0;
+    }
     kiln::world = comm.get();
     if (comm->rank() != 0) ::testing::GTEST_FLAG(print_time) = false;
     return RUN_ALL_TESTS();
