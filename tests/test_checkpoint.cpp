@@ -37,8 +37,8 @@ struct TrainRun {
   std::string log;
 };
 
-TrainRun train_test(const std::string& run_dir, const std::string& data, int steps, std::vector<std::string> extra = {}) {
-  std::vector<std::string> o = {"model.preset=test", "data.path=" + data, "train.seq_len=32", "train.batch_size=4",
+TrainRun train_test(const std::string& run_dir, const std::string& data, int steps, std::vector<Override> extra = {}) {
+  std::vector<Override> o = {"model.preset=test", "data.path=" + data, "train.seq_len=32", "train.batch_size=4",
                                 "train.steps=" + std::to_string(steps), "train.eval_every=0", "run.device=cpu",
                                 "run.dir=" + run_dir};
   o.insert(o.end(), extra.begin(), extra.end());
@@ -129,7 +129,7 @@ TEST(Checkpoint, FineTuningTakesTheParametersOnly) {
   EXPECT_EQ(error_of([&] {
               load_train_config("", {"data.path=x", "checkpoint.resume=a", "checkpoint.init_from=b"});
             }),
-            "command line: checkpoint.init_from: cannot be combined with checkpoint.resume (resume continues a run, "
+            "command line --checkpoint.init_from=b: checkpoint.init_from: cannot be combined with checkpoint.resume (resume continues a run, "
             "init_from starts one)");
 }
 

@@ -118,7 +118,7 @@ TrainRun train_small(const std::string& device, int steps, std::vector<std::stri
     overrides.push_back(o);
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   std::ostringstream log;
-  std::vector<StepRecord> records = train(load_train_config("", overrides), log);
+  std::vector<StepRecord> records = train(load_train_config("", {overrides.begin(), overrides.end()}), log);
   return {records, log.str()};
 }
 

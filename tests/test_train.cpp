@@ -43,30 +43,77 @@ TEST(TrainConfig, FileValuesAndOverrides) {
 TEST(TrainConfig, ErrorsNameTheFileAndKey) {
   TempDir dir;
   const std::string ok = dir.file("ok.toml", "[data]\npath = \"x.txt\"\n");
-  EXPECT_EQ(error_of([&] { load_train_config(ok, {"optim.lrr=1e-3"}); }), ok + ": unknown key 'optim.lrr'");
-  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=ten"}); }), ok + ": train.steps: expected an integer");
-  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=0"}); }), ok + ": train.steps: expected >= 1");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"optim.lrr=1e-3"}); }),
+            "command line --optim.lrr=1e-3: unknown key 'optim.lrr' (did you mean optim.lr?)");
+  // A short flag is blamed as it was typed.
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {Override("train.steps=0", "--max-steps 0")}); }),
+            "command line --max-steps 0: train.steps: expected >= 1");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=ten"}); }), "command line --train.steps=ten: train.steps: expected an integer");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=0"}); }), "command line --train.steps=0: train.steps: expected >= 1");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"steps"}); }), "override 'steps': expected --section.key=value");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"optim.schedule=linear"}); }),
-            ok + ": optim.schedule: 'linear': expected cosine, wsd or constant");
+            "command line --optim.schedule=linear: optim.schedule: 'linear': expected cosine, wsd or constant");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.seq_len=100000"}); }),
-            ok + ": train.seq_len: expected 1..256 (model.max_seq_len)");
+            "command line --train.seq_len=100000: train.seq_len: expected 1..256 (model.max_seq_len)");
   EXPECT_NE(error_of([&] { load_train_config(ok, {"model.preset=huge"}); }).find("unknown model preset 'huge'"),
             std::string::npos);
   const std::string typo = dir.file("typo.toml", "[data]\npath = \"x.txt\"\n[train]\nstep = 3\n");
-  EXPECT_EQ(error_of([&] { load_train_config(typo, {}); }), typo + ": unknown key 'train.step'");
+  EXPECT_EQ(error_of([&] { load_train_config(typo, {}); }), typo + ": unknown key 'train.step' (did you mean train.steps?)");
+  const std::string far = dir.file("far.toml", "[data]\npath = \"x.txt\"\n[train]\nxyzzy = 3\n");
+  EXPECT_EQ(error_of([&] { load_train_config(far, {}); }), far + ": unknown key 'train.xyzzy'");
   const std::string syntax = dir.file("syntax.toml", "[train]\nsteps = = 3\n");
   EXPECT_NE(error_of([&] { load_train_config(syntax, {}); }).find(syntax + ":2:"), std::string::npos);
   const std::string no_data = dir.file("nodata.toml", "[train]\nsteps = 3\n");
   EXPECT_EQ(error_of([&] { load_train_config(no_data, {}); }),
             no_data + ": data.path: required (a dataset directory written by kiln prepare)");
-  EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.tp=0"}); }), ok + ": parallel.tp: expected >= 1");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.tp=0"}); }), "command line --parallel.tp=0: parallel.tp: expected >= 1");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.zero=2"}); }),
-            ok + ": parallel.zero: expected 0 or 1 (ZeRO-1)");
+            "command line --parallel.zero=2: parallel.zero: expected 0 or 1 (ZeRO-1)");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.timeout_s=0"}); }),
-            ok + ": parallel.timeout_s: expected > 0 seconds");
+            "command line --parallel.timeout_s=0: parallel.timeout_s: expected > 0 seconds");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.bucket_mb=-1"}); }),
-            ok + ": parallel.bucket_mb: expected >= 0 (0: one all-reduce after the backward pass)");
+            "command line --parallel.bucket_mb=-1: parallel.bucket_mb: expected >= 0 (0: one all-reduce after the backward pass)");
+}
+
+// Every numeric optimizer and schedule setting is range-checked, NaN and infinity included, naming
+// the key, the value and where it came from.
+TEST(TrainConfig, NumericSettingsAreRangeChecked) {
+  TempDir dir;
+  const std::string ok = dir.file("ok.toml", "[data]\npath = \"x.txt\"\n");
+  for (const auto& [assignment, expected] : std::initializer_list<std::pair<const char*, const char*>>{
+           {"optim.lr=nan", "optim.lr: nan: expected a finite number > 0"},
+           {"optim.lr=inf", "optim.lr: inf: expected a finite number > 0"},
+           {"optim.lr=0", "optim.lr: 0: expected a finite number > 0"},
+           {"optim.beta1=1.5", "optim.beta1: 1.5: expected 0 <= beta1 < 1"},
+           {"optim.beta1=1", "optim.beta1: 1: expected 0 <= beta1 < 1"},
+           {"optim.beta2=-0.1", "optim.beta2: -0.1: expected 0 <= beta2 < 1"},
+           {"optim.eps=0", "optim.eps: 0: expected a finite number > 0"},
+           {"optim.grad_clip=-1", "optim.grad_clip: -1: expected a finite number >= 0 (0 disables clipping)"},
+           {"optim.warmup_steps=-5", "optim.warmup_steps: expected >= 0"},
+           {"optim.min_lr_ratio=2", "optim.min_lr_ratio: 2: expected 0 <= ratio <= 1"},
+           {"optim.decay_fraction=5", "optim.decay_fraction: 5: expected 0 <= fraction <= 1"},
+           {"optim.weight_decay=nan", "optim.weight_decay: nan: expected a finite number >= 0"},
+           {"train.peak_tflops=-1", "train.peak_tflops: -1: expected > 0 TFLOP/s, or 0 for the GPU's own"},
+           {"parallel.timeout_s=inf", "parallel.timeout_s: expected > 0 seconds"},
+           {"run.threads=-1", "run.threads: -1: expected 0 (all cores) to "},
+           {"run.threads=100000", "run.threads: 100000: expected 0 (all cores) to "}}) {
+    const std::string e = error_of([&] { load_train_config(ok, {assignment}); });
+    EXPECT_TRUE(mentions(e, {std::string("command line --") + assignment + ": " + expected})) << e;
+  }
+  // Edges that are allowed.
+  EXPECT_NO_THROW(load_train_config(ok, {"optim.beta1=0", "optim.grad_clip=0", "optim.min_lr_ratio=1",
+                                         "optim.weight_decay=0", "optim.warmup_steps=0", "run.threads=1"}));
+  // From the file, the file is blamed.
+  const std::string file = dir.file("nan.toml", "[data]\npath = \"x.txt\"\n[optim]\nlr = nan\n");
+  EXPECT_EQ(error_of([&] { load_train_config(file, {}); }), file + ": optim.lr: nan: expected a finite number > 0");
+}
+
+TEST(TrainConfig, NearestNameSuggestsLikelyTypos) {
+  EXPECT_EQ(nearest_name("train.step", config_keys()), "train.steps");
+  EXPECT_EQ(nearest_name("optim.lrr", config_keys()), "optim.lr");
+  EXPECT_EQ(nearest_name("--steps", {"--max-steps", "--seq-len", "--seed"}), "--max-steps");
+  EXPECT_EQ(nearest_name("--batchsize", {"--max-steps", "--batch-size"}), "--batch-size");
+  EXPECT_EQ(nearest_name("--frobnicate", {"--max-steps", "--batch-size"}), "");
 }
 
 TEST(TrainConfig, SettingsListEveryKeySetSorted) {
@@ -157,7 +204,7 @@ std::string prepare_text(const TempDir& dir, const std::string& text) {
 }
 
 // lr = 1e30 blows the weights up in the first step: the second step's loss is not finite.
-std::vector<std::string> diverging_run(const TempDir& dir) {
+std::vector<Override> diverging_run(const TempDir& dir) {
   return {"model.preset=test", "data.path=random", "train.seq_len=32", "train.batch_size=2", "train.steps=6",
           "optim.lr=1e30", "optim.warmup_steps=0", "run.device=cpu", "run.dir=" + dir.str()};
 }
@@ -171,7 +218,7 @@ TEST(Trainer, ANonFiniteLossStopsTheRunNamingTheStep) {
 
 TEST(Trainer, NonFiniteStepsAreSkippedAndCountedWhenTheConfigSaysSo) {
   TempDir dir;
-  std::vector<std::string> overrides = diverging_run(dir);
+  std::vector<Override> overrides = diverging_run(dir);
   overrides.push_back("train.nonfinite=skip");
   std::ostringstream log;
   const std::vector<StepRecord> records = train(load_train_config("", overrides), log);
@@ -195,29 +242,29 @@ TEST(TrainConfig, GpuKeysAndTheirErrors) {
   EXPECT_EQ(parse_memory_size("1.5G"), 3LL << 29);
   EXPECT_EQ(parse_memory_size("lots"), -1);
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.gpu_memory=lots"}); }),
-            "command line: run.gpu_memory: 'lots': expected a size such as 80GB or 512MiB");
+            "command line --run.gpu_memory=lots: run.gpu_memory: 'lots': expected a size such as 80GB or 512MiB");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.deterministic=1"}); }),
-            "command line: run.deterministic: expected true or false");
+            "command line --run.deterministic=1: run.deterministic: expected true or false");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.recompute=all"}); }),
-            "command line: train.recompute: recompute 'all': expected none, mlp or block");
+            "command line --train.recompute=all: train.recompute: recompute 'all': expected none, mlp or block");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.device=gpu"}); }),
-            "command line: run.device: 'gpu': expected auto, cpu, cuda or emu");
+            "command line --run.device=gpu: run.device: 'gpu': expected auto, cpu, cuda or emu");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.sample_every=-1"}); }),
-            "command line: train.sample_every: expected >= 0 (0 disables sampling)");
+            "command line --train.sample_every=-1: train.sample_every: expected >= 0 (0 disables sampling)");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.batch_size=99999999999"}); }),
-            "command line: train.batch_size: expected an integer in range");
+            "command line --train.batch_size=99999999999: train.batch_size: expected an integer in range");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.sample_tokens=0"}); }),
-            "command line: train.sample_tokens: expected >= 1");
+            "command line --train.sample_tokens=0: train.sample_tokens: expected >= 1");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.every=-2"}); }),
-            "command line: checkpoint.every: expected >= 0 (0: never)");
+            "command line --checkpoint.every=-2: checkpoint.every: expected >= 0 (0: never)");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.keep=-1"}); }),
-            "command line: checkpoint.keep: expected >= 0 (0: keep all)");
+            "command line --checkpoint.keep=-1: checkpoint.keep: expected >= 0 (0: keep all)");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.async_max_mb=-1"}); }),
-            "command line: checkpoint.async_max_mb: expected >= 0 (0: always save in place)");
+            "command line --checkpoint.async_max_mb=-1: checkpoint.async_max_mb: expected >= 0 (0: always save in place)");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.async=1"}); }),
-            "command line: checkpoint.async: expected true or false");
+            "command line --checkpoint.async=1: checkpoint.async: expected true or false");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.on_error=retry"}); }),
-            "command line: checkpoint.on_error: 'retry': expected stop or continue");
+            "command line --checkpoint.on_error=retry: checkpoint.on_error: 'retry': expected stop or continue");
 }
 
 TEST(Trainer, LossFallsWellBelowItsStart) {
@@ -256,7 +303,7 @@ TEST(Trainer, LossFallsWellBelowItsStart) {
 TEST(Trainer, SameSeedSameLosses) {
   TempDir dir;
   const std::string data = prepare_text(dir, repetitive_text());
-  const std::vector<std::string> overrides = {"model.preset=test", "data.path=" + data, "train.batch_size=2",
+  const std::vector<Override> overrides = {"model.preset=test", "data.path=" + data, "train.batch_size=2",
                                               "train.seq_len=16", "train.steps=3", "train.eval_every=0",
                                               "run.dir=" + dir.path("run")};
   std::ostringstream log;

@@ -21,8 +21,8 @@ struct PlanOptions {
 
 std::string gib(int64_t bytes) { return fmt::format("{:.2f} GiB", bytes / double(1ull << 30)); }
 
-void run_plan(const PlanOptions& o, const std::vector<std::string>& overrides) {
-  std::vector<std::string> all = {"data.path=random"};  // the model is all the planner reads
+void run_plan(const PlanOptions& o, const std::vector<Override>& overrides) {
+  std::vector<Override> all = {"data.path=random"};  // the model is all the planner reads
   all.insert(all.end(), overrides.begin(), overrides.end());
   const TrainConfig cfg = load_train_config(o.config, all);
   PlanInput in;

@@ -18,7 +18,7 @@ void add_train_command(CLI::App& app) {
   auto config_path = std::make_shared<std::string>();
   cmd->add_option("-c,--config", *config_path, "TOML config file (see configs/)")->check(CLI::ExistingFile);
   // Short forms of the most used keys; they win over the config file.
-  auto shortcuts = std::make_shared<std::vector<std::pair<std::string, std::string>>>();
+  auto shortcuts = std::make_shared<std::vector<Override>>();
   for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
            {"--device", "run.device", "auto (cuda if a GPU is present, else cpu), cpu, cuda or emu (run.device)"},
            {"--gpu-memory", "run.gpu_memory", "device memory to plan for, e.g. 80GB; the emulator's size (run.gpu_memory)"},
@@ -35,21 +35,27 @@ void add_train_command(CLI::App& app) {
            {"--resume", "checkpoint.resume", "resume from this checkpoint; default: the run directory's latest (checkpoint.resume)"},
            {"--init-from", "checkpoint.init_from", "fine-tune: a checkpoint's parameters only (checkpoint.init_from)"}}) {
     cmd->add_option_function<std::string>(
-        flag, [shortcuts, key = std::string(key)](const std::string& v) { shortcuts->emplace_back(key, v); }, help);
+        flag,
+        [shortcuts, key = std::string(key), flag = std::string(flag)](const std::string& v) {
+          shortcuts->emplace_back(key + "=" + v, flag + " " + v);
+        },
+        help);
   }
   for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
            {"--deterministic", "run.deterministic", "bitwise-identical runs for a seed on one device (run.deterministic)"},
            {"--dry-run", "run.dry_run", "print the memory plan and whether it fits, allocate nothing (run.dry_run)"}}) {
     cmd->add_flag_function(
-        flag, [shortcuts, key = std::string(key)](int64_t) { shortcuts->emplace_back(key, "true"); }, help);
+        flag, [shortcuts, key = std::string(key), flag = std::string(flag)](int64_t) {
+          shortcuts->emplace_back(key + "=true", flag);
+        }, help);
   }
   cmd->allow_extras();
   cmd->footer(
       "Overrides: any config key as --section.key=value, e.g. --train.steps=200 --optim.lr=3e-4 "
       "--model.preset=gpt2-124m --run.dir=runs/x");
   cmd->callback([cmd, config_path, shortcuts] {
-    std::vector<std::string> overrides = config_overrides(*cmd);
-    for (const auto& [key, value] : *shortcuts) overrides.push_back(key + "=" + value);
+    std::vector<Override> overrides = config_overrides(*cmd);
+    overrides.insert(overrides.end(), shortcuts->begin(), shortcuts->end());
     const TrainConfig cfg = load_train_config(*config_path, overrides);
     const ProcessInfo process = detect_process();
     if (process.world_size == 1) {

@@ -2,8 +2,13 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <limits>
 #include <map>
+#include <thread>
 #include <set>
 #include <utility>
 #include <sstream>
@@ -12,11 +17,26 @@
 namespace kiln {
 namespace {
 
+// Where each key's value came from: the file, unless an override set it.
+class Origins {
+ public:
+  explicit Origins(std::string file) : file_(std::move(file)) {}
+  void set(const std::string& key, const std::string& written) { by_key_[key] = written; }
+  std::string of(const std::string& key) const {
+    const auto it = by_key_.find(key);
+    return it == by_key_.end() ? file_ : "command line " + it->second;
+  }
+
+ private:
+  std::string file_;
+  std::map<std::string, std::string> by_key_;
+};
+
 // Reads typed values out of a TOML table, remembering which keys were used so that anything
 // left over (a typo) can be reported.
 class Reader {
  public:
-  Reader(const toml::table& root, std::string source) : root_(root), source_(std::move(source)) {}
+  Reader(const toml::table& root, const Origins& origins) : root_(root), origins_(origins) {}
 
   template <class T>
   void get(const std::string& key, T& out) {
@@ -53,22 +73,48 @@ class Reader {
 
  private:
   [[noreturn]] void fail(const std::string& key, const char* expected) const {
-    throw std::runtime_error(source_ + ": " + key + ": expected " + expected);
+    throw std::runtime_error(origins_.of(key) + ": " + key + ": expected " + expected);
   }
   void check(const std::string& key) const {
-    if (!used_.count(key)) throw std::runtime_error(source_ + ": unknown key '" + key + "'");
+    if (used_.count(key)) return;
+    const std::string near = nearest_name(key, config_keys());
+    throw std::runtime_error(origins_.of(key) + ": unknown key '" + key + "'" +
+                             (near.empty() ? "" : " (did you mean " + near + "?)"));
   }
   const toml::table& root_;
-  std::string source_;
+  const Origins& origins_;
   std::set<std::string> used_;
 };
 
+std::string fmt_number(double v) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", v);
+  return text;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); j++) row[j] = j;
+  for (size_t i = 1; i <= a.size(); i++) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); j++) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
 // "a.b=value" -> root[a][b] = value parsed as TOML (or as a string when it is not valid TOML).
-void apply_override(toml::table& root, const std::string& text) {
+void apply_override(toml::table& root, const Override& o, Origins& origins) {
+  const std::string& text = o.assignment;
   const size_t eq = text.find('=');
   if (eq == std::string::npos || eq == 0)
     throw std::runtime_error("override '" + text + "': expected --section.key=value");
   const std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  origins.set(key, o.written());
   toml::table parsed;
   try {
     parsed = toml::parse("v = " + value);
@@ -126,7 +172,41 @@ int64_t parse_memory_size(const std::string& text) {
   return (int64_t)(value * it->second);
 }
 
-TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+const std::vector<std::string>& config_keys() {
+  static const std::vector<std::string> keys = {
+      "model.preset", "model.vocab_size", "model.max_seq_len", "model.n_layer", "model.n_head", "model.n_embd",
+      "model.vocab_multiple", "data.path", "train.batch_size", "train.seq_len", "train.grad_accum", "train.steps",
+      "train.seed", "train.log_every", "train.eval_every", "train.eval_batches", "train.peak_tflops",
+      "train.recompute", "train.nonfinite", "train.sample_every", "train.sample_tokens", "train.sample_prompt",
+      "optim.lr", "optim.min_lr_ratio", "optim.warmup_steps", "optim.schedule", "optim.decay_fraction",
+      "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.grad_clip", "parallel.tp",
+      "parallel.zero", "parallel.timeout_s", "parallel.bucket_mb", "parallel.rendezvous", "checkpoint.every",
+      "checkpoint.keep", "checkpoint.async", "checkpoint.async_max_mb", "checkpoint.resume", "checkpoint.init_from",
+      "checkpoint.on_error", "run.dir", "run.device", "run.threads", "run.deterministic", "run.dry_run",
+      "run.gpu_memory"};
+  return keys;
+}
+
+std::string nearest_name(const std::string& word, const std::vector<std::string>& candidates) {
+  auto last_part = [](const std::string& s) {
+    const size_t cut = s.find_last_of(".-");
+    return cut == std::string::npos ? s : s.substr(cut + 1);
+  };
+  std::string best;
+  size_t best_distance = std::max<size_t>(2, word.size() / 4) + 1;  // more edits than this: not a typo
+  for (const std::string& c : candidates) {
+    size_t d = edit_distance(word, c);
+    // "steps" for "train.steps", "--steps" for "--max-steps": the same last word counts as near.
+    if (d >= best_distance && last_part(word).size() >= 3 && last_part(word) == last_part(c)) d = 1;
+    if (d < best_distance) {
+      best = c;
+      best_distance = d;
+    }
+  }
+  return best;
+}
+
+TrainConfig load_train_config(const std::string& path, const std::vector<Override>& overrides) {
   toml::table root;
   if (!path.empty()) {
     try {
@@ -137,12 +217,12 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
                                std::string(e.description()));
     }
   }
-  for (const std::string& o : overrides) apply_override(root, o);
-
   TrainConfig cfg;
   cfg.source = path.empty() ? "command line" : path;
+  Origins origins(cfg.source);
+  for (const Override& o : overrides) apply_override(root, o, origins);
   cfg.settings = settings_text(root);
-  Reader r(root, cfg.source);
+  Reader r(root, origins);
   r.get("model.preset", cfg.preset);
   cfg.model = GPTConfig::preset(cfg.preset);
   cfg.vocab_size_set = (bool)root.at_path("model.vocab_size");
@@ -200,8 +280,14 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.reject_unknown();
 
   auto bad = [&](const std::string& key, const std::string& why) {
-    throw std::runtime_error(cfg.source + ": " + key + ": " + why);
+    throw std::runtime_error(origins.of(key) + ": " + key + ": " + why);
   };
+  // A number in [lo, hi] (or the open ends the flags say); NaN never is.
+  auto in_range = [&](const std::string& key, double v, double lo, double hi, bool lo_open, bool hi_open,
+                      const std::string& expected) {
+    if (!(lo_open ? v > lo : v >= lo) || !(hi_open ? v < hi : v <= hi)) bad(key, fmt_number(v) + ": expected " + expected);
+  };
+  constexpr double kInf = std::numeric_limits<double>::infinity();
   try {
     cfg.model.validate();
   } catch (const std::invalid_argument& e) {
@@ -216,13 +302,28 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   if (cfg.train.log_every < 1) bad("train.log_every", "expected >= 1");
   if (cfg.train.eval_every < 0) bad("train.eval_every", "expected >= 0 (0 disables evaluation)");
   if (cfg.train.eval_batches < 0) bad("train.eval_batches", "expected >= 0 (0 = the whole validation split)");
-  if (cfg.optim.lr <= 0) bad("optim.lr", "expected > 0");
+  if (cfg.train.peak_tflops != 0) in_range("train.peak_tflops", cfg.train.peak_tflops, 0, kInf, true, true, "> 0 TFLOP/s, or 0 for the GPU's own");
+  in_range("optim.lr", cfg.optim.lr, 0, kInf, true, true, "a finite number > 0");
+  in_range("optim.min_lr_ratio", cfg.optim.min_lr_ratio, 0, 1, false, false, "0 <= ratio <= 1");
+  if (cfg.optim.warmup_steps < 0) bad("optim.warmup_steps", "expected >= 0");
+  in_range("optim.decay_fraction", cfg.optim.decay_fraction, 0, 1, false, false, "0 <= fraction <= 1");
+  in_range("optim.weight_decay", cfg.optim.weight_decay, 0, kInf, false, true, "a finite number >= 0");
+  in_range("optim.beta1", cfg.optim.beta1, 0, 1, false, true, "0 <= beta1 < 1");
+  in_range("optim.beta2", cfg.optim.beta2, 0, 1, false, true, "0 <= beta2 < 1");
+  in_range("optim.eps", cfg.optim.eps, 0, kInf, true, true, "a finite number > 0");
+  in_range("optim.grad_clip", cfg.optim.grad_clip, 0, kInf, false, true, "a finite number >= 0 (0 disables clipping)");
   if (cfg.optim.schedule != "cosine" && cfg.optim.schedule != "wsd" && cfg.optim.schedule != "constant")
     bad("optim.schedule", "'" + cfg.optim.schedule + "': expected cosine, wsd or constant");
   if (cfg.parallel.tp < 1) bad("parallel.tp", "expected >= 1");
   if (cfg.parallel.zero != 0 && cfg.parallel.zero != 1) bad("parallel.zero", "expected 0 or 1 (ZeRO-1)");
-  if (!(cfg.parallel.timeout_s > 0)) bad("parallel.timeout_s", "expected > 0 seconds");
-  if (!(cfg.parallel.bucket_mb >= 0)) bad("parallel.bucket_mb", "expected >= 0 (0: one all-reduce after the backward pass)");
+  if (!(cfg.parallel.timeout_s > 0) || std::isinf(cfg.parallel.timeout_s)) bad("parallel.timeout_s", "expected > 0 seconds");
+  if (!(cfg.parallel.bucket_mb >= 0) || std::isinf(cfg.parallel.bucket_mb))
+    bad("parallel.bucket_mb", "expected >= 0 (0: one all-reduce after the backward pass)");
+  // More threads than a few per core only slows OpenMP down, and libgomp fails on huge counts.
+  const int max_threads = 4 * (int)std::max(1u, std::thread::hardware_concurrency());
+  if (cfg.threads < 0 || cfg.threads > max_threads)
+    bad("run.threads", std::to_string(cfg.threads) + ": expected 0 (all cores) to " + std::to_string(max_threads) +
+                           " (4 per core)");
   if (cfg.device != "auto" && cfg.device != "cpu" && cfg.device != "cuda" && cfg.device != "emu")
     bad("run.device", "'" + cfg.device + "': expected auto, cpu, cuda or emu");
   try {

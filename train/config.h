@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -82,9 +83,29 @@ struct TrainConfig {
 // "80GB", "80GiB", "512M", "1048576": binary units (GPU memory is quoted in GiB); -1 if malformed.
 int64_t parse_memory_size(const std::string& text);
 
-// Loads `path` (may be empty: defaults only) and applies overrides of the form "section.key=value"
-// (values in TOML syntax; bare words are taken as strings). Throws std::runtime_error on any error.
-TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
+// A setting from the command line: "section.key=value" (the value in TOML syntax; a bare word is
+// taken as a string), and how the user wrote it when that was a short flag ("--max-steps 0"), so
+// that a message blames what was typed.
+struct Override {
+  std::string assignment;
+  std::string flag;  // empty: written as --section.key=value
+  Override(std::string a, std::string f = "") : assignment(std::move(a)), flag(std::move(f)) {}
+  Override(const char* a) : assignment(a) {}
+  std::string written() const { return flag.empty() ? "--" + assignment : flag; }
+};
+
+// Loads `path` (may be empty: defaults only) and applies the overrides in order. Throws
+// std::runtime_error on any error, naming where the setting came from (the file, or the flag as
+// typed on the command line), the key, and what was expected; an unknown key gets the nearest
+// known one as a suggestion. Every numeric setting is range-checked, NaN included.
+TrainConfig load_train_config(const std::string& path, const std::vector<Override>& overrides);
+
+// Every key load_train_config() reads ("train.steps", ...), for suggestions.
+const std::vector<std::string>& config_keys();
+
+// The candidate nearest to `word` by edit distance, when it is near enough to be a likely typo
+// (or one contains the other, as "steps" and "max-steps"); "" otherwise.
+std::string nearest_name(const std::string& word, const std::vector<std::string>& candidates);
 
 // The string value of `key` ("data.path") in a TrainConfig::settings text (a checkpoint keeps the
 // run's), or "" when it is not set there.
