@@ -1,4 +1,4 @@
-// A prepared dataset directory: dataset.json plus train_*.h5 / val_*.h5 shards (design.md §6).
+// A prepared dataset directory: dataset.json plus train_*.h5 / val_*.h5 shards (docs/design.md §6).
 #pragma once
 
 #include <memory>

@@ -176,14 +176,15 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir) : regex_(std::make_unique<R
   if (!std::filesystem::is_directory(dir))
     throw std::runtime_error(dir + ": GPT-2 tokenizer directory not found (it holds encoder.json and vocab.bpe, "
                              "or Hugging Face's copies of them, vocab.json and merges.txt)");
-  // OpenAI's release names the two files encoder.json and vocab.bpe; a Hugging Face GPT-2
-  // directory has the same files as vocab.json and merges.txt.
-  const bool hf_names = !std::filesystem::exists(dir + "/encoder.json") && std::filesystem::exists(dir + "/vocab.json");
+  auto [encoder_path, merges_path] = files_in(dir);
+  if (encoder_path.empty()) {  // neither pair: name the files of OpenAI's release in the error
+    encoder_path = dir + "/encoder.json";
+    merges_path = dir + "/vocab.bpe";
+  }
   const std::array<int, 324> byte_of = byte_of_codepoint();
   std::string bytes;  // one token's raw bytes
 
   // encoder.json: {"token": id, ...}, ids dense in 0..N-1.
-  const std::string encoder_path = dir + (hf_names ? "/vocab.json" : "/encoder.json");
   const std::string encoder_text = read_file(encoder_path);
   nlohmann::json encoder;
   try {
@@ -220,7 +221,6 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir) : regex_(std::make_unique<R
   eot_ = eot->second;
 
   // vocab.bpe: a "#version" line, then one merge per line, "left right", best first.
-  const std::string merges_path = dir + (hf_names ? "/merges.txt" : "/vocab.bpe");
   const std::string merges_text = read_file(merges_path);
   std::string_view rest = merges_text;
   std::string left, right;
@@ -253,6 +253,15 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir) : regex_(std::make_unique<R
 }
 
 Gpt2Tokenizer::~Gpt2Tokenizer() = default;
+
+std::pair<std::string, std::string> Gpt2Tokenizer::files_in(const std::string& dir) {
+  // OpenAI's release names the two files encoder.json and vocab.bpe; a Hugging Face GPT-2
+  // directory has the same files as vocab.json and merges.txt.
+  std::error_code ec;
+  if (std::filesystem::exists(dir + "/encoder.json", ec)) return {dir + "/encoder.json", dir + "/vocab.bpe"};
+  if (std::filesystem::exists(dir + "/vocab.json", ec)) return {dir + "/vocab.json", dir + "/merges.txt"};
+  return {};
+}
 
 std::vector<int32_t> Gpt2Tokenizer::encode(std::string_view text) const {
   std::vector<int32_t> out;

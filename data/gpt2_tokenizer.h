@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "data/tokenizer.h"
@@ -24,6 +25,10 @@ class Gpt2Tokenizer final : public Tokenizer {
   // Reads dir/encoder.json and dir/vocab.bpe; throws naming the file (and line) that is wrong.
   explicit Gpt2Tokenizer(const std::string& dir);
   ~Gpt2Tokenizer() override;
+
+  // The (encoder, merges) files a tokenizer loaded from dir reads: encoder.json and vocab.bpe, else
+  // vocab.json and merges.txt; two empty strings when dir holds neither pair.
+  static std::pair<std::string, std::string> files_in(const std::string& dir);
 
   std::string name() const override { return "gpt2"; }
   int vocab_size() const override { return static_cast<int>(token_bytes_.size()); }

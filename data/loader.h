@@ -1,4 +1,4 @@
-// Batches of sequences from a dataset split (design.md §6).
+// Batches of sequences from a dataset split (docs/design.md §6).
 //
 // A split is cut into sequences of T+1 tokens: sequence i of a shard is tokens [i*T, i*T + T + 1),
 // so consecutive sequences share one token and every token but the first is a target once.

@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "data/dataset.h"
+#include "data/gpt2_tokenizer.h"
 #include "data/tokenizer.h"
 
 namespace kiln {
@@ -269,6 +270,13 @@ PrepareSummary prepare_dataset(const PrepareOptions& o, const PrepareProgress& p
   fs::create_directories(tmp);
   try {
     write_shards(o, *tok, meta, is_val, tmp, sum, progress);
+    // Files given with --tokenizer-dir travel with the dataset, so that it decodes anywhere; the
+    // bundled vocabulary is found by its fingerprint instead (tokenizer_matching()).
+    if (o.tokenizer == "gpt2" && !o.tokenizer_dir.empty()) {
+      const auto [encoder, merges] = Gpt2Tokenizer::files_in(o.tokenizer_dir);
+      for (const std::string& file : {encoder, merges})
+        fs::copy_file(file, fs::path(tmp) / fs::path(file).filename());
+    }
   } catch (...) {
     fs::remove_all(tmp);  // a failed run leaves nothing behind; a killed one leaves only OUTPUT.tmp-PID
     throw;

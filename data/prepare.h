@@ -1,4 +1,4 @@
-// `kiln prepare`: text or JSONL -> tokenized HDF5 shards plus dataset.json (design.md §6).
+// `kiln prepare`: text or JSONL -> tokenized HDF5 shards plus dataset.json (docs/design.md §6).
 //
 // Inputs: plain text files (one document per file, or split at a separator string), or JSONL with
 // a "text" field per line, or "prompt"/"response" fields for fine-tuning, which writes a

@@ -1,4 +1,4 @@
-// One HDF5 token shard (design.md §6): /tokens (uint16 when the vocabulary fits, else uint32),
+// One HDF5 token shard (docs/design.md §6): /tokens (uint16 when the vocabulary fits, else uint32),
 // /doc_offsets (int64 start of each document), optional /loss_mask (uint8 per token), and the
 // attributes format, format_version, vocab_size, tokenizer, eot_token, num_tokens, num_documents.
 #pragma once

@@ -27,8 +27,22 @@ class Tokenizer {
   virtual std::string decode(std::span<const int32_t> tokens) const = 0;
 };
 
-// "bytes" (dir is ignored) or "gpt2" (reads dir/encoder.json and dir/vocab.bpe). Throws
-// std::runtime_error naming the file and what is wrong, or listing the valid names.
+// "bytes" (dir is ignored) or "gpt2" (reads dir/encoder.json and dir/vocab.bpe; an empty dir means
+// the vocabulary kiln ships, found by bundled_vocab_dir()). Throws std::runtime_error naming the
+// file and what is wrong, or listing the valid names.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name, const std::string& dir);
+
+// The directory holding the vocabulary files kiln ships for tokenizer `name` (data/vocab/NAME in
+// the source tree). Searched in order: next to the binary (BIN/vocab/NAME), the binary's install
+// prefix (BIN/../share/kiln/vocab/NAME), the configured install prefix, the source tree. Throws,
+// listing every place searched, when none holds it.
+std::string bundled_vocab_dir(const std::string& name);
+
+// The tokenizer that made a dataset or checkpoint whose recorded fingerprint is `fingerprint`:
+// files in `dir` when it holds them (a dataset prepared with --tokenizer-dir), else the bundled
+// vocabulary. Throws, naming `what` and both fingerprints, when the files found are not the ones
+// recorded.
+std::unique_ptr<Tokenizer> tokenizer_matching(const std::string& name, const std::string& fingerprint,
+                                              const std::string& dir, const std::string& what);
 
 }  // namespace kiln

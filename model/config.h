@@ -37,7 +37,7 @@ enum class Recompute {
 Recompute parse_recompute(const std::string& name);  // none | mlp | block; throws otherwise
 const char* recompute_name(Recompute r);
 
-// One rank's share of a tensor-parallel group (Megatron-style, design.md §4): heads, the MLP's
+// One rank's share of a tensor-parallel group (Megatron-style, docs/design.md §4): heads, the MLP's
 // hidden width and vocabulary rows are split; size 1 is the unsharded model.
 struct TensorParallel {
   int size = 1;

@@ -1,4 +1,4 @@
-// The ops interface the model is written against (design.md §2). One implementation per
+// The ops interface the model is written against (docs/design.md §2). One implementation per
 // backend: CPU (fp32 host memory, kernels/ reference and fast ops) and CUDA (model/cuda_ops.cu:
 // bf16 storage and the fused kernels, on a GPU or on the emulator).
 // Gradient semantics: parameter gradients (dweight, dbias, dwte, dwpe) ACCUMULATE (+=), so that

@@ -1,4 +1,4 @@
-// Collectives over a group of ranks (design.md §2): all-reduce, reduce-scatter, all-gather,
+// Collectives over a group of ranks (docs/design.md §2): all-reduce, reduce-scatter, all-gather,
 // broadcast and barrier on host buffers. Two implementations: over MPI (the CPU backend's
 // transport, one communicator per group) and the trivial one of a single process, so that code
 // written for N ranks runs unchanged without a launcher. Every rank of a group must issue the

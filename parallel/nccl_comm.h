@@ -1,4 +1,4 @@
-// Collectives over NCCL for a GPU's gradients (design.md §2): the same Comm interface, but every
+// Collectives over NCCL for a GPU's gradients (docs/design.md §2): the same Comm interface, but every
 // span is DEVICE memory of the current device, and each collective runs on the Comm's own CUDA
 // stream. The caller makes the data ready first (the CUDA backend's Ops::synchronize()); the
 // started all-reduces overlap whatever the device computes next, and wait_all() waits for them.

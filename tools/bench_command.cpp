@@ -152,7 +152,7 @@ void add_bench_command(CLI::App& app) {
   data->add_option("--text", o->text, "Text file to tokenize (documents split at --separator)");
   data->add_option("--separator", o->separator, "Document separator in --text")->capture_default_str();
   data->add_option("--tokenizer", o->tokenizer, "bytes or gpt2")->capture_default_str();
-  data->add_option("--tokenizer-dir", o->tokenizer_dir, "Directory with encoder.json and vocab.bpe");
+  data->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: a directory with encoder.json and vocab.bpe; default: the vocabulary kiln ships");
   data->add_option("--dataset", o->dataset, "Prepared dataset to read batches from");
   data->add_option("--batch", o->batch, "Sequences per batch")->capture_default_str();
   data->add_option("--seq-len", o->seq_len, "Tokens per sequence")->capture_default_str();

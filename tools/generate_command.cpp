@@ -29,9 +29,9 @@ std::unique_ptr<Tokenizer> tokenizer_for(const GenerateOptions& o, const std::st
   const std::string data = string_setting(settings, "data.path");
   if (data.empty() || data == "random")
     throw std::runtime_error(o.checkpoint + ": no training dataset recorded to take a tokenizer from: pass "
-                             "--tokenizer bytes, or --tokenizer gpt2 --tokenizer-dir DIR");
+                             "--tokenizer bytes or --tokenizer gpt2");
   const Dataset dataset = Dataset::open(data);
-  return make_tokenizer(dataset.tokenizer_name, dataset.dir);
+  return tokenizer_matching(dataset.tokenizer_name, dataset.meta.tokenizer, dataset.dir, dataset.dir);
 }
 
 void run(const GenerateOptions& o) {
@@ -73,7 +73,7 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "sampling seed: the same seed gives the same text")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "bytes or gpt2; default: the training dataset's");
-  cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: encoder.json and vocab.bpe, or a Hugging Face directory's vocab.json and merges.txt");
+  cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: encoder.json and vocab.bpe, or a Hugging Face directory's vocab.json and merges.txt; default: the vocabulary kiln ships");
   cmd->add_flag("!--no-stop", o->stop_at_eot, "keep going past the end-of-text token");
   cmd->callback([o] { run(*o); });
 }

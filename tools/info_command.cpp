@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <stdexcept>
+
+#include "data/tokenizer.h"
 #include "kernels/device/selfcheck.h"
 #include "kernels/device_info.h"
 #include "kernels/emu/cuda_runtime.h"
@@ -36,6 +39,13 @@ void add_info_command(CLI::App& app) {
       fmt::print("  CUDA runtime {}, driver {}, cuBLASLt {}, NCCL {}\n", cuda.runtime_version,
                  cuda.driver_version ? std::to_string(cuda.driver_version) : "none", cuda.cublaslt_version,
                  cuda.nccl_version);
+    std::string vocab;
+    try {
+      vocab = bundled_vocab_dir("gpt2");
+    } catch (const std::runtime_error& e) {
+      vocab = e.what();
+    }
+    fmt::print("vocabularies: gpt2 {}\n", vocab);
     fmt::print("process: rank {} of {} (local rank {}, launcher {})\n", proc.rank, proc.world_size, proc.local_rank,
                proc.launcher);
   });

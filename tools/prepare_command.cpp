@@ -46,7 +46,7 @@ void inspect(const std::string& dir, int samples) {
     for (const auto& shard : split->shards)
       fmt::print("    {}: {} documents, {} tokens\n", shard->path(), shard->num_documents(), shard->num_tokens());
   }
-  const std::unique_ptr<Tokenizer> tok = make_tokenizer(ds.tokenizer_name, "");
+  const std::unique_ptr<Tokenizer> tok = tokenizer_matching(ds.tokenizer_name, ds.meta.tokenizer, dir, dir);
   const ShardReader& first = *ds.train.shards.front();
   const std::vector<int64_t> offsets = first.doc_offsets();
   for (int i = 0; i < samples && i < (int)offsets.size(); i++) {
@@ -71,7 +71,7 @@ void add_prepare_command(CLI::App& app) {
   cmd->add_option("--format", o->format, "text, jsonl or auto (by .jsonl extension)")->capture_default_str();
   cmd->add_option("--separator", o->separator, "Split text files into documents at this string (\\n escapes allowed)");
   cmd->add_option("--tokenizer", o->tokenizer, "bytes or gpt2")->capture_default_str();
-  cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "Directory with encoder.json and vocab.bpe (gpt2)");
+  cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: a directory with encoder.json and vocab.bpe (copied into the output); default: the vocabulary kiln ships");
   cmd->add_option("--val-fraction", o->val_fraction, "Fraction of documents held out for validation")
       ->capture_default_str();
   cmd->add_option("--val-docs", o->val_documents, "Exactly this many validation documents (instead of a fraction)");

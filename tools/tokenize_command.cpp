@@ -44,11 +44,9 @@ void add_tokenize_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("tokenize", "Encode stdin to token ids (one line), or decode ids with --decode");
   auto opts = std::make_shared<TokenizeOptions>();
   cmd->add_option("--tokenizer", opts->tokenizer, "bytes or gpt2")->required();
-  cmd->add_option("--tokenizer-dir", opts->dir, "Directory holding encoder.json and vocab.bpe (gpt2)");
+  cmd->add_option("--tokenizer-dir", opts->dir, "gpt2: a directory with encoder.json and vocab.bpe; default: the vocabulary kiln ships");
   cmd->add_flag("--decode", opts->decode, "Read whitespace-separated ids, print the text they decode to");
   cmd->callback([opts] {
-    if (opts->tokenizer == "gpt2" && opts->dir.empty())
-      throw std::runtime_error("--tokenizer gpt2 needs --tokenizer-dir, a directory holding encoder.json and vocab.bpe");
     const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(opts->tokenizer, opts->dir);
     const std::string input = read_stdin();
     if (opts->decode) {

@@ -1,4 +1,4 @@
-// Distributed checkpoints (design.md §7): RUN_DIR/step_XXXXXXXX/ holds manifest.json and one HDF5
+// Distributed checkpoints (docs/design.md §7): RUN_DIR/step_XXXXXXXX/ holds manifest.json and one HDF5
 // file per rank that stores something, and RUN_DIR/latest names the newest complete checkpoint.
 //
 // What is stored is the fp32 master weights and the AdamW moments, never the bf16 working copy.

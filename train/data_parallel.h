@@ -1,4 +1,4 @@
-// Data parallelism over a Comm that can reach the gradients (design.md §5): MPI for the CPU
+// Data parallelism over a Comm that can reach the gradients (docs/design.md §5): MPI for the CPU
 // backend's and the emulated device's (host memory), NCCL for a GPU's. After each
 // backward pass the ranks' gradients are summed: all-reduced into every rank's full gradient, or
 // under ZeRO-1 reduce-scattered into this rank's shard of the flat buffer. The optimizer then

@@ -159,7 +159,16 @@ class BatchSource {
       return;
     }
     data_.emplace(Dataset::open(cfg.data.path));
-    tokenizer_ = make_tokenizer(data_->tokenizer_name, data_->dir);
+    // Only samples need the tokenizer: training reads token ids.
+    if (cfg.train.sample_every > 0) {
+      tokenizer_ = tokenizer_matching(data_->tokenizer_name, data_->meta.tokenizer, data_->dir, data_->dir);
+      // Checked now, not at the first sample, where a failure would end the run unsaved.
+      const size_t prompt = tokenizer_->encode(cfg.train.sample_prompt).size();
+      if (prompt >= (size_t)model_cfg.max_seq_len)
+        throw std::runtime_error(fmt::format("train.sample_prompt: {} tokens, but the model's context holds {} "
+                                             "(model.max_seq_len) and the sample needs room to grow",
+                                             prompt, model_cfg.max_seq_len));
+    }
     if (!cfg.vocab_size_set) model_cfg.vocab_size = (int)data_->meta.vocab_size;
     if (model_cfg.vocab_size != data_->meta.vocab_size)
       throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +

@@ -450,7 +450,7 @@ void warp_collective(const char* op, unsigned mask, const void* in, size_t in_by
     if (warp[i].state == State::at_collective && (warp[i].mask != mask || std::strcmp(warp[i].op, op) != 0))
       fail("lane " + std::to_string(i) + " waits in " + warp[i].op + " with a different mask or collective");
   }
-  std::memcpy(me.in, in, in_bytes);
+  if (in_bytes > 0) std::memcpy(me.in, in, in_bytes);  // __syncwarp carries no data (in is null)
   me.op = op;
   me.mask = mask;
   bool complete = true;
@@ -471,7 +471,7 @@ void warp_collective(const char* op, unsigned mask, const void* in, size_t in_by
     yield_to_scheduler(me);
     if (r.abandoning()) throw Abandoned{};
   }
-  std::memcpy(out, me.out, out_bytes);
+  if (out_bytes > 0) std::memcpy(out, me.out, out_bytes);
 }
 
 void* dynamic_shared_memory() { return runner().shared.data(); }

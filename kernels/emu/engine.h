@@ -1,7 +1,7 @@
 // The SIMT emulator's execution engine: runs a kernel's grid on the CPU. Blocks go to a pool of
 // OS threads, one block at a time per OS thread; a block's threads are cooperative fibers that
 // switch only at barriers and warp collectives, in a chosen order, so that a missing barrier
-// changes the result (design.md §2, docs/emulator.md).
+// changes the result (docs/design.md §2, docs/emulator.md).
 #pragma once
 
 #include <vector_types.h>  // dim3, uint3 (from the CUDA toolkit; host-only types)
