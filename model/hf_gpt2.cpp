@@ -83,7 +83,14 @@ GPTConfig config_from_json(const std::string& path) {
 HfGpt2 read_hf_gpt2(const std::string& dir) {
   HfGpt2 out;
   out.config = config_from_json(dir + "/config.json");
-  const SafetensorsFile file = SafetensorsFile::read(dir + "/model.safetensors");
+  const std::string weights = dir + "/model.safetensors";
+  if (!std::filesystem::exists(weights))
+    for (const char* other : {"pytorch_model.bin", "model.safetensors.index.json", "tf_model.h5", "flax_model.msgpack"})
+      if (std::filesystem::exists(dir + "/" + other))
+        throw std::runtime_error(dir + ": holds " + other + " but no model.safetensors; kiln reads only a single "
+                                 "safetensors file. Convert it with transformers: GPT2LMHeadModel.from_pretrained(DIR)"
+                                 ".save_pretrained(OUT, safe_serialization=True, max_shard_size=\"100GB\")");
+  const SafetensorsFile file = SafetensorsFile::read(weights);
   const ParamLayout layout(out.config);
   const std::string prefix = file.contains("transformer.wte.weight") ? "transformer." : "";
   out.weights.assign(layout.total(), 0.0f);

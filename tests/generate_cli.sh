@@ -45,4 +45,10 @@ cmp "$work/hf/model.safetensors" "$work/hf2/model.safetensors"
   --temperature 0.9 --seed 1 > "$work/d.txt" 2> /dev/null
 cmp "$work/a.txt" "$work/d.txt"
 expect_error "$work/data/config.json: missing or unreadable" "$kiln" ckpt import-hf "$work/data" "$work/x"
+# A PyTorch-pickle checkpoint: say that only safetensors is read, and how to convert.
+mkdir "$work/hf_bin" && cp "$work/hf/config.json" "$work/hf_bin/" && : > "$work/hf_bin/pytorch_model.bin"
+expect_error "$work/hf_bin: holds pytorch_model.bin but no model.safetensors; kiln reads only a single safetensors file. Convert it" \
+  "$kiln" ckpt import-hf "$work/hf_bin" "$work/x"
+# --no-stop is a plain switch.
+"$kiln" generate "$work/run" --no-stop --prompt "kiln " --max-tokens 4 > /dev/null 2>&1
 echo "generate and HF conversion: ok"

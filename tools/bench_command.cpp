@@ -150,7 +150,7 @@ void add_bench_command(CLI::App& app) {
   CLI::App* data = cmd->add_subcommand("data", "Tokenizer MB/s (1 thread, all threads) and loader tokens/s");
   auto o = std::make_shared<BenchOptions>();
   data->add_option("--text", o->text, "Text file to tokenize (documents split at --separator)");
-  data->add_option("--separator", o->separator, "Document separator in --text")->capture_default_str();
+  data->add_option("--separator", o->separator, "Document separator in --text (default: an empty line)");
   data->add_option("--tokenizer", o->tokenizer, "bytes or gpt2")->capture_default_str();
   data->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: a directory with encoder.json and vocab.bpe; default: the vocabulary kiln ships");
   data->add_option("--dataset", o->dataset, "Prepared dataset to read batches from");

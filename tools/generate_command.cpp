@@ -74,7 +74,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "sampling seed: the same seed gives the same text")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "bytes or gpt2; default: the training dataset's");
   cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: encoder.json and vocab.bpe, or a Hugging Face directory's vocab.json and merges.txt; default: the vocabulary kiln ships");
-  cmd->add_flag("!--no-stop", o->stop_at_eot, "keep going past the end-of-text token");
+  cmd->add_flag_callback("--no-stop", [o] { o->stop_at_eot = false; }, "keep going past the end-of-text token");
   cmd->callback([o] { run(*o); });
 }
 

@@ -4,7 +4,7 @@
 #include "tools/commands.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"kiln: pretrain and fine-tune GPT-style transformers"};
+  CLI::App app{"kiln: pretrain and fine-tune GPT-style transformers", "kiln"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(KILN_VERSION));
   kiln::cli::add_info_command(app);
@@ -15,6 +15,10 @@ int main(int argc, char** argv) {
   kiln::cli::add_plan_command(app);
   kiln::cli::add_ckpt_command(app);
   kiln::cli::add_generate_command(app);
+  if (argc == 1) {  // a bare `kiln`: what it can do, not a complaint
+    std::cout << app.help();
+    return 0;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
