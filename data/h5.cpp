@@ -10,7 +10,12 @@ namespace {
 
 // Errors are reported by kiln's exceptions, so silence HDF5's own stack dump once per process.
 void silence_hdf5_errors() {
-  static const bool once = [] { return H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr) >= 0; }();
+  static const bool once = [] {
+    // No library shutdown at exit: a file whose close failed (a full disk) stays registered, and
+    // HDF5 1.10's atexit handler crashes closing it again. The process's end frees it anyway.
+    H5dont_atexit();
+    return H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr) >= 0;
+  }();
   (void)once;
 }
 
@@ -42,6 +47,16 @@ Handle& Handle::operator=(Handle&& o) noexcept {
 
 Handle::~Handle() {
   if (id_ >= 0 && closer_) closer_(id_);
+}
+
+hid_t Handle::release() {
+  const hid_t id = id_;
+  id_ = H5I_INVALID_HID;
+  return id;
+}
+
+void File::close() {
+  if (H5Fclose(handle_.release()) < 0) fail("cannot flush and close (disk full?)");
 }
 
 int64_t DatasetInfo::numel() const {

@@ -24,6 +24,7 @@ class Handle {
   Handle& operator=(const Handle&) = delete;
   ~Handle();
   hid_t get() const { return id_; }
+  hid_t release();  // gives up ownership: the caller closes
 
  private:
   hid_t id_ = H5I_INVALID_HID;
@@ -42,6 +43,10 @@ class File {
  public:
   static File open_read(const std::string& path);  // throws naming the path
   static File create(const std::string& path);     // truncates an existing file
+  // Flushes and closes a file written to; throws naming it when HDF5 cannot (a full disk), so that
+  // a file that is not whole on disk never passes for a written one. Destruction closes without
+  // checking: for error paths.
+  void close();
   const std::string& path() const { return path_; }
   hid_t id() const { return handle_.get(); }
   bool has(const std::string& name) const;

@@ -233,8 +233,10 @@ void check_options(const PrepareOptions& o) {
   if (o.output.empty()) throw std::runtime_error("kiln prepare: no output directory (--output)");
   if (o.format != "auto" && o.format != "text" && o.format != "jsonl")
     throw std::runtime_error("--format '" + o.format + "': expected text, jsonl or auto");
-  if (o.val_fraction < 0 || o.val_fraction >= 1)
+  if (!(o.val_fraction >= 0 && o.val_fraction < 1))  // NaN fails both
     throw std::runtime_error("--val-fraction " + std::to_string(o.val_fraction) + ": expected 0 <= f < 1");
+  if (o.gzip_level < 0 || o.gzip_level > 9)
+    throw std::runtime_error("--gzip " + std::to_string(o.gzip_level) + ": expected 0 (uncompressed) to 9");
   if (o.shard_tokens < 1) throw std::runtime_error("--shard-tokens: expected >= 1");
   for (const std::string& in : o.inputs)
     if (!fs::is_regular_file(in)) throw std::runtime_error(in + ": input file not found");

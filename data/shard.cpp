@@ -17,6 +17,7 @@ void write_shard(const std::string& path, const ShardData& data, const Tokenizer
   f.set_attribute<int64_t>("eot_token", meta.eot_token);
   f.set_attribute<int64_t>("num_tokens", (int64_t)data.tokens.size());
   f.set_attribute<int64_t>("num_documents", (int64_t)data.doc_offsets.size());
+  f.close();
 }
 
 ShardReader::ShardReader(const std::string& path, const TokenizerMeta& expected) : file_(h5::File::open_read(path)) {

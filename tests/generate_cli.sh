@@ -31,8 +31,14 @@ expect_error "top-p: expected a number in (0, 1], got 2" "$kiln" generate "$work
 expect_error "$work/nowhere: neither a checkpoint" "$kiln" generate "$work/nowhere"
 "$kiln" train --model.preset=test --data random --device cpu --seq-len 16 --batch-size 2 --max-steps 1 \
   --save-every 1 --run-dir "$work/random" > /dev/null
-expect_error "no training dataset recorded to take a tokenizer from: pass --tokenizer bytes" \
+expect_error "no tokenizer recorded (trained on random tokens, or imported): pass --tokenizer bytes" \
   "$kiln" generate "$work/random"
+# A checkpoint is usable alone: from another directory, with the training data gone.
+mv "$work/data" "$work/data.moved"
+(cd / && "$kiln" generate "$work/run" --prompt "kiln " --max-tokens 24 --top-k 40 --top-p 0.95 --temperature 0.9 \
+  --seed 1 > "$work/elsewhere.txt" 2> /dev/null)
+cmp "$work/a.txt" "$work/elsewhere.txt"
+mv "$work/data.moved" "$work/data"
 "$kiln" generate "$work/random" --tokenizer bytes --max-tokens 4 > /dev/null 2>&1
 
 "$kiln" ckpt export-hf "$work/run" "$work/hf" > /dev/null

@@ -90,13 +90,23 @@ TEST(Checkpoint, RowsPastTheCheckpointAreDroppedOnResume) {
   EXPECT_EQ(steps, (std::vector<int>{1, 2, 3, 4}));
 }
 
-TEST(Checkpoint, AFreshRunInAUsedRunDirectoryStartsItsMetricsAfresh) {
+// Every run saves at its end (checkpoint.every = 0: only there), so that its model can be used.
+TEST(Checkpoint, EveryRunSavesAtItsEnd) {
   TempDir dir;
   train_test(dir.path("run"), "random", 3);
-  train_test(dir.path("run"), "random", 2);  // no checkpoint: starts over
-  std::vector<int> steps;
-  for (const json& row : metrics(dir.path("run"))) steps.push_back(row["step"]);
-  EXPECT_EQ(steps, (std::vector<int>{1, 2}));
+  EXPECT_EQ(latest_checkpoint(dir.path("run")), dir.path("run") + "/step_00000003");
+  EXPECT_FALSE(fs::exists(dir.path("run") + "/step_00000001"));
+}
+
+// Started again once finished: says so, trains nothing, and leaves the metrics as they were.
+TEST(Checkpoint, AFinishedRunSaysSoAndTrainsNothing) {
+  TempDir dir;
+  train_test(dir.path("run"), "random", 3);
+  const std::string before = read_file(dir.path("run") + "/metrics.jsonl");
+  const TrainRun again = train_test(dir.path("run"), "random", 3);
+  EXPECT_TRUE(again.records.empty());
+  EXPECT_TRUE(mentions(again.log, {"run already at step 3 of 3: nothing to do"})) << again.log;
+  EXPECT_EQ(read_file(dir.path("run") + "/metrics.jsonl"), before);
 }
 
 TEST(Checkpoint, KeepsTheNewestK) {
@@ -114,6 +124,26 @@ TEST(Checkpoint, AChangedModelShapeIsRefusedNamingTheField) {
   train_test(dir.path("run"), "random", 2, {"checkpoint.every=2"});
   const std::string message = error_of([&] { train_test(dir.path("run"), "random", 4, {"model.n_embd=64"}); });
   EXPECT_TRUE(mentions(message, {"step_00000002", "saved with model.n_embd = 32; the config says 64"})) << message;
+}
+
+// Fine-tuning takes the checkpoint's model shape, whatever the config's preset says; only an
+// override on the command line that disagrees is refused, naming the key and both values.
+TEST(Checkpoint, FineTuningTakesTheCheckpointsShape) {
+  TempDir dir;
+  train_test(dir.path("base"), "random", 2, {"model.n_embd=64", "model.n_layer=3"});
+  const TrainRun tuned = train_test(dir.path("tuned"), "random", 1, {"checkpoint.init_from=" + dir.path("base")});
+  EXPECT_TRUE(mentions(tuned.log, {"parameters from"})) << tuned.log;
+  EXPECT_EQ(checkpoint_info(latest_checkpoint(dir.path("tuned"))).model.n_embd, 64);
+  EXPECT_EQ(checkpoint_info(latest_checkpoint(dir.path("tuned"))).model.n_layer, 3);
+  const std::string e = error_of([&] {
+    train_test(dir.path("other"), "random", 1,
+               {"checkpoint.init_from=" + dir.path("base"), "model.n_embd=48", "model.n_layer=3"});
+  });
+  EXPECT_TRUE(mentions(e, {"init-from", "fine-tuning keeps the checkpoint's model shape",
+                           "model.n_embd = 48 on the command line, 64 in the checkpoint"}))
+      << e;
+  EXPECT_FALSE(mentions(e, {"model.n_layer ="})) << e;  // agrees with the checkpoint
+  EXPECT_FALSE(mentions(e, {"resume"})) << e;
 }
 
 TEST(Checkpoint, FineTuningTakesTheParametersOnly) {

@@ -559,6 +559,13 @@ TEST(PrepareErrors, BadOptions) {
   PrepareOptions fraction = options({input}, "");
   fraction.val_fraction = 1.0;
   expect_failure(dir, fraction, {"val-fraction"});
+  fraction.val_fraction = std::nan("");
+  expect_failure(dir, fraction, {"--val-fraction nan: expected 0 <= f < 1"});
+  for (int level : {-1, 10}) {
+    PrepareOptions gzip = options({input}, "");
+    gzip.gzip_level = level;
+    expect_failure(dir, gzip, {"--gzip " + std::to_string(level) + ": expected 0 (uncompressed) to 9"});
+  }
   PrepareOptions format = options({input}, "");
   format.format = "csv";
   expect_failure(dir, format, {"csv"});

@@ -303,12 +303,15 @@ TEST(Trainer, LossFallsWellBelowItsStart) {
 TEST(Trainer, SameSeedSameLosses) {
   TempDir dir;
   const std::string data = prepare_text(dir, repetitive_text());
-  const std::vector<Override> overrides = {"model.preset=test", "data.path=" + data, "train.batch_size=2",
-                                              "train.seq_len=16", "train.steps=3", "train.eval_every=0",
-                                              "run.dir=" + dir.path("run")};
+  std::vector<Override> overrides = {"model.preset=test", "data.path=" + data, "train.batch_size=2",
+                                     "train.seq_len=16", "train.steps=3", "train.eval_every=0"};
   std::ostringstream log;
+  overrides.emplace_back("run.dir=" + dir.path("a"));
   const auto a = train(load_train_config("", overrides), log);
+  overrides.back() = Override("run.dir=" + dir.path("b"));
   const auto b = train(load_train_config("", overrides), log);
+  ASSERT_EQ(a.size(), 3u);
+  ASSERT_EQ(b.size(), 3u);
   for (size_t i = 0; i < a.size(); i++) EXPECT_EQ(a[i].loss, b[i].loss);
 }
 

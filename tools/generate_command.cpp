@@ -4,7 +4,6 @@
 #include <chrono>
 #include <iostream>
 
-#include "data/dataset.h"
 #include "data/tokenizer.h"
 #include "model/decoder.h"
 #include "tools/commands.h"
@@ -23,22 +22,21 @@ struct GenerateOptions {
   SamplingOptions sampling;
 };
 
-// --tokenizer, else the tokenizer of the dataset the checkpoint was trained on.
-std::unique_ptr<Tokenizer> tokenizer_for(const GenerateOptions& o, const std::string& settings) {
+// --tokenizer, else the one the checkpoint records (the training data's).
+std::unique_ptr<Tokenizer> tokenizer_for(const GenerateOptions& o, const TokenizerRecord& recorded) {
   if (!o.tokenizer.empty()) return make_tokenizer(o.tokenizer, o.tokenizer_dir);
-  const std::string data = string_setting(settings, "data.path");
-  if (data.empty() || data == "random")
-    throw std::runtime_error(o.checkpoint + ": no training dataset recorded to take a tokenizer from: pass "
+  if (recorded.name.empty())
+    throw std::runtime_error(o.checkpoint + ": no tokenizer recorded (trained on random tokens, or imported): pass "
                              "--tokenizer bytes or --tokenizer gpt2");
-  const Dataset dataset = Dataset::open(data);
-  return tokenizer_matching(dataset.tokenizer_name, dataset.meta.tokenizer, dataset.dir, dataset.dir);
+  return tokenizer_matching(recorded.name, recorded.fingerprint, recorded.files_dir,
+                            recorded.files_dir + "/manifest.json");
 }
 
 void run(const GenerateOptions& o) {
   o.sampling.validate();
   const std::string dir = resolve_checkpoint(o.checkpoint);
   CheckpointWeights ckpt = read_checkpoint_weights(dir);
-  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_for(o, ckpt.settings);
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_for(o, ckpt.tokenizer);
   if (tokenizer->vocab_size() > ckpt.config.vocab_size)
     throw std::runtime_error(fmt::format("{}: the model's vocabulary has {} tokens, the {} tokenizer {}", dir,
                                          ckpt.config.vocab_size, tokenizer->name(), tokenizer->vocab_size()));

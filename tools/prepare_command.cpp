@@ -10,6 +10,7 @@
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "tools/commands.h"
+#include "train/preemption.h"
 
 namespace kiln::cli {
 namespace {
@@ -74,11 +75,12 @@ void add_prepare_command(CLI::App& app) {
   cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: a directory with encoder.json and vocab.bpe (copied into the output); default: the vocabulary kiln ships");
   cmd->add_option("--val-fraction", o->val_fraction, "Fraction of documents held out for validation")
       ->capture_default_str();
-  cmd->add_option("--val-docs", o->val_documents, "Exactly this many validation documents (instead of a fraction)");
+  cmd->add_option("--val-docs", o->val_documents, "Exactly this many validation documents (instead of a fraction)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--shard-tokens", o->shard_tokens, "Tokens per shard (split at document boundaries)")
       ->capture_default_str();
   cmd->add_option("--gzip", o->gzip_level, "gzip level 1-9 for the shards (0: uncompressed)")->capture_default_str();
-  cmd->add_option("--threads", *threads, "Tokenizer threads (0: all cores)");
+  cmd->add_option("--threads", *threads, "Tokenizer threads (0: all cores)")->check(CLI::Range(0, 1024));
   cmd->add_flag("--force", o->force, "Replace an existing output directory");
   cmd->add_option("--inspect", *inspect_dir, "Print a summary and decoded samples of a prepared dataset");
   cmd->add_option("--samples", *samples, "Samples shown by --inspect")->capture_default_str();
@@ -91,7 +93,13 @@ void add_prepare_command(CLI::App& app) {
     PrepareOptions opts = *o;
     for (size_t at; (at = opts.separator.find("\\n")) != std::string::npos;) opts.separator.replace(at, 2, "\n");
     ProgressBar bar;
-    const PrepareSummary s = prepare_dataset(opts, std::ref(bar));
+    // SIGTERM or Ctrl-C ends the run between blocks, through prepare_dataset's clean-up: no
+    // OUTPUT.tmp-PID is left behind, and an existing OUTPUT stays as it was.
+    const PreemptionSignals signals;
+    const PrepareSummary s = prepare_dataset(opts, [&](int64_t done, int64_t total) {
+      if (signals.received() != 0) throw std::runtime_error("interrupted by a signal: nothing written to " + opts.output);
+      bar(done, total);
+    });
     const int64_t tokens = s.train_tokens + s.val_tokens;
     fmt::print("prepared {}: {} documents ({} validation, {} empty skipped), {} tokens ({} train / {} val) in {} + {} "
                "shards\n",

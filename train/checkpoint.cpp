@@ -18,10 +18,12 @@
 #include <stdexcept>
 #include <tuple>
 
+#include "data/gpt2_tokenizer.h"
 #include "data/h5.h"
 #include "model/cpu_ops.h"
 #include "model/params.h"
 #include "parallel/context.h"
+#include "train/durable_file.h"
 
 namespace kiln {
 namespace {
@@ -82,16 +84,6 @@ GPTConfig model_from_json(const json& m) {
   return c;
 }
 
-// open + fsync + close: the file's (or directory's) contents are on disk when this returns.
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw std::runtime_error(path + ": cannot open to fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) throw std::runtime_error(path + ": fsync failed: " + std::strerror(err));
-}
-
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path + ": missing or unreadable");
@@ -112,19 +104,6 @@ std::pair<int64_t, uint64_t> file_hash(const std::string& path) {
     bytes += in.gcount();
   }
   return {bytes, hash};
-}
-
-// Writes `text` to path through path.tmp, fsynced and renamed: readers see the old or the new.
-void write_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error(tmp + ": write failed");
-  }
-  fsync_path(tmp, false);
-  fs::rename(tmp, path);
 }
 
 // KILN_FAULT_ENOSPC=N: the N-th dataset write since the variable took its value fails as on a
@@ -298,6 +277,7 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
         file->write<float>(p.dataset, std::span<const float>(snap.values[i]), H5T_IEEE_F32LE);
         wrote = true;
       }
+      if (file) file->close();
     }
     if (wrote) {
       fsync_path(tmp + "/" + mine, false);
@@ -339,6 +319,15 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
       if (snap.state.loader)
         manifest["loader"] = {{"seed", snap.state.loader->seed}, {"epoch", snap.state.loader->epoch},
                               {"position", snap.state.loader->position}};
+      const TokenizerRecord& tok = snap.state.tokenizer;
+      if (!tok.name.empty()) {
+        manifest["tokenizer"] = {{"name", tok.name}, {"fingerprint", tok.fingerprint}};
+        // Files that are not the bundled vocabulary travel with the checkpoint.
+        if (!tok.files_dir.empty()) {
+          const auto [encoder, merges] = Gpt2Tokenizer::files_in(tok.files_dir);
+          for (const std::string& file : {encoder, merges}) fs::copy_file(file, tmp + "/" + fs::path(file).filename().string());
+        }
+      }
       write_atomically(tmp + "/manifest.json", manifest.dump(1));
       fsync_path(tmp, true);
       fs::remove_all(final_dir);  // a step saved before, by a run resumed from an earlier one
@@ -424,6 +413,13 @@ std::vector<float> master_weights(const std::string& dir, const json& manifest, 
   return master;
 }
 
+// The tokenizer a manifest records (none in checkpoints of random tokens, or imported ones).
+TokenizerRecord tokenizer_record(const std::string& dir, const json& manifest) {
+  if (!manifest.contains("tokenizer")) return {};
+  const json& t = manifest.at("tokenizer");
+  return {t.at("name"), t.at("fingerprint"), dir};
+}
+
 // The manifest of a checkpoint the model can load, every file's checksum checked, and this
 // rank's master weights loaded from it.
 json load_master(const std::string& dir, GPT& model, std::map<std::string, h5::File>& files) {
@@ -464,6 +460,7 @@ TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimiz
   if (manifest.contains("loader"))
     state.loader = LoaderState{manifest["loader"].at("seed"), manifest["loader"].at("epoch"),
                                manifest["loader"].at("position")};
+  state.tokenizer = tokenizer_record(dir, manifest);
   return state;
 }
 
@@ -475,10 +472,16 @@ std::string resolve_checkpoint(const std::string& path) {
   return latest;
 }
 
+CheckpointInfo checkpoint_info(const std::string& dir) {
+  const json manifest = read_manifest(dir);
+  return {model_from_json(manifest.at("model")), manifest.value("settings", "")};
+}
+
 CheckpointWeights read_checkpoint_weights(const std::string& dir) {
   const json manifest = read_manifest(dir);
   check_files(dir, manifest);
-  CheckpointWeights out{model_from_json(manifest.at("model")), {}, manifest.value("settings", "")};
+  CheckpointWeights out{model_from_json(manifest.at("model")), {}, manifest.value("settings", ""),
+                        tokenizer_record(dir, manifest)};
   std::map<std::string, h5::File> files;
   out.weights = master_weights(dir, manifest, out.config, {1, 0}, files);
   return out;

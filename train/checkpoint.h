@@ -28,11 +28,20 @@ namespace kiln {
 
 inline constexpr int kCheckpointFormat = 1;
 
+// What decodes a model's tokens, recorded in every checkpoint so that it is usable alone.
+struct TokenizerRecord {
+  std::string name;         // what make_tokenizer() takes; empty: trained on random tokens
+  std::string fingerprint;  // Tokenizer::fingerprint() of the files that made the data
+  std::string files_dir;    // saving: a directory whose tokenizer files the checkpoint copies ("": the
+                            // bundled ones, or none); loading: the checkpoint, when it holds them
+};
+
 // What resumes a run besides the tensors.
 struct TrainingState {
   int64_t step = 0;                   // optimizer steps taken
   std::optional<LoaderState> loader;  // the training data's position (global, so any DP size)
   std::string random_tokens;          // the random-token source's generator state, as text
+  TokenizerRecord tokenizer;
 };
 
 // Where this rank sits in the job.
@@ -108,6 +117,13 @@ void load_parameters(const std::string& dir, GPT& model);
 
 // A step directory as given, or the one a run directory's `latest` names; throws otherwise.
 std::string resolve_checkpoint(const std::string& path);
+// The model sizes a checkpoint was saved with (the other GPTConfig fields their defaults), and the
+// settings of the run that saved it.
+struct CheckpointInfo {
+  GPTConfig model;
+  std::string settings;
+};
+CheckpointInfo checkpoint_info(const std::string& dir);
 
 // The whole model's master weights in the unsharded layout (ParamLayout(config)), whatever layout
 // saved them, with the model's sizes and the run's settings: for generation and export.
@@ -115,6 +131,7 @@ struct CheckpointWeights {
   GPTConfig config;
   std::vector<float> weights;
   std::string settings;
+  TokenizerRecord tokenizer;
 };
 CheckpointWeights read_checkpoint_weights(const std::string& dir);
 // Step 0 of run_dir from weights alone (fresh AdamW moments): an imported model, ready for

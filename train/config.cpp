@@ -22,6 +22,11 @@ class Origins {
  public:
   explicit Origins(std::string file) : file_(std::move(file)) {}
   void set(const std::string& key, const std::string& written) { by_key_[key] = written; }
+  std::set<std::string> keys() const {
+    std::set<std::string> out;
+    for (const auto& [key, written] : by_key_) out.insert(key);
+    return out;
+  }
   std::string of(const std::string& key) const {
     const auto it = by_key_.find(key);
     return it == by_key_.end() ? file_ : "command line " + it->second;
@@ -182,7 +187,7 @@ const std::vector<std::string>& config_keys() {
       "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.grad_clip", "parallel.tp",
       "parallel.zero", "parallel.timeout_s", "parallel.bucket_mb", "parallel.rendezvous", "checkpoint.every",
       "checkpoint.keep", "checkpoint.async", "checkpoint.async_max_mb", "checkpoint.resume", "checkpoint.init_from",
-      "checkpoint.on_error", "run.dir", "run.device", "run.threads", "run.deterministic", "run.dry_run",
+      "checkpoint.on_error", "run.dir", "run.device", "run.threads", "run.deterministic", "run.dry_run", "run.force",
       "run.gpu_memory"};
   return keys;
 }
@@ -222,6 +227,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   Origins origins(cfg.source);
   for (const Override& o : overrides) apply_override(root, o, origins);
   cfg.settings = settings_text(root);
+  cfg.command_line_keys = origins.keys();
   Reader r(root, origins);
   r.get("model.preset", cfg.preset);
   cfg.model = GPTConfig::preset(cfg.preset);
@@ -275,6 +281,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   r.get("run.threads", cfg.threads);
   r.get("run.deterministic", cfg.deterministic);
   r.get("run.dry_run", cfg.dry_run);
+  r.get("run.force", cfg.force);
   std::string gpu_memory;
   r.get("run.gpu_memory", gpu_memory);
   r.reject_unknown();
@@ -347,16 +354,6 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
     if (cfg.gpu_memory_bytes <= 0) bad("run.gpu_memory", "'" + gpu_memory + "': expected a size such as 80GB or 512MiB");
   }
   return cfg;
-}
-
-std::string string_setting(const std::string& settings, const std::string& key) {
-  try {
-    // The settings text is TOML itself: dotted keys, one a line.
-    const toml::table table = toml::parse(settings);
-    return table.at_path(key).value_or(std::string());
-  } catch (const toml::parse_error&) {
-    return "";
-  }
 }
 
 }  // namespace kiln

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -64,6 +65,7 @@ struct CheckpointConfig {
 struct TrainConfig {
   std::string source;  // where it came from, for messages
   std::string settings;  // every key set by the file or an override, "section.key = value" per line, sorted
+  std::set<std::string> command_line_keys;  // the keys an override set
   std::string preset = "tiny";
   GPTConfig model;
   bool vocab_size_set = false;  // model.vocab_size given; otherwise it is the dataset's
@@ -77,6 +79,7 @@ struct TrainConfig {
   int threads = 0;  // 0 = all cores
   bool deterministic = false;  // bitwise-identical runs for a seed on one device (slower kernels)
   bool dry_run = false;        // print the memory plan and exit, allocating nothing
+  bool force = false;          // start afresh in a run directory holding another run's metrics or checkpoints
   int64_t gpu_memory_bytes = 0;  // run.gpu_memory: the device size to plan for (and the emulator's); 0 = the device's
 };
 
@@ -107,8 +110,5 @@ const std::vector<std::string>& config_keys();
 // (or one contains the other, as "steps" and "max-steps"); "" otherwise.
 std::string nearest_name(const std::string& word, const std::vector<std::string>& candidates);
 
-// The string value of `key` ("data.path") in a TrainConfig::settings text (a checkpoint keeps the
-// run's), or "" when it is not set there.
-std::string string_setting(const std::string& settings, const std::string& key);
 
 }  // namespace kiln

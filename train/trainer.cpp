@@ -11,9 +11,11 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "data/gpt2_tokenizer.h"
 #include "data/tokenizer.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/device_info.h"
@@ -30,6 +32,7 @@
 #include "train/optimizer.h"
 #include "train/plan.h"
 #include "train/preemption.h"
+#include "train/run_directory.h"
 #include "train/sample.h"
 #include "train/schedule.h"
 
@@ -150,7 +153,9 @@ void report_dry_run(std::ostream& log, const PlanInput& in, const DeviceTarget& 
 // With several data-parallel ranks, each gets rows [rank B, (rank + 1) B) of every global batch.
 class BatchSource {
  public:
-  BatchSource(const TrainConfig& cfg, GPTConfig& model_cfg, int dp_rank, int dp_size)
+  // The model's vocabulary is the dataset's unless `vocab_fixed` (set in the config, or a fine-tuned
+  // checkpoint's), when the two must agree.
+  BatchSource(const TrainConfig& cfg, GPTConfig& model_cfg, bool vocab_fixed, int dp_rank, int dp_size)
       : rng_(cfg.train.seed), dp_rank_(dp_rank), dp_size_(dp_size) {
     batch_.B = cfg.train.batch_size;
     batch_.T = cfg.train.seq_len;
@@ -169,9 +174,10 @@ class BatchSource {
                                              "(model.max_seq_len) and the sample needs room to grow",
                                              prompt, model_cfg.max_seq_len));
     }
-    if (!cfg.vocab_size_set) model_cfg.vocab_size = (int)data_->meta.vocab_size;
+    if (!vocab_fixed) model_cfg.vocab_size = (int)data_->meta.vocab_size;
     if (model_cfg.vocab_size != data_->meta.vocab_size)
-      throw std::runtime_error(cfg.source + ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +
+      throw std::runtime_error((cfg.checkpoint.init_from.empty() ? cfg.source : "init-from " + cfg.checkpoint.init_from) +
+                               ": model.vocab_size = " + std::to_string(model_cfg.vocab_size) +
                                " differs from the vocabulary of " + cfg.data.path + " (" +
                                std::to_string(data_->meta.vocab_size) + ", tokenizer " + data_->meta.tokenizer + ")");
     train_ = std::make_unique<DataLoader>(data_->train,
@@ -206,11 +212,16 @@ class BatchSource {
   }
   DataLoader* validation() const { return val_.get(); }
   // Where the training stream stands, for a checkpoint, and back.
+  // The data's part of a checkpoint: where the stream is, and what decodes its tokens.
   void save_position(TrainingState& state) const {
     if (train_) state.loader = train_->state();
     std::ostringstream rng;
     rng << rng_;
     state.random_tokens = rng.str();
+    if (data_) {
+      const bool own_files = !Gpt2Tokenizer::files_in(data_->dir).first.empty();
+      state.tokenizer = {data_->tokenizer_name, data_->meta.tokenizer, own_files ? data_->dir : ""};
+    }
   }
   void restore_position(const TrainingState& state) {
     if (train_ && state.loader) train_->restore(*state.loader);
@@ -256,6 +267,37 @@ std::string op_breakdown(const Ops& ops, double total_s) {
   return out + fmt::format(" (untimed {:.1f}%)", 100 * std::max(0.0, total_s - timed) / total_s);
 }
 
+// Settings without the run.* and checkpoint.* keys, which say where and how a run goes, not what
+// it trains: a resume compares the rest.
+std::string without_run_keys(const std::string& settings) {
+  std::istringstream lines(settings);
+  std::string out;
+  for (std::string line; std::getline(lines, line);)
+    if (!line.starts_with("run.") && !line.starts_with("checkpoint.")) out += line + "\n";
+  return out;
+}
+
+// Fine-tuning: the checkpoint's shape is the model's. Only a --model.* override on the command
+// line that disagrees with it is refused, every such key named.
+GPTConfig fine_tuning_model(const TrainConfig& cfg) {
+  const std::string from = resolve_checkpoint(cfg.checkpoint.init_from);
+  const GPTConfig saved = checkpoint_info(from).model;
+  GPTConfig model = cfg.model;
+  std::string conflicts;
+  for (auto [key, saved_value, value] : {std::tuple{"model.vocab_size", saved.vocab_size, &model.vocab_size},
+                                         std::tuple{"model.max_seq_len", saved.max_seq_len, &model.max_seq_len},
+                                         std::tuple{"model.n_layer", saved.n_layer, &model.n_layer},
+                                         std::tuple{"model.n_head", saved.n_head, &model.n_head},
+                                         std::tuple{"model.n_embd", saved.n_embd, &model.n_embd}}) {
+    if (cfg.command_line_keys.count(key) && *value != saved_value)
+      conflicts += fmt::format("; {} = {} on the command line, {} in the checkpoint", key, *value, saved_value);
+    *value = saved_value;
+  }
+  if (!conflicts.empty())
+    throw std::runtime_error("init-from " + from + ": fine-tuning keeps the checkpoint's model shape" + conflicts);
+  return model;
+}
+
 }  // namespace
 
 double flops_per_token(int64_t params, int n_layer, int seq_len, int n_embd) {
@@ -263,6 +305,9 @@ double flops_per_token(int64_t params, int n_layer, int seq_len, int n_embd) {
 }
 
 std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, Comm& comm) {
+  // First of all, so that a signal during a long start-up (a checkpoint load) still stops the run
+  // cleanly, with the marker that has it requeued.
+  const PreemptionSignals signals;
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
   NullBuffer discard;
   std::ostream silent(&discard);
@@ -277,8 +322,9 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   const std::unique_ptr<Comm> dp_comm = comm.split(comm.rank() % tp, comm.rank() / tp);
   const std::string device = resolve_device(cfg);
   const DeviceTarget target = device_target(cfg, device);
-  GPTConfig model_cfg = cfg.model;
-  BatchSource data(cfg, model_cfg, dp_comm->rank(), dp_comm->size());
+  GPTConfig model_cfg = cfg.checkpoint.init_from.empty() ? cfg.model : fine_tuning_model(cfg);
+  BatchSource data(cfg, model_cfg, cfg.vocab_size_set || !cfg.checkpoint.init_from.empty(), dp_comm->rank(),
+                   dp_comm->size());
   const int B = cfg.train.batch_size, T = cfg.train.seq_len;
 
   // The memory plan, checked against the device before anything is allocated on it.
@@ -305,6 +351,14 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
         "--train.recompute=block or a smaller --batch-size (kiln train --dry-run shows what fits)",
         B, T, recompute_name(cfg.train.recompute), format_bytes(plan.total()), describe(plan), target.name,
         format_bytes(target.memory_bytes)));
+  // One run at a time in a run directory: rank 0 holds its lock for the job, and under it clears
+  // what killed saves left behind.
+  std::optional<RunDirectoryLock> lock;
+  if (comm.rank() == 0) {
+    lock.emplace(cfg.run_dir);
+    if (const int stale = remove_stale_saves(cfg.run_dir))
+      log << fmt::format("removed {} unfinished save(s) (step_*.tmp) left by a killed run\n", stale);
+  }
   std::unique_ptr<Ops> ops = make_ops(cfg, device, target);
 
   // A GPU's activations and gradients are reduced over NCCL; host scalars (loss, token counts)
@@ -329,23 +383,45 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   const std::string resume =
       cfg.checkpoint.resume.empty() ? latest_checkpoint(cfg.run_dir) : resolve_checkpoint(cfg.checkpoint.resume);
   int64_t first_step = 0;
+  if (comm.rank() == 0) {
+    if (resume.empty()) check_fresh_start(cfg.run_dir, cfg.settings, cfg.force);
+    record_settings(cfg.run_dir, cfg.settings);
+  }
   if (!resume.empty()) {
+    if (const std::string changed = describe_changed_settings(without_run_keys(checkpoint_info(resume).settings),
+                                                              without_run_keys(cfg.settings));
+        !changed.empty())
+      log << "resuming with changed settings:\n" << changed;
     const auto load_start = Clock::now();
     const TrainingState state = load_checkpoint(resume, model, optimizer);
     data.restore_position(state);
     first_step = state.step;
     log << fmt::format("resumed from {} at step {} (loaded in {:.2f} s)\n", resume, first_step,
                        std::chrono::duration<double>(Clock::now() - load_start).count());
+    if (first_step >= cfg.train.steps && resume == latest_checkpoint(cfg.run_dir)) {
+      log << fmt::format("run already at step {} of {}: nothing to do (raise --max-steps to train further)\n",
+                         first_step, cfg.train.steps);
+      return {};
+    }
   } else if (!cfg.checkpoint.init_from.empty()) {
     const std::string from = resolve_checkpoint(cfg.checkpoint.init_from);
     load_parameters(from, model);
     log << fmt::format("parameters from {} (optimizer, data and schedule start afresh)\n", from);
   }
-  std::optional<MetricsWriter> metrics;
-  if (comm.rank() == 0) metrics.emplace(cfg.run_dir, first_step);  // rows past the checkpoint are dropped
   const std::string preempted_marker = cfg.run_dir + "/preempted";
   if (comm.rank() == 0) std::filesystem::remove(preempted_marker);  // this is the requeued job
-  const PreemptionSignals signals;
+  // A signal during start-up: nothing new to save; the marker has the job requeued.
+  int64_t early_signal = signals.received() != 0;
+  if (comm.size() > 1) comm.all_reduce_sum(std::span<int64_t>(&early_signal, 1));
+  if (early_signal > 0) {
+    if (comm.rank() == 0) std::ofstream(preempted_marker) << first_step << "\n";
+    log << fmt::format("preempted (a signal) before the first step: nothing new to save, stopping at step {}; {} "
+                       "tells the launcher to requeue\n",
+                       first_step, preempted_marker);
+    return {};
+  }
+  std::optional<MetricsWriter> metrics;
+  if (comm.rank() == 0) metrics.emplace(cfg.run_dir, first_step);  // rows past the checkpoint are dropped
   // Background saves: a communicator of their own, so their collectives run beside training's.
   std::unique_ptr<Comm> checkpoint_comm;
   std::optional<AsyncCheckpointWriter> writer;
@@ -482,8 +558,10 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     // A signal on any rank stops every rank after this step, with a checkpoint.
     int64_t preempt = signals.received() != 0;
     if (comm.size() > 1) comm.all_reduce_sum(std::span<int64_t>(&preempt, 1));
-    if (preempt > 0 || (cfg.checkpoint.every > 0 && ((step + 1) % cfg.checkpoint.every == 0 || last))) {
-      TrainingState state{step + 1, {}, {}};
+    // Every run saves at its end, so that generate, eval and init-from have something to read.
+    if (preempt > 0 || last || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0)) {
+      TrainingState state;
+      state.step = step + 1;
       data.save_position(state);
       finish_background_save();  // one snapshot in host memory at a time
       const auto save_start = Clock::now();
@@ -514,9 +592,10 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   finish_background_save();
   // Resumed where the run ends: the state is saved in this run directory, in this job's layout
   // (so `--resume OTHER --max-steps STEP` copies, and reshards, a checkpoint).
-  if (first_step == cfg.train.steps && cfg.checkpoint.every > 0 &&
+  if (first_step == cfg.train.steps &&
       latest_checkpoint(cfg.run_dir) != cfg.run_dir + fmt::format("/step_{:08}", first_step)) {
-    TrainingState state{first_step, {}, {}};
+    TrainingState state;
+    state.step = first_step;
     data.save_position(state);
     log << fmt::format("no steps left: saved {}\n", save_checkpoint(cfg.run_dir, cfg.settings, model, optimizer,
                                                                        ckpt_rank, state, comm, cfg.checkpoint.keep));
