@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   kiln::cli::add_plan_command(app);
   kiln::cli::add_ckpt_command(app);
   kiln::cli::add_generate_command(app);
+  kiln::cli::add_eval_command(app);
   if (argc == 1) {  // a bare `kiln`: what it can do, not a complaint
     std::cout << app.help();
     return 0;

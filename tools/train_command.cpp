@@ -44,6 +44,7 @@ void add_train_command(CLI::App& app) {
   for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
            {"--deterministic", "run.deterministic", "bitwise-identical runs for a seed on one device (run.deterministic)"},
            {"--dry-run", "run.dry_run", "print the memory plan and whether it fits, allocate nothing (run.dry_run)"},
+           {"--eval-only", "train.eval_only", "evaluate the resumed model on the validation split, train nothing (train.eval_only)"},
            {"--force", "run.force", "start afresh in a run directory holding another run's metrics or checkpoints (run.force)"}}) {
     cmd->add_flag_function(
         flag, [shortcuts, key = std::string(key), flag = std::string(flag)](int64_t) {

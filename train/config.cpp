@@ -181,7 +181,7 @@ const std::vector<std::string>& config_keys() {
   static const std::vector<std::string> keys = {
       "model.preset", "model.vocab_size", "model.max_seq_len", "model.n_layer", "model.n_head", "model.n_embd",
       "model.vocab_multiple", "data.path", "train.batch_size", "train.seq_len", "train.grad_accum", "train.steps",
-      "train.seed", "train.log_every", "train.eval_every", "train.eval_batches", "train.peak_tflops",
+      "train.seed", "train.log_every", "train.eval_every", "train.eval_batches", "train.eval_only", "train.peak_tflops",
       "train.recompute", "train.nonfinite", "train.sample_every", "train.sample_tokens", "train.sample_prompt",
       "optim.lr", "optim.min_lr_ratio", "optim.warmup_steps", "optim.schedule", "optim.decay_fraction",
       "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.grad_clip", "parallel.tp",
@@ -247,6 +247,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   r.get("train.log_every", cfg.train.log_every);
   r.get("train.eval_every", cfg.train.eval_every);
   r.get("train.eval_batches", cfg.train.eval_batches);
+  r.get("train.eval_only", cfg.train.eval_only);
   r.get("train.peak_tflops", cfg.train.peak_tflops);
   std::string recompute = recompute_name(cfg.train.recompute);
   r.get("train.recompute", recompute);

@@ -25,6 +25,7 @@ struct TrainLoopConfig {
   int log_every = 1;
   int eval_every = 50;        // 0 disables evaluation
   int eval_batches = 0;       // batches per evaluation; 0 = the whole validation split
+  bool eval_only = false;     // evaluate the resumed (or initial) model on the validation split, train nothing
   double peak_tflops = 0;     // for MFU; 0 = the GPU's dense bf16 peak by its name (none on cpu/emu)
   Recompute recompute = Recompute::none;  // activations rebuilt in the backward: none, mlp, block
   std::string nonfinite = "stop";         // a NaN/inf loss or gradient norm: stop, or skip the step

@@ -27,6 +27,7 @@
 #include "parallel/nccl_comm.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
+#include "train/evaluate.h"
 #include "train/job_check.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
@@ -47,28 +48,6 @@ std::string format_duration(double seconds) {
 }
 
 std::string format_bytes(int64_t bytes) { return fmt::format("{:.1f} MiB", bytes / (1024.0 * 1024.0)); }
-
-// Targets whose loss-mask entry is 0 (prompt tokens in fine-tuning data) are ignored by the loss.
-void apply_loss_mask(Batch& batch) {
-  for (size_t i = 0; i < batch.loss_mask.size(); i++)
-    if (!batch.loss_mask[i]) batch.targets[i] = -1;
-}
-
-// Mean validation loss over the validation split in its fixed order (the first `eval_batches`
-// batches of it, if that is not 0), weighting each batch by its rows.
-double evaluate(GPT& model, DataLoader& val, int max_batches) {
-  val.restore({});
-  double sum = 0;
-  int64_t rows = 0;
-  int batches = 0;
-  for (const Batch* b; (max_batches == 0 || batches < max_batches) && (b = val.next()); batches++) {
-    Batch masked = *b;
-    apply_loss_mask(masked);
-    sum += model.forward(masked.inputs, masked.targets, masked.B, masked.T) * masked.B;
-    rows += masked.B;
-  }
-  return rows ? sum / (double)rows : 0.0;
-}
 
 // run.device = auto: cuda when a GPU is present, else cpu.
 std::string resolve_device(const TrainConfig& cfg) {
@@ -184,7 +163,7 @@ class BatchSource {
                                           LoaderOptions{batch_.B, batch_.T, cfg.train.seed, dp_rank, dp_size, true, 4});
     // Every rank evaluates the whole validation split: the same time on all, so none waits for
     // rank 0 in a collective (and trips the watchdog), and the same val_loss everywhere.
-    if (cfg.train.eval_every > 0 && data_->val.num_tokens > 0)
+    if ((cfg.train.eval_every > 0 || cfg.train.eval_only) && data_->val.num_tokens > 0)
       val_ = std::make_unique<DataLoader>(data_->val, LoaderOptions{batch_.B, batch_.T, cfg.train.seed, 0, 1, false, 4});
   }
 
@@ -384,8 +363,8 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
       cfg.checkpoint.resume.empty() ? latest_checkpoint(cfg.run_dir) : resolve_checkpoint(cfg.checkpoint.resume);
   int64_t first_step = 0;
   if (comm.rank() == 0) {
-    if (resume.empty()) check_fresh_start(cfg.run_dir, cfg.settings, cfg.force);
-    record_settings(cfg.run_dir, cfg.settings);
+    if (resume.empty() && !cfg.train.eval_only) check_fresh_start(cfg.run_dir, cfg.settings, cfg.force);
+    if (!cfg.train.eval_only) record_settings(cfg.run_dir, cfg.settings);
   }
   if (!resume.empty()) {
     if (const std::string changed = describe_changed_settings(without_run_keys(checkpoint_info(resume).settings),
@@ -398,7 +377,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     first_step = state.step;
     log << fmt::format("resumed from {} at step {} (loaded in {:.2f} s)\n", resume, first_step,
                        std::chrono::duration<double>(Clock::now() - load_start).count());
-    if (first_step >= cfg.train.steps && resume == latest_checkpoint(cfg.run_dir)) {
+    if (first_step >= cfg.train.steps && resume == latest_checkpoint(cfg.run_dir) && !cfg.train.eval_only) {
       log << fmt::format("run already at step {} of {}: nothing to do (raise --max-steps to train further)\n",
                          first_step, cfg.train.steps);
       return {};
@@ -410,6 +389,16 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   }
   const std::string preempted_marker = cfg.run_dir + "/preempted";
   if (comm.rank() == 0) std::filesystem::remove(preempted_marker);  // this is the requeued job
+  if (cfg.train.eval_only) {
+    if (!data.validation())
+      throw std::runtime_error(cfg.data.path + ": no validation split to evaluate (prepare it with --val-fraction or "
+                               "--val-docs)");
+    const auto eval_start = Clock::now();
+    const double val_loss = evaluate(model, *data.validation(), cfg.train.eval_batches);
+    log << fmt::format("eval only, at step {}: val loss {:.4f}, perplexity {:.2f} ({:.2f} s)\n", first_step, val_loss,
+                       std::exp(val_loss), std::chrono::duration<double>(Clock::now() - eval_start).count());
+    return {StepRecord{first_step, val_loss, 0, 0, 0, 0, val_loss}};
+  }
   // A signal during start-up: nothing new to save; the marker has the job requeued.
   int64_t early_signal = signals.received() != 0;
   if (comm.size() > 1) comm.all_reduce_sum(std::span<int64_t>(&early_signal, 1));
@@ -455,6 +444,10 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                      ops->name() == "cpu" ? fmt::format("{} threads, {}", omp_get_max_threads(), cpu::blas_name())
                                           : fmt::format("{} backend on {}{}", ops->name(), target.name,
                                                         cfg.deterministic ? ", deterministic" : ""));
+  if (cfg.train.eval_every > 0 && !data.validation())
+    log << fmt::format("note: train.eval_every = {}, but {} has no validation split, so nothing is evaluated (prepare "
+                       "the data with --val-fraction or --val-docs)\n",
+                       cfg.train.eval_every, cfg.data.path == "random" ? "random data" : cfg.data.path);
   const int64_t allocated = model.memory().total() + optimizer.state_bytes() + data_parallel.staging_bytes();
   const int64_t planned = plan.total() - plan.reserved;
   log << fmt::format("allocated {} on rank 0 ({})\n", format_bytes(allocated),
