@@ -42,6 +42,7 @@ ShardReader::ShardReader(const std::string& path, const TokenizerMeta& expected)
     fail("tokens", "stored as " + std::string(tokens.is_signed ? "signed " : "") + std::to_string(tokens.element_size * 8) +
                        "-bit values of rank " + std::to_string(tokens.shape.size()) + ", expected 1-D uint" +
                        std::to_string(token_bytes(vocab) * 8) + " for vocab_size " + std::to_string(vocab));
+  vocab_size_ = vocab;
   num_tokens_ = file_.attribute<int64_t>("/", "num_tokens");
   if (tokens.numel() != num_tokens_)
     fail("tokens", std::to_string(tokens.numel()) + " tokens, but num_tokens says " + std::to_string(num_tokens_));
@@ -54,6 +55,15 @@ ShardReader::ShardReader(const std::string& path, const TokenizerMeta& expected)
   if (has_loss_mask_ && file_.info("loss_mask").numel() != num_tokens_)
     fail("loss_mask", std::to_string(file_.info("loss_mask").numel()) + " entries for " + std::to_string(num_tokens_) +
                           " tokens");
+}
+
+void ShardReader::read_tokens(int64_t offset, std::span<int32_t> out) const {
+  file_.read_range("tokens", offset, out);
+  for (size_t i = 0; i < out.size(); i++)
+    if (out[i] < 0 || out[i] >= vocab_size_)
+      throw std::runtime_error(path() + ": tokens: id " + std::to_string(out[i]) + " at offset " +
+                               std::to_string(offset + (int64_t)i) + " is outside the vocabulary (0.." +
+                               std::to_string(vocab_size_ - 1) + "): the shard is corrupt; prepare it again");
 }
 
 }  // namespace kiln

@@ -42,13 +42,15 @@ class ShardReader {
   int64_t num_tokens() const { return num_tokens_; }
   int64_t num_documents() const { return num_documents_; }
   bool has_loss_mask() const { return has_loss_mask_; }
-  void read_tokens(int64_t offset, std::span<int32_t> out) const { file_.read_range("tokens", offset, out); }
+  // Throws naming the shard and offset on an id outside the vocabulary (a corrupt shard): a scan of
+  // what was read, far below 1% of a training step.
+  void read_tokens(int64_t offset, std::span<int32_t> out) const;
   void read_loss_mask(int64_t offset, std::span<uint8_t> out) const { file_.read_range("loss_mask", offset, out); }
   std::vector<int64_t> doc_offsets() const { return file_.read<int64_t>("doc_offsets"); }
 
  private:
   h5::File file_;
-  int64_t num_tokens_ = 0, num_documents_ = 0;
+  int64_t num_tokens_ = 0, num_documents_ = 0, vocab_size_ = 0;
   bool has_loss_mask_ = false;
 };
 

@@ -1,15 +1,19 @@
 // Checkpoints on one process (the MPI layouts: tests/parallel/checkpoint_resume.sh): bit-exact
 // resume, metrics without repeated steps, fine-tuning from parameters, a failed save that leaves
 // the previous checkpoint, and a clear error for every malformed checkpoint.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "data/h5.h"
 #include "data/prepare.h"
+#include "parallel/context.h"
 #include "tests/test_util.h"
 #include "model/cpu_ops.h"
 #include "train/checkpoint.h"
@@ -209,6 +213,28 @@ TEST(Checkpoint, AFullDiskStopsTheRunWhenConfiguredTo) {
 }
 
 // A sound checkpoint to break, one way per test.
+// A diverged model (a NaN in its weights) is never saved: the save fails naming the tensor, and
+// latest keeps naming the last sound checkpoint.
+TEST(Checkpoint, NonFiniteWeightsAreNeverSaved) {
+  TempDir dir;
+  train_test(dir.path("run"), "random", 2);
+  const auto ops = make_cpu_ops();
+  GPT model(GPTConfig::preset("test"), *ops, 1, 8);
+  std::vector<float> weights(model.layout().total(), 0.01f);
+  weights[model.layout().find("h.0.attn.c_attn.weight").offset + 5] = std::nanf("");
+  model.set_weights(weights);
+  AdamW optimizer(model, OptimConfig{});
+  TrainingState state;
+  state.step = 3;
+  const std::string e = error_of([&] {
+    save_checkpoint(dir.path("run"), "", model, optimizer, CheckpointRank{}, state, *make_self_comm(), 0);
+  });
+  EXPECT_TRUE(mentions(e, {"tensor 'h.0.attn.c_attn.weight' (master) holds 1 non-finite value(s): not saved"})) << e;
+  EXPECT_EQ(latest_checkpoint(dir.path("run")), dir.path("run") + "/step_00000002");
+  EXPECT_FALSE(fs::exists(dir.path("run") + "/step_00000003"));
+  EXPECT_FALSE(fs::exists(dir.path("run") + "/step_00000003.tmp"));
+}
+
 class BrokenCheckpoint : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -229,6 +255,29 @@ class BrokenCheckpoint : public ::testing::Test {
   TempDir dir_;
   std::string ckpt_;
 };
+
+// A NaN written into the rank file behind kiln's back, with its size and checksum made to match:
+// only reading the values finds it, and verify does.
+TEST_F(BrokenCheckpoint, NonFiniteValues) {
+  json m = manifest();
+  std::vector<std::pair<std::string, std::vector<float>>> datasets;
+  {
+    const h5::File in = h5::File::open_read(rank_file());
+    for (const json& t : m["tensors"])
+      for (const json& p : t["pieces"]) datasets.emplace_back(p["dataset"], in.read<float>(p["dataset"]));
+  }
+  datasets.front().second[0] = std::numeric_limits<float>::infinity();
+  {
+    h5::File out = h5::File::create(rank_file());
+    for (const auto& [name, values] : datasets) out.write<float>(name, std::span<const float>(values), H5T_IEEE_F32LE);
+    out.close();
+  }
+  const std::string bytes = read_file(rank_file());
+  m["files"][0]["bytes"] = bytes.size();
+  m["files"][0]["fnv1a"] = fmt::format("{:016x}", fnv1a(bytes.data(), bytes.size()));
+  write_manifest(m);
+  expect_refused({"holds 1 non-finite value(s) of"});
+}
 
 TEST_F(BrokenCheckpoint, MissingFile) {
   fs::remove(rank_file());

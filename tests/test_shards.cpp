@@ -235,6 +235,20 @@ TEST(Shard, TokenDtypeMustMatchTheVocabulary) {
   EXPECT_TRUE(mentions(reader_error(dir, floats), {path, "tokens"}));
 }
 
+// A token id outside the vocabulary (a flipped bit, a shard written for another vocabulary) stops
+// the read, naming the shard and the offset, instead of training on a zero embedding.
+TEST(Shard, TokenIdsOutsideTheVocabularyAreRefused) {
+  TempDir dir;
+  const std::string path = dir.path("shard.h5");
+  ShardData data = make_data(100, 257, {0}, false);
+  data.tokens[42] = 300;  // fits uint16, outside a 257-token vocabulary
+  write_shard(path, data, test_meta(257));
+  const ShardReader r(path, test_meta(257));
+  EXPECT_EQ(read_tokens(r, 0, 40), slice(data.tokens, 0, 40));  // the sound part reads
+  const std::string e = error_of([&] { read_tokens(r, 40, 5); });
+  EXPECT_TRUE(mentions(e, {path, "tokens: id 300 at offset 42 is outside the vocabulary (0..256)", "corrupt"})) << e;
+}
+
 TEST(Shard, SizesMustAgreeWithTheAttributes) {
   TempDir dir;
   const std::string path = dir.path("raw.h5");

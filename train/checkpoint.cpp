@@ -272,6 +272,11 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
       for (size_t i = 0; i < snap.pieces.size(); i++) {
         const CheckpointPiece& p = snap.pieces[i];
         if (p.file != mine) continue;
+        // A model that diverged is never saved, so that latest always names usable weights.
+        if (const auto bad = std::count_if(snap.values[i].begin(), snap.values[i].end(),
+                                           [](float x) { return !std::isfinite(x); }))
+          throw std::runtime_error(fmt::format("tensor '{}' ({}) holds {} non-finite value(s): not saved", p.tensor,
+                                               p.kind, bad));
         if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
         maybe_inject_enospc(tmp + "/" + mine);
         file->write<float>(p.dataset, std::span<const float>(snap.values[i]), H5T_IEEE_F32LE);
@@ -510,7 +515,12 @@ void verify_checkpoint(const std::string& dir) {
     if (entry.at("global_shape").get<std::vector<int64_t>>() != shape)
       throw std::runtime_error(fmt::format("{}/manifest.json: tensor '{}' has global_shape {}, the model's is {}", dir,
                                            s.name, entry.at("global_shape").dump(), json(shape).dump()));
-    for (const char* kind : {"master", "m", "v"}) global_tensor(dir, entry, kind, files);  // every piece reads
+    for (const char* kind : {"master", "m", "v"}) {  // every piece reads, and holds finite numbers
+      const std::vector<float> values = global_tensor(dir, entry, kind, files);
+      if (const auto bad = std::count_if(values.begin(), values.end(), [](float x) { return !std::isfinite(x); }))
+        throw std::runtime_error(fmt::format("{}: tensor '{}' ({}) holds {} non-finite value(s) of {}", dir, s.name,
+                                             kind, bad, values.size()));
+    }
   }
 }
 
