@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -243,7 +244,14 @@ class BrokenCheckpoint : public ::testing::Test {
     ASSERT_NO_THROW(verify_checkpoint(ckpt_));
   }
   json manifest() const { return json::parse(read_file(ckpt_ + "/manifest.json")); }
-  void write_manifest(const json& m) const { std::ofstream(ckpt_ + "/manifest.json") << m.dump(); }
+  // Writes an edited manifest with its checksum made to match, as a buggy writer would: the checks
+  // behind the checksum are what is tested (a hand edit that keeps the old checksum is refused by it).
+  void write_manifest(json m) const {
+    m.erase("checksum");
+    const std::string text = m.dump();
+    m["checksum"] = fmt::format("{:016x}", fnv1a(text.data(), text.size()));
+    std::ofstream(ckpt_ + "/manifest.json") << m.dump();
+  }
   std::string rank_file() const { return ckpt_ + "/rank_00000.h5"; }
   // Both the verifier and a resume must refuse it, naming what is wrong.
   void expect_refused(std::initializer_list<std::string> parts) {
@@ -307,16 +315,56 @@ TEST_F(BrokenCheckpoint, ManifestMissesATensor) {
 
 TEST_F(BrokenCheckpoint, ShapeMismatch) {
   json m = manifest();
-  m["tensors"][1]["global_shape"] = {64, 16};
+  m["tensors"][1]["global_shape"] = {32, 64};  // as many elements, another shape
   write_manifest(m);
-  expect_refused({"tensor 'wpe' has global_shape [64,16], the model's is [64,32]"});
+  expect_refused({"tensor 'wpe' has global_shape [32,64], the model's is [64,32]"});
 }
 
 TEST_F(BrokenCheckpoint, FutureFormatVersion) {
   json m = manifest();
   m["format"] = kCheckpointFormat + 1;
   write_manifest(m);
-  expect_refused({ckpt_ + "/manifest.json", "format: 2, this kiln reads format 1 (a newer kiln wrote it)"});
+  expect_refused({ckpt_ + "/manifest.json", "format: 3, this kiln reads formats 1 to 2 (a newer kiln wrote it)"});
+}
+
+// A hand edit of the manifest (here: the step) is refused by its checksum.
+TEST_F(BrokenCheckpoint, EditedManifest) {
+  json m = manifest();
+  m["step"] = 1000;
+  std::ofstream(ckpt_ + "/manifest.json") << m.dump(1);
+  expect_refused({ckpt_ + "/manifest.json: checksum", "the manifest says", "(edited or damaged)"});
+}
+
+// A format-1 manifest (written before manifests had a checksum) still loads.
+TEST_F(BrokenCheckpoint, FormatOneStillLoads) {
+  json m = manifest();
+  m.erase("checksum");
+  m["format"] = 1;
+  std::ofstream(ckpt_ + "/manifest.json") << m.dump(1);
+  EXPECT_NO_THROW(verify_checkpoint(ckpt_));
+  EXPECT_NO_THROW(train_test(dir_.path("run"), "random", 4));
+}
+
+// Values of the wrong type or range, and paths leading out of the checkpoint, are refused by
+// field, each naming the manifest.
+TEST_F(BrokenCheckpoint, ManifestSchemaAndRanges) {
+  const json good = manifest();
+  for (const auto& [edit, expected] : std::initializer_list<std::pair<std::function<void(json&)>, std::string>>{
+           {[](json& m) { m["tensors"][0]["dtype"] = "bogus"; }, "dtype: expected \"f32\", found \"bogus\""},
+           {[](json& m) { m["step"] = -1; }, "step: expected an integer in 0.."},
+           {[](json& m) { m["step"] = "two"; }, "step: expected an integer in 0.."},
+           {[](json& m) { m["adamw_step"] = 5; }, "adamw_step: expected an integer in 0..2, found 5"},
+           {[](json& m) { m["loader"] = {{"seed", 1}, {"epoch", 0}, {"position", 1e15}}; }, "loader.position"},
+           {[](json& m) { m["tensors"][0]["pieces"][0]["file"] = "../step_00000004/rank_00000.h5"; },
+            "pieces[].file: expected a file name inside the checkpoint directory"},
+           {[](json& m) { m["files"][0]["name"] = "/etc/passwd"; }, "files[].name: expected a file name inside"},
+           {[](json& m) { m["tensors"][0]["global_shape"] = {1000000000000}; }, "global_shape: expected an integer in 1.."},
+           {[](json& m) { m["model"]["n_layer"] = "2"; }, "model.n_layer: expected an integer"}}) {
+    json m = good;
+    edit(m);
+    write_manifest(m);
+    expect_refused({ckpt_ + "/manifest.json", expected});
+  }
 }
 
 TEST_F(BrokenCheckpoint, CorruptLatest) {

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <chrono>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -118,6 +119,26 @@ void maybe_inject_enospc(const std::string& file) {
     throw std::runtime_error(file + ": write failed: " + std::strerror(ENOSPC) + " (injected by KILN_FAULT_ENOSPC)");
 }
 
+// The manifest's checksum: FNV-1a over its compact JSON without the checksum field (the JSON
+// object's keys are sorted, so the text is canonical).
+std::string manifest_checksum(json manifest) {
+  manifest.erase("checksum");
+  const std::string text = manifest.dump();
+  return fmt::format("{:016x}", fnv1a(text.data(), text.size()));
+}
+
+// Throws "PATH: FIELD: expected WHAT" unless `ok`.
+void require(bool ok, const std::string& path, const std::string& field, const std::string& expected) {
+  if (!ok) throw std::runtime_error(path + ": " + field + ": expected " + expected);
+}
+
+// A file name inside the checkpoint directory: no path, so nothing outside it is ever read.
+bool plain_file_name(const json& name) {
+  if (!name.is_string()) return false;
+  const std::string s = name;
+  return !s.empty() && s.find('/') == std::string::npos && s != "." && s != "..";
+}
+
 json read_manifest(const std::string& dir) {
   const std::string path = dir + "/manifest.json";
   json m;
@@ -126,12 +147,73 @@ json read_manifest(const std::string& dir) {
   } catch (const json::exception& e) {
     throw std::runtime_error(path + ": not valid JSON: " + e.what());
   }
-  const int format = m.value("format", -1);
-  if (format != kCheckpointFormat)
-    throw std::runtime_error(path + ": format: " + std::to_string(format) + ", this kiln reads format " +
-                             std::to_string(kCheckpointFormat) + (format > kCheckpointFormat ? " (a newer kiln wrote it)" : ""));
+  require(m.is_object(), path, "the manifest", "a JSON object");
+  const int format = m.contains("format") && m["format"].is_number_integer() ? m["format"].get<int>() : -1;
+  if (format < kOldestCheckpointFormat || format > kCheckpointFormat)
+    throw std::runtime_error(path + ": format: " + std::to_string(format) + ", this kiln reads formats " +
+                             std::to_string(kOldestCheckpointFormat) + " to " + std::to_string(kCheckpointFormat) +
+                             (format > kCheckpointFormat ? " (a newer kiln wrote it)" : ""));
+  if (format >= 2) {
+    require(m.contains("checksum") && m["checksum"].is_string(), path, "checksum", "a string (format 2)");
+    if (m["checksum"] != manifest_checksum(m))
+      throw std::runtime_error(path + ": checksum " + manifest_checksum(m) + ", the manifest says " +
+                               std::string(m["checksum"]) + " (edited or damaged)");
+  }
   for (const char* field : {"step", "model", "layout", "files", "tensors"})
     if (!m.contains(field)) throw std::runtime_error(path + ": missing field '" + field + "'");
+  // The schema and ranges, so that nothing below meets a value of the wrong type or size.
+  auto integer = [&](const json& v, const std::string& field, int64_t lo, int64_t hi) {
+    require(v.is_number_integer() && v.get<int64_t>() >= lo && v.get<int64_t>() <= hi, path, field,
+            fmt::format("an integer in {}..{}, found {}", lo, hi, v.dump()));
+  };
+  constexpr int64_t kMax = int64_t{1} << 50;
+  integer(m["step"], "step", 0, kMax);
+  if (m.contains("adamw_step")) integer(m["adamw_step"], "adamw_step", 0, m["step"].get<int64_t>());
+  require(m["model"].is_object(), path, "model", "an object");
+  for (const char* field : {"vocab_size", "max_seq_len", "n_layer", "n_head", "n_embd"}) {
+    require(m["model"].contains(field), path, std::string("model.") + field, "an integer");
+    integer(m["model"][field], std::string("model.") + field, 1, int64_t{1} << 24);
+  }
+  if (m.contains("loader")) {
+    require(m["loader"].is_object(), path, "loader", "an object");
+    for (const char* field : {"seed", "epoch", "position"}) {
+      require(m["loader"].contains(field), path, std::string("loader.") + field, "an integer");
+      integer(m["loader"][field], std::string("loader.") + field, 0, field == std::string("seed") ? std::numeric_limits<int64_t>::max() : kMax);
+    }
+  }
+  require(m["files"].is_array(), path, "files", "an array");
+  for (const json& f : m["files"]) {
+    require(f.is_object() && plain_file_name(f.value("name", json())), path, "files[].name",
+            "a file name inside the checkpoint directory, found " + f.value("name", json()).dump());
+    integer(f.value("bytes", json()), "files[].bytes", 0, kMax);
+    require(f.value("fnv1a", json()).is_string(), path, "files[].fnv1a", "a string");
+  }
+  require(m["tensors"].is_array(), path, "tensors", "an array");
+  for (const json& t : m["tensors"]) {
+    require(t.is_object() && t.value("name", json()).is_string(), path, "tensors[].name", "a string");
+    const std::string name = t["name"];
+    require(t.value("dtype", json()) == "f32", path, "tensor '" + name + "': dtype",
+            "\"f32\", found " + t.value("dtype", json()).dump());
+    require(t.value("global_shape", json()).is_array(), path, "tensor '" + name + "': global_shape", "an array");
+    int64_t numel = 1;
+    for (const json& d : t["global_shape"]) {
+      integer(d, "tensor '" + name + "': global_shape", 1, int64_t{1} << 34);
+      numel = std::min<int64_t>(numel * d.get<int64_t>(), kMax);
+    }
+    require(numel <= (int64_t{1} << 36), path, "tensor '" + name + "': global_shape", "at most 2^36 elements");
+    require(t.value("pieces", json()).is_array(), path, "tensor '" + name + "': pieces", "an array");
+    for (const json& p : t["pieces"]) {
+      const std::string field = "tensor '" + name + "': pieces[]";
+      require(p.is_object() && plain_file_name(p.value("file", json())), path, field + ".file",
+              "a file name inside the checkpoint directory, found " + p.value("file", json()).dump());
+      require(p.value("dataset", json()).is_string() && p.value("kind", json()).is_string(), path,
+              field + ".dataset/kind", "strings");
+      integer(p.value("begin", json()), field + ".begin", 0, numel);
+      integer(p.value("end", json()), field + ".end", p["begin"].get<int64_t>(), numel);
+      require(p.value("start", json()).is_array() && p.value("count", json()).is_array(), path, field + ".start/count",
+              "arrays");
+    }
+  }
   return m;
 }
 
@@ -333,6 +415,7 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
           for (const std::string& file : {encoder, merges}) fs::copy_file(file, tmp + "/" + fs::path(file).filename().string());
         }
       }
+      manifest["checksum"] = manifest_checksum(manifest);
       write_atomically(tmp + "/manifest.json", manifest.dump(1));
       fsync_path(tmp, true);
       fs::remove_all(final_dir);  // a step saved before, by a run resumed from an earlier one

@@ -26,7 +26,10 @@
 
 namespace kiln {
 
-inline constexpr int kCheckpointFormat = 1;
+// Format 2 adds the manifest's own checksum ("checksum": FNV-1a of the manifest's compact JSON
+// without that field). Format 1 checkpoints still load, their manifest unchecked.
+inline constexpr int kCheckpointFormat = 2;
+inline constexpr int kOldestCheckpointFormat = 1;
 
 // What decodes a model's tokens, recorded in every checkpoint so that it is usable alone.
 struct TokenizerRecord {
