@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/cpu/ops.h"
 
@@ -38,7 +40,9 @@ class CpuOps final : public Ops {
     if (dtype == DType::bf16) throw std::invalid_argument("cpu backend stores f32, i32 and u8 only, not bf16");
     const size_t bytes = ((size_t)numel * dtype_size(dtype) + 63) / 64 * 64;  // cache-line aligned
     void* p = std::aligned_alloc(64, bytes ? bytes : 64);
-    if (!p) throw std::bad_alloc();
+    if (!p)
+      throw std::runtime_error("cpu backend: out of host memory allocating a buffer of " + std::to_string(bytes >> 20) +
+                               " MiB (" + std::to_string(numel) + " elements)");
     std::memset(p, 0, bytes);
     return Buffer({p, dtype, numel}, std::shared_ptr<void>(p, std::free));
   }

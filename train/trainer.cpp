@@ -62,11 +62,26 @@ struct DeviceTarget {
   double peak_tflops = 0;
 };
 
+// MemAvailable from /proc/meminfo, in bytes; 0 (not limited) where it cannot be read.
+int64_t available_host_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string key; meminfo >> key;) {
+    int64_t kib = 0;
+    std::string unit;
+    meminfo >> kib >> unit;
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 0;
+}
+
 DeviceTarget device_target(const TrainConfig& cfg, const std::string& device) {
   constexpr int64_t kH100Bytes = 80LL << 30;
   DeviceTarget t;
   if (device == "cpu") {
-    t = {"cpu", cfg.gpu_memory_bytes, 0};
+    // Host memory is planned like a GPU's: against what the machine has free (or run.gpu_memory).
+    const int64_t available = available_host_memory();
+    t = {cfg.gpu_memory_bytes > 0 ? "cpu (run.gpu_memory)" : "cpu (MemAvailable)",
+         cfg.gpu_memory_bytes > 0 ? cfg.gpu_memory_bytes : available, 0};
   } else if (device == "emu") {
     t = {"emulator", cfg.gpu_memory_bytes > 0 ? cfg.gpu_memory_bytes : kH100Bytes, 0};
   } else {
