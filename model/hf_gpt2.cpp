@@ -120,7 +120,11 @@ HfGpt2 read_hf_gpt2(const std::string& dir) {
   return out;
 }
 
-void write_hf_gpt2(const std::string& dir, const GPTConfig& config, std::span<const float> weights) {
+void write_hf_gpt2(const std::string& dir, const GPTConfig& config, std::span<const float> weights,
+                   int eos_token_id) {
+  if (eos_token_id < 0 || eos_token_id >= config.vocab_size)
+    throw std::invalid_argument("write_hf_gpt2: end-of-text id " + std::to_string(eos_token_id) +
+                                " is outside the vocabulary of " + std::to_string(config.vocab_size));
   const ParamLayout layout(config);
   if ((int64_t)weights.size() != layout.total())
     throw std::invalid_argument("write_hf_gpt2: " + std::to_string(weights.size()) + " weights, the layout has " +
@@ -157,7 +161,9 @@ void write_hf_gpt2(const std::string& dir, const GPTConfig& config, std::span<co
                     {"activation_function", "gelu_new"},
                     {"layer_norm_epsilon", 1e-5},
                     {"tie_word_embeddings", true},
-                    {"scale_attn_weights", true}};
+                    {"scale_attn_weights", true},
+                    {"bos_token_id", eos_token_id},
+                    {"eos_token_id", eos_token_id}};
   std::ofstream(dir + "/config.json") << cfg.dump(2) << "\n";
 }
 

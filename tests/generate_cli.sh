@@ -41,7 +41,15 @@ cmp "$work/a.txt" "$work/elsewhere.txt"
 mv "$work/data.moved" "$work/data"
 "$kiln" generate "$work/random" --tokenizer bytes --max-tokens 4 > /dev/null 2>&1
 
+# inspect shows the saved settings and tokenizer; export-hf's end-of-text id exists in the vocabulary
+# (the byte tokenizer's 256, not GPT-2's 50256).
+"$kiln" ckpt inspect "$work/run" > "$work/inspect.txt"
+grep -q "^  train.steps = 20$" "$work/inspect.txt" || { echo "no settings in: $(cat "$work/inspect.txt")" >&2; exit 1; }
+grep -q '^tokenizer: {"fingerprint":"bytes","name":"bytes"}$' "$work/inspect.txt" ||
+  { echo "no tokenizer in: $(cat "$work/inspect.txt")" >&2; exit 1; }
 "$kiln" ckpt export-hf "$work/run" "$work/hf" > /dev/null
+python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); assert c["eos_token_id"] == c["bos_token_id"] == 256 < c["vocab_size"], c' \
+  "$work/hf/config.json"
 "$kiln" ckpt import-hf "$work/hf" "$work/imported" > /dev/null
 "$kiln" ckpt verify "$work/imported" > /dev/null
 "$kiln" ckpt export-hf "$work/imported" "$work/hf2" > /dev/null

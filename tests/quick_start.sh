@@ -21,7 +21,11 @@ for command in "${commands[@]}"; do
   tail -2 "$work/out.txt"
 done
 # What the steps left: samples of text, perplexities, a fine-tuned run and an HF export.
-grep -q "perplexity" "$work/out.txt" || true
 [[ -f runs/kjv-gpt2/latest && -f runs/docs/latest ]] || fail "no checkpoints"
 [[ -f exported/docs/model.safetensors && -f exported/docs/config.json ]] || fail "no export"
+# GPT-2's tokenizer travels with the export under Hugging Face's names, with its end-of-text id.
+cmp exported/docs/vocab.json "$src/data/vocab/gpt2/encoder.json" || fail "vocab.json is not GPT-2's encoder.json"
+cmp exported/docs/merges.txt "$src/data/vocab/gpt2/vocab.bpe" || fail "merges.txt is not GPT-2's vocab.bpe"
+python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); assert c["eos_token_id"] == 50256, c' exported/docs/config.json ||
+  fail "eos_token_id"
 echo "quick start: ${#commands[@]} commands ok"

@@ -49,7 +49,7 @@ class HfGpt2Test : public ::testing::Test {
  protected:
   void SetUp() override {
     weights_ = random_weights(cfg_);
-    write_hf_gpt2(hf_, cfg_, weights_);
+    write_hf_gpt2(hf_, cfg_, weights_, cfg_.vocab_size - 1);
   }
   // Rewrites hf_'s model.safetensors with `edit` applied to its tensors (name -> values).
   void rewrite(const std::function<void(std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>&)>& edit) {
@@ -88,7 +88,7 @@ TEST_F(HfGpt2Test, ImportAndExportRoundTripBitExactly) {
   verify_checkpoint(step0);
   const CheckpointWeights ckpt = read_checkpoint_weights(step0);
   EXPECT_EQ(std::memcmp(ckpt.weights.data(), weights_.data(), weights_.size() * 4), 0);
-  write_hf_gpt2(dir_.path("hf2"), ckpt.config, ckpt.weights);
+  write_hf_gpt2(dir_.path("hf2"), ckpt.config, ckpt.weights, ckpt.config.vocab_size - 1);
   EXPECT_EQ(read_file(dir_.path("hf2") + "/model.safetensors"), read_file(hf_ + "/model.safetensors"));
   EXPECT_EQ(read_file(dir_.path("hf2") + "/config.json"), read_file(hf_ + "/config.json"));
 }
@@ -162,11 +162,11 @@ TEST_F(HfGpt2Test, MalformedFilesAreRefusedNamingFileAndField) {
 TEST_F(HfGpt2Test, AMissingOrMisshapenTensorIsNamed) {
   rewrite([](auto& t) { t.erase("h.1.ln_2.bias"); });
   EXPECT_TRUE(mentions(error_of([&] { read_hf_gpt2(hf_); }), {hf_ + "/model.safetensors", "no tensor 'h.1.ln_2.bias'"}));
-  write_hf_gpt2(hf_, cfg_, weights_);
+  write_hf_gpt2(hf_, cfg_, weights_, cfg_.vocab_size - 1);
   edit_config([](json& c) { c["n_positions"] = 32; });
   EXPECT_TRUE(mentions(error_of([&] { read_hf_gpt2(hf_); }),
                        {"tensor 'wpe.weight' has shape [64,32], config.json makes it [32,32]"}));
-  write_hf_gpt2(hf_, cfg_, weights_);
+  write_hf_gpt2(hf_, cfg_, weights_, cfg_.vocab_size - 1);
   rewrite([](auto& t) { t["lm_head.weight"] = t.at("wte.weight"), t["lm_head.weight"].second[3] += 1; });
   EXPECT_TRUE(mentions(error_of([&] { read_hf_gpt2(hf_); }), {"'lm_head.weight' differs from wte.weight"}));
 }
@@ -183,7 +183,7 @@ TEST_F(HfGpt2Test, AConfigKilnDoesNotComputeIsRefusedByField) {
       {[](json& c) { c["n_head"] = 5; }, "n_head"},
   };
   for (const auto& [edit, message] : cases) {
-    write_hf_gpt2(hf_, cfg_, weights_);
+    write_hf_gpt2(hf_, cfg_, weights_, cfg_.vocab_size - 1);
     edit_config(edit);
     EXPECT_TRUE(mentions(error_of([&] { read_hf_gpt2(hf_); }), {path, message}));
   }
@@ -194,7 +194,7 @@ TEST_F(HfGpt2Test, AConfigKilnDoesNotComputeIsRefusedByField) {
 TEST_F(HfGpt2Test, AFailedWriteLeavesTheEarlierFile) {
   const std::string model = hf_ + "/model.safetensors", before = read_file(model);
   fs::create_directories(model + ".tmp");  // the temporary file cannot be created
-  EXPECT_TRUE(mentions(error_of([&] { write_hf_gpt2(hf_, cfg_, std::vector<float>(weights_.size(), 0.0f)); }),
+  EXPECT_TRUE(mentions(error_of([&] { write_hf_gpt2(hf_, cfg_, std::vector<float>(weights_.size(), 0.0f), cfg_.vocab_size - 1); }),
                        {model + ".tmp", "write failed"}));
   EXPECT_EQ(read_file(model), before);
 }

@@ -2,8 +2,12 @@
 // conversion from and to Hugging Face's GPT-2 (model.safetensors plus config.json).
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <iostream>
+#include <tuple>
 
+#include "data/gpt2_tokenizer.h"
+#include "data/tokenizer.h"
 #include "model/hf_gpt2.h"
 #include "tools/commands.h"
 #include "train/checkpoint.h"
@@ -62,9 +66,27 @@ void add_ckpt_command(CLI::App& app) {
   exporter->add_option("dir", *from, "checkpoint directory, or a run directory (its latest)")->required();
   exporter->add_option("hf_dir", *to, "output directory")->required();
   exporter->callback([from, to] {
-    const CheckpointWeights ckpt = read_checkpoint_weights(resolve_checkpoint(*from));
-    write_hf_gpt2(*to, ckpt.config, ckpt.weights);
-    std::cout << *to << ": config.json and model.safetensors\n";
+    const std::string dir = resolve_checkpoint(*from);
+    const CheckpointWeights ckpt = read_checkpoint_weights(dir);
+    // The end-of-text id of the tokenizer the model was trained with (the vocabulary's last id for
+    // a model without one), and for GPT-2's tokenizer its files under Hugging Face's names, so
+    // that transformers loads the directory as a whole model.
+    std::unique_ptr<Tokenizer> tokenizer;
+    if (!ckpt.tokenizer.name.empty())
+      tokenizer = tokenizer_matching(ckpt.tokenizer.name, ckpt.tokenizer.fingerprint, ckpt.tokenizer.files_dir,
+                                     dir + "/manifest.json");
+    write_hf_gpt2(*to, ckpt.config, ckpt.weights, tokenizer ? tokenizer->eot_token() : ckpt.config.vocab_size - 1);
+    std::string written = "config.json and model.safetensors";
+    if (tokenizer && tokenizer->name() == "gpt2") {
+      auto [encoder, merges] = Gpt2Tokenizer::files_in(ckpt.tokenizer.files_dir);
+      if (encoder.empty()) std::tie(encoder, merges) = Gpt2Tokenizer::files_in(bundled_vocab_dir("gpt2"));
+      std::filesystem::copy_file(encoder, *to + "/vocab.json", std::filesystem::copy_options::overwrite_existing);
+      std::filesystem::copy_file(merges, *to + "/merges.txt", std::filesystem::copy_options::overwrite_existing);
+      written += ", vocab.json and merges.txt";
+    } else if (tokenizer) {
+      written += " (no tokenizer files: transformers has no equivalent of kiln's " + tokenizer->name() + " tokenizer)";
+    }
+    std::cout << *to << ": " << written << "\n";
   });
 }
 

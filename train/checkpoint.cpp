@@ -637,6 +637,12 @@ std::string describe_checkpoint(const std::string& dir) {
                      m.at("format").get<int>(), m.value("adamw_step", 0));
   out << "model: " << m.at("model").dump() << "\nlayout: " << m.at("layout").dump() << "\n";
   if (m.contains("loader")) out << "loader: " << m["loader"].dump() << "\n";
+  if (m.contains("tokenizer")) out << "tokenizer: " << m["tokenizer"].dump() << "\n";
+  if (const std::string settings = m.value("settings", ""); !settings.empty()) {
+    out << "settings:\n";
+    std::istringstream lines(settings);
+    for (std::string line; std::getline(lines, line);) out << "  " << line << "\n";
+  }
   int64_t bytes = 0;
   for (const json& f : m.at("files")) bytes += f.at("bytes").get<int64_t>();
   out << fmt::format("files: {} ({:.1f} MiB)\n", m.at("files").size(), bytes / 1048576.0);
