@@ -92,6 +92,10 @@ TEST(Plan, Gpt2XlFitsOneGpuWithALargerMicroBatchWhenRecomputing) {
   EXPECT_LE((double)plan_memory(in).total(), in.gpu.memory_bytes);
   in.recompute = Recompute::none;
   EXPECT_GT((double)plan_memory(in).total(), in.gpu.memory_bytes) << "micro-batch " << with << " without recompute";
+  // Exact, not a power of two: one more sequence than the largest does not fit.
+  in.recompute = Recompute::block;
+  in.micro_batch = with + 1;
+  EXPECT_GT((double)plan_memory(in).total(), in.gpu.memory_bytes);
 }
 
 TEST(Plan, LayoutsThatDoNotDivideAreRejected) {

@@ -27,7 +27,7 @@ void run_plan(const PlanOptions& o, const std::vector<Override>& overrides) {
   const TrainConfig cfg = load_train_config(o.config, all);
   PlanInput in;
   in.model = cfg.model;
-  in.seq_len = cfg.train.seq_len;
+  in.seq_len = cfg.seq_len_set ? cfg.train.seq_len : cfg.model.max_seq_len;  // the model's context by default
   in.micro_batch = o.micro_batch > 0 ? o.micro_batch : cfg.train.batch_size;
   in.gpus = o.gpus;
   in.tp = o.tp;

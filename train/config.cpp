@@ -232,6 +232,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   r.get("model.preset", cfg.preset);
   cfg.model = GPTConfig::preset(cfg.preset);
   cfg.vocab_size_set = (bool)root.at_path("model.vocab_size");
+  cfg.seq_len_set = (bool)root.at_path("train.seq_len");
   r.get("model.vocab_size", cfg.model.vocab_size);
   r.get("model.max_seq_len", cfg.model.max_seq_len);
   r.get("model.n_layer", cfg.model.n_layer);

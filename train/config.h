@@ -70,6 +70,7 @@ struct TrainConfig {
   std::string preset = "tiny";
   GPTConfig model;
   bool vocab_size_set = false;  // model.vocab_size given; otherwise it is the dataset's
+  bool seq_len_set = false;     // train.seq_len given; `kiln plan` otherwise plans the model's context
   DataConfig data;
   TrainLoopConfig train;
   OptimConfig optim;

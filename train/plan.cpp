@@ -108,13 +108,18 @@ StepEstimate estimate_step(const PlanInput& in) {
 }
 
 int largest_micro_batch(PlanInput in) {
-  int best = 0;
-  for (int b = 1; b <= 1024; b *= 2) {
+  // Memory grows with the micro-batch: a bisection finds the exact largest that fits.
+  auto fits = [&](int b) {
     in.micro_batch = b;
-    if ((double)plan_memory(in).total() > in.gpu.memory_bytes) break;
-    best = b;
+    return (double)plan_memory(in).total() <= in.gpu.memory_bytes;
+  };
+  int lo = 0, hi = 1 << 20;  // fits(lo) (0 meaning none does), !fits(hi)
+  if (fits(hi)) return hi;
+  while (hi - lo > 1) {
+    const int mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
   }
-  return best;
+  return lo;
 }
 
 }  // namespace kiln
