@@ -16,6 +16,7 @@
 #include "train/config.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
+#include "train/tensorboard.h"
 #include "train/trainer.h"
 #include "tests/test_util.h"
 
@@ -114,6 +115,14 @@ TEST(TrainConfig, NearestNameSuggestsLikelyTypos) {
   EXPECT_EQ(nearest_name("--steps", {"--max-steps", "--seq-len", "--seed"}), "--max-steps");
   EXPECT_EQ(nearest_name("--batchsize", {"--max-steps", "--batch-size"}), "--batch-size");
   EXPECT_EQ(nearest_name("--frobnicate", {"--max-steps", "--batch-size"}), "");
+}
+
+// TensorBoard's record checksums: CRC-32C's published check value, and the mask over it.
+TEST(TensorBoard, Crc32cAndItsMask) {
+  EXPECT_EQ(crc32c("123456789"), 0xE3069283u);
+  EXPECT_EQ(crc32c(""), 0u);
+  const uint32_t crc = crc32c("123456789");
+  EXPECT_EQ(masked_crc32c("123456789"), ((crc >> 15) | (crc << 17)) + 0xa282ead8u);
 }
 
 TEST(TrainConfig, SettingsListEveryKeySetSorted) {

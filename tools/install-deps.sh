@@ -5,7 +5,8 @@
 # ships libnccl-dev); kiln builds CPU-only when nvcc is absent.
 #
 #   tools/install-deps.sh            build + test dependencies and the demo corpus, and .venv-hf
-#                                    (transformers from PyPI over Debian's PyTorch) for the HF check
+#                                    (transformers and tensorboard from PyPI over Debian's PyTorch)
+#                                    for the HF and TensorBoard read-back checks
 #   tools/install-deps.sh --oracle   also h5py and OpenBLAS for PyTorch, to regenerate the test fixtures
 set -euo pipefail
 
@@ -17,6 +18,8 @@ packages=(
   libcli11-dev                        # command line
   libtomlplusplus-dev                 # config files
   nlohmann-json3-dev                  # metrics, manifests
+  libprotobuf-dev protobuf-compiler   # TensorBoard event files
+  libboost-dev                        # Boost.CRC for TensorBoard records
   libfmt-dev                          # formatting
   libpcre2-dev                        # GPT-2 pre-tokenizer regex
   libomp-dev                          # OpenMP
@@ -59,10 +62,10 @@ fi
 # transformers is not packaged for Debian 12: PyPI's, in a venv that sees Debian's torch 1.13
 # (4.40 is the last release that supports it). Without network the HF check is skipped.
 cd "$(dirname "$0")/.."
-if ! .venv-hf/bin/python -c "import torch, transformers, safetensors" 2>/dev/null; then
-  echo "install-deps: .venv-hf: transformers and safetensors (PyPI) over Debian's python3-torch"
+if ! .venv-hf/bin/python -c "import torch, transformers, safetensors, tensorboard" 2>/dev/null; then
+  echo "install-deps: .venv-hf: transformers, safetensors and tensorboard (PyPI) over Debian's python3-torch"
   rm -rf .venv-hf
   { /usr/bin/python3 -m venv --system-site-packages .venv-hf &&
-    .venv-hf/bin/pip install --quiet "transformers==4.40.2" "safetensors==0.8.0"; } ||
-    echo "install-deps: warning: .venv-hf not set up; tests/hf/check_transformers.py will be skipped"
+    .venv-hf/bin/pip install --quiet "transformers==4.40.2" "safetensors==0.8.0" "tensorboard==2.21.0"; } ||
+    echo "install-deps: warning: .venv-hf not set up; the HF and TensorBoard read-back checks will be skipped"
 fi

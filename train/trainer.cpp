@@ -36,6 +36,7 @@
 #include "train/run_directory.h"
 #include "train/sample.h"
 #include "train/schedule.h"
+#include "train/tensorboard.h"
 
 namespace kiln {
 namespace {
@@ -425,7 +426,11 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     return {};
   }
   std::optional<MetricsWriter> metrics;
-  if (comm.rank() == 0) metrics.emplace(cfg.run_dir, first_step);  // rows past the checkpoint are dropped
+  std::optional<TensorBoardWriter> tensorboard;
+  if (comm.rank() == 0) {
+    metrics.emplace(cfg.run_dir, first_step);  // rows past the checkpoint are dropped
+    tensorboard.emplace(cfg.run_dir);
+  }
   // Background saves: a communicator of their own, so their collectives run beside training's.
   std::unique_ptr<Comm> checkpoint_comm;
   std::optional<AsyncCheckpointWriter> writer;
@@ -474,7 +479,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                      peak_flops > 0 ? fmt::format("a peak of {} TFLOP/s per device", target.peak_tflops)
                                     : std::string("no known peak (set train.peak_tflops)"));
   if (tp > 1) log << fmt::format("parameters on rank 0: {} of the model's {}\n", params, model_params);
-  if (metrics) log << "metrics: " << metrics->path() << "\n";
+  if (metrics) log << "metrics: " << metrics->path() << " and " << tensorboard->path() << " (tensorboard --logdir)\n";
 
   std::vector<StepRecord> records;
   double elapsed_s = 0;  // training steps only (for tokens/s); the breakdown covers evaluation too
@@ -547,6 +552,16 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     if (!finite) row["skipped"] = true;
     if (rec.val_loss) row["val_loss"] = *rec.val_loss;
     if (metrics) metrics->write(row);
+    if (tensorboard) {
+      std::vector<std::pair<std::string, double>> scalars = {{"train/loss", loss},
+                                                             {"train/lr", lr},
+                                                             {"train/grad_norm", norm},
+                                                             {"perf/tokens_per_s", rec.tokens_per_s},
+                                                             {"train/skipped_steps", (double)skipped}};
+      if (peak_flops > 0) scalars.emplace_back("perf/mfu", step_flops / seconds / peak_flops);
+      if (rec.val_loss) scalars.emplace_back("val/loss", *rec.val_loss);
+      tensorboard->write_scalars(rec.step, scalars);
+    }
 
     if ((step + 1) % cfg.train.log_every == 0 || last || rec.val_loss) {
       const double eta = elapsed_s / (double)(step + 1 - first_step) * (double)(cfg.train.steps - step - 1);
