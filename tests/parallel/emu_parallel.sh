@@ -14,6 +14,7 @@ mpi=(mpiexec --oversubscribe --mca mpi_yield_when_idle 1 --mca btl self,vader)
 emu=(--model.preset=tiny --model.n_layer=2 --model.n_embd=128 --model.n_head=2 --seq-len 32 --max-steps 10
      --train.log_every=10 --train.eval_every=0 --device emu --data random --train.grad_accum=2 --optim.eps=1e-5)
 
+fail() { echo "emu_parallel: $*" >&2; exit 1; }
 compare() {  # compare RUN_A RUN_B TOLERANCE: loss and grad_norm of every step
   python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" "$3" <<'PY'
 import json, sys
@@ -47,13 +48,14 @@ done
 
 # The sharding is real. TP: rank 0 holds about half the parameters, the replicated ones bitwise
 # equal across the group at the end, and 2 (4 + 4 L) + 1 = 25 collectives per step at L = 2. Their
-# bytes, as on the CPU but over MPI in fp32 (the bf16 activations are widened for the sum).
+# bytes, as on the CPU but over MPI in fp32 (the bf16 activations are widened for the sum). A TP
+# rank that holds the whole model fails the count (as `[ a ] && [ b ]` under set -e never did).
 tp_bytes() { echo $(( 2 * ((2 + 4 * 2) * $1 * 128 * 4 + 3 * $1 * 4) + 8 )); }
 grep -q "tensor parallel over 2 ranks: 25 collectives ($(tp_bytes 128) bytes) per step; replicated parameters bitwise equal" \
   "$work/tp2.log"
 read -r local whole < <(sed -n 's/^parameters on rank 0: \([0-9]*\) of the model.s \([0-9]*\)$/\1 \2/p' "$work/tp2.log")
 echo "TP 2 (emulated CUDA): rank 0 holds $local of the model's $whole parameters"
-[ "$local" -lt "$whole" ] && [ "$((2 * local))" -gt "$whole" ]
+(( local < whole && 2 * local > whole )) || fail "TP 2: rank 0 holds $local of $whole parameters, expected about half"
 # ZeRO-1: rank 0 keeps half the moments and, the parameters being bf16, half the fp32 master
 # weights; what it allocated is the memory plan, to the byte.
 floats() { grep -o 'optimizer state floats on rank 0: [0-9]*' "$1" | grep -o '[0-9]*$'; }
