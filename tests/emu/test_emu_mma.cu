@@ -101,11 +101,16 @@ void check_mma_one_warp(uint32_t seed) {
   std::printf("mma m16n8k16 %s: max relative error %.3g\n", kBf16 ? "bf16" : "f16", worst);
 }
 
-TEST(Mma, M16n8k16Bf16MatchesTheHostProduct) {
+using Mma = DeviceTest;
+using Ldmatrix = DeviceTest;
+using CpAsync = DeviceTest;
+using Gemm = DeviceTest;
+
+TEST_F(Mma, M16n8k16Bf16MatchesTheHostProduct) {
   for (uint32_t seed : {1u, 2u, 3u}) check_mma_one_warp<true>(seed);
 }
 
-TEST(Mma, M16n8k16F16MatchesTheHostProduct) {
+TEST_F(Mma, M16n8k16F16MatchesTheHostProduct) {
   for (uint32_t seed : {4u, 5u}) check_mma_one_warp<false>(seed);
 }
 
@@ -170,13 +175,13 @@ void check_ldmatrix() {
                                                        << want[lane * 4 + i];
 }
 
-TEST(Ldmatrix, X1X2X4MatchTheIsaLayout) {
+TEST_F(Ldmatrix, X1X2X4MatchTheIsaLayout) {
   check_ldmatrix<1, false>();
   check_ldmatrix<2, false>();
   check_ldmatrix<4, false>();
 }
 
-TEST(Ldmatrix, TransposedX1X2X4MatchTheIsaLayout) {
+TEST_F(Ldmatrix, TransposedX1X2X4MatchTheIsaLayout) {
   check_ldmatrix<1, true>();
   check_ldmatrix<2, true>();
   check_ldmatrix<4, true>();
@@ -233,7 +238,7 @@ CpAsyncRun run_cp_async_groups() {
   return run;
 }
 
-TEST(CpAsync, CopiesZeroFillsAndWaitsByGroup) {
+TEST_F(CpAsync, CopiesZeroFillsAndWaitsByGroup) {
   const CpAsyncRun run = run_cp_async_groups();
   for (int t = 0; t < 32; t++) {
     EXPECT_EQ(std::memcmp(&run.mid0[t], &run.src[t], 16), 0) << "thread " << t << ": group 0 after wait_group 1";
@@ -247,7 +252,7 @@ TEST(CpAsync, CopiesZeroFillsAndWaitsByGroup) {
 #ifdef KILN_EMU
 // Expected failure, made visible: a read of a cp.async destination before the wait that covers it
 // sees the emulator's poison (0xff bytes: NaN as bf16), never the data.
-TEST(CpAsync, ReadBeforeWaitSeesPoison) {
+TEST_F(CpAsync, ReadBeforeWaitSeesPoison) {
   const CpAsyncRun run = run_cp_async_groups();
   for (int t = 0; t < 32; t++) {
     uint16_t early[8], pending[8];
@@ -289,7 +294,7 @@ std::string launch_error(Body body) {
   return "";
 }
 
-TEST(Ldmatrix, MisalignedRowAddressIsReported) {
+TEST_F(Ldmatrix, MisalignedRowAddressIsReported) {
   DeviceBuffer<uint32_t> out(32);
   const std::string error =
       launch_error([&](const Stream& s) { launch(ldmatrix_misaligned, 1, 32, 256, s, out.data()); });
@@ -297,7 +302,7 @@ TEST(Ldmatrix, MisalignedRowAddressIsReported) {
   EXPECT_NE(error.find("not 16-byte aligned"), std::string::npos) << error;
 }
 
-TEST(CpAsync, MisalignedAddressIsReported) {
+TEST_F(CpAsync, MisalignedAddressIsReported) {
   DeviceBuffer<Chunk> src(1);
   const std::string error =
       launch_error([&](const Stream& s) { launch(cp_async_misaligned, 1, 32, 1024, s, src.data()); });
@@ -402,7 +407,7 @@ std::vector<float> run_gemm(const GemmProblem& p) {
   return c.to_host(s);
 }
 
-TEST(Gemm, TiledBf16MatchesTheHostTripleLoop) {
+TEST_F(Gemm, TiledBf16MatchesTheHostTripleLoop) {
   // K = 96: an odd number of K tiles (3), so the stages do not simply alternate in pairs.
   const int shapes[][3] = {{128, 128, 64}, {64, 192, 128}, {128, 64, 96}, {256, 256, 256}};
   for (const auto& shape : shapes) {
@@ -439,14 +444,12 @@ TEST(Gemm, TiledBf16MatchesTheHostTripleLoop) {
 
 #ifdef KILN_EMU
 // A missing barrier or wait would make the result depend on the order the emulator runs threads in.
-TEST(Gemm, SameBitsUnderForwardAndReverseThreadOrder) {
-  const emu::Settings saved = emu::settings();
+TEST_F(Gemm, SameBitsUnderForwardAndReverseThreadOrder) {
   const GemmProblem p = make_gemm(64, 192, 128, 99);
   emu::settings().order = emu::Order::forward;
   const std::vector<float> forward = run_gemm(p);
   emu::settings().order = emu::Order::reverse;
   const std::vector<float> reverse = run_gemm(p);
-  emu::settings() = saved;
   ASSERT_EQ(forward.size(), reverse.size());
   EXPECT_EQ(std::memcmp(forward.data(), reverse.data(), forward.size() * sizeof(float)), 0);
 }
