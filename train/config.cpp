@@ -197,6 +197,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   r.get("run.dry_run", cfg.dry_run);
   std::string gpu_memory;
   r.get("run.gpu_memory", gpu_memory);
+  r.get("run.gpu", cfg.gpu);
   r.reject_unknown();
 
   auto bad = [&](const std::string& key, const std::string& why) {
@@ -244,6 +245,11 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   if (!gpu_memory.empty()) {
     cfg.gpu_memory_bytes = parse_memory_size(gpu_memory);
     if (cfg.gpu_memory_bytes <= 0) bad("run.gpu_memory", "'" + gpu_memory + "': expected a size such as 80GB or 512MiB");
+  }
+  if (!cfg.gpu.empty()) {  // a plan for another machine: its name alone does not say its memory
+    if (!cfg.dry_run || cfg.device != "cuda")
+      bad("run.gpu", "'" + cfg.gpu + "' is for planning: add --dry-run --device cuda");
+    if (cfg.gpu_memory_bytes == 0) bad("run.gpu", "'" + cfg.gpu + "': give its memory too (--gpu-memory, e.g. 80GB)");
   }
   return cfg;
 }
