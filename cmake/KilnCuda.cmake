@@ -37,7 +37,7 @@ set(KILN_GTEST_SKIPPED "[[]  SKIPPED []]")
 
 # kiln_cuda_test(name source.cu [LIBS ...] [EMU_ONLY]): a GoogleTest file built twice, as name_emu
 # (CTest label `emu`, runs everywhere) and, with CUDA on and unless EMU_ONLY, name_gpu (label
-# `gpu`, its tests skip without a device).
+# `gpu`, its tests skip without a device; the target gpu_tests builds them all).
 function(kiln_cuda_test name source)
   cmake_parse_arguments(ARG "EMU_ONLY" "" "LIBS" ${ARGN})
   kiln_emu_sources(emu ${source})
@@ -53,5 +53,6 @@ function(kiln_cuda_test name source)
     target_link_libraries(${name}_gpu PRIVATE kiln_options CUDA::cudart_static ${ARG_LIBS} GTest::gtest_main)
     gtest_discover_tests(${name}_gpu TEST_PREFIX "gpu." WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
                          PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "${KILN_GTEST_SKIPPED}" DISCOVERY_MODE PRE_TEST)
+    add_dependencies(gpu_tests ${name}_gpu)
   endif()
 endfunction()
