@@ -1,6 +1,6 @@
-// Shared by the GoogleTest files of GPU code: on the GPU build, every test skips when the machine
-// has no CUDA device (CTest shows them as Skipped, not Passed); the emulator always has its device.
-// Also the helpers those files had each written for themselves.
+// Shared by the GoogleTest files of GPU code: the fixture every test there uses, which skips the
+// test on the GPU build when the machine has no CUDA device (CTest shows it as Skipped, not
+// Passed). Also the helpers those files had each written for themselves.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -19,30 +19,25 @@
 
 namespace kiln::KILN_NS {
 
-class DeviceEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-#ifndef KILN_EMU
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) GTEST_SKIP() << "no CUDA device";
-#endif
-  }
-};
-
-inline ::testing::Environment* const kDeviceEnvironment = ::testing::AddGlobalTestEnvironment(new DeviceEnvironment);
-
 using bf16 = __nv_bfloat16;
 
-// Base fixture: the emulator's settings are global, so a test that changes them (order, seed)
-// must not leak them into the next test.
-class EmuSettingsTest : public ::testing::Test {
-#ifdef KILN_EMU
+// Base fixture. On the GPU build: skips each test without a device, in SetUp, where GoogleTest
+// reports it as skipped (a skip in a global Environment is reported as passed). On the emulator:
+// its settings are global, so a test that changes them (order, seed) must not leak them into the
+// next test.
+class DeviceTest : public ::testing::Test {
  protected:
+#ifdef KILN_EMU
   void SetUp() override { saved_ = ::kiln::emu::settings(); }
   void TearDown() override { ::kiln::emu::settings() = saved_; }
 
  private:
   ::kiln::emu::Settings saved_;
+#else
+  void SetUp() override {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) GTEST_SKIP() << "no CUDA device";
+  }
 #endif
 };
 

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -187,6 +188,23 @@ TEST(Checkpoint, BackgroundSavesOverlapTrainingAndEqualSavesInPlace) {
   for (const char* step : {"/step_00000002", "/step_00000004"})
     for (const TensorDifference& d : compare_checkpoints(dir.path("bg") + step, dir.path("fg") + step))
       EXPECT_EQ(d.max_abs, 0.0) << step << " " << d.tensor << " " << d.kind;
+}
+
+// Relative to an earlier checkpoint of a's run, each tensor's ||a - b|| / ||a - reference||: 0
+// for a against itself, 1 for a against the reference (its whole update missing), infinite for a
+// tensor that differs where a did not move.
+TEST(Checkpoint, ComparedRelativeToTheUpdatesSinceAnEarlierOne) {
+  TempDir dir;
+  train_test(dir.path("run"), "random", 4, {"checkpoint.every=2", "checkpoint.keep=0"});
+  const std::string step2 = dir.path("run") + "/step_00000002", step4 = dir.path("run") + "/step_00000004";
+  for (const TensorDifference& d : compare_checkpoints(step4, step4, step2))
+    EXPECT_EQ(d.relative(), 0.0) << d.tensor << " " << d.kind;
+  for (const TensorDifference& d : compare_checkpoints(step4, step2, step2)) {
+    EXPECT_GT(d.update_norm, 0.0) << d.tensor << " " << d.kind;
+    EXPECT_EQ(d.relative(), 1.0) << d.tensor << " " << d.kind;
+  }
+  EXPECT_EQ((TensorDifference{"t", "m", 0.0, 1e-9, 0.0}.relative()), INFINITY);
+  EXPECT_EQ((TensorDifference{"t", "m", 0.0, 0.0, 0.0}.relative()), 0.0);
 }
 
 // The test preset has 28 tensors, each stored as master, m and v: 84 dataset writes per save.

@@ -258,6 +258,17 @@ TEST(TrainConfig, GpuKeysAndTheirErrors) {
             "command line --train.recompute=all: train.recompute: recompute 'all': expected none, mlp or block");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.device=gpu"}); }),
             "command line --run.device=gpu: run.device: 'gpu': expected auto, cpu, cuda or emu");
+  // run.gpu names the GPU a dry run plans for: only there, and with its memory.
+  EXPECT_EQ(load_train_config("", {"data.path=x", "run.gpu=H100", "run.gpu_memory=80GB", "run.dry_run=true",
+                                   "run.device=cuda"})
+                .gpu,
+            "H100");
+  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.gpu=H100", "run.gpu_memory=80GB"}); }),
+            "command line --run.gpu=H100: run.gpu: 'H100' is for planning: add --dry-run --device cuda");
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "run.gpu=H100", "run.dry_run=true", "run.device=cuda"});
+            }),
+            "command line --run.gpu=H100: run.gpu: 'H100': give its memory too (--gpu-memory, e.g. 80GB)");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.sample_every=-1"}); }),
             "command line --train.sample_every=-1: train.sample_every: expected >= 0 (0 disables sampling)");
   EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.batch_size=99999999999"}); }),

@@ -1,7 +1,9 @@
-// kiln ckpt inspect|verify|import-hf|export-hf: a checkpoint's contents, whether it is sound, and
-// conversion from and to Hugging Face's GPT-2 (model.safetensors plus config.json).
+// kiln ckpt inspect|verify|compare|import-hf|export-hf: a checkpoint's contents, whether it is sound,
+// how far two are apart, and conversion from and to Hugging Face's GPT-2 (model.safetensors plus
+// config.json).
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <tuple>
@@ -31,22 +33,32 @@ void add_ckpt_command(CLI::App& app) {
   });
 
   auto from = std::make_shared<std::string>(), to = std::make_shared<std::string>();
+  auto reference = std::make_shared<std::string>();
   auto tolerance = std::make_shared<double>(0.0);
   CLI::App* compare = cmd->add_subcommand("compare", "Compare two checkpoints' weights and moments, whatever their "
                                                      "layouts; exit 0 only when every difference is within the tolerance");
   compare->add_option("a", *from, "checkpoint directory, or a run directory (its latest)")->required();
   compare->add_option("b", *to, "checkpoint directory, or a run directory (its latest)")->required();
-  compare->add_option("--tolerance", *tolerance, "largest absolute difference allowed (0: bitwise equal)")->capture_default_str();
-  compare->callback([from, to, tolerance] {
+  compare->add_option("--tolerance", *tolerance, "largest absolute difference allowed (0: bitwise equal)")
+      ->capture_default_str();
+  compare->add_option("--relative-to", *reference,
+                      "an earlier checkpoint of a's run: the tolerance then bounds each tensor's ||a - b|| / "
+                      "||a - this checkpoint|| (L2 norms), b's distance from a against a's updates since then");
+  compare->callback([from, to, reference, tolerance] {
+    if (!(*tolerance >= 0) || std::isinf(*tolerance))  // NaN would pass every comparison
+      throw std::runtime_error("--tolerance " + std::to_string(*tolerance) + ": expected a finite number >= 0");
     const std::string a = resolve_checkpoint(*from), b = resolve_checkpoint(*to);
+    const std::string r = reference->empty() ? "" : resolve_checkpoint(*reference);
     double worst = 0;
     int over = 0;
-    for (const TensorDifference& d : compare_checkpoints(a, b)) {
-      worst = std::max(worst, d.max_abs);
-      if (d.max_abs > *tolerance && ++over <= 20) std::cout << fmt::format("  {} {}: {:.3e}\n", d.tensor, d.kind, d.max_abs);
+    for (const TensorDifference& d : compare_checkpoints(a, b, r)) {
+      const double difference = r.empty() ? d.max_abs : d.relative();
+      worst = std::max(worst, difference);
+      if (difference > *tolerance && ++over <= 20)
+        std::cout << fmt::format("  {} {}: {:.3e}\n", d.tensor, d.kind, difference);
     }
-    std::cout << fmt::format("{} vs {}: largest difference {:.3e}, {} tensor(s) past the tolerance {}\n", a, b, worst,
-                             over, *tolerance);
+    std::cout << fmt::format("{} vs {}: largest difference {:.3e}{}, {} tensor(s) past the tolerance {}\n", a, b,
+                             worst, r.empty() ? "" : " relative to the updates since " + r, over, *tolerance);
     if (over > 0) throw std::runtime_error("the checkpoints differ");
   });
 

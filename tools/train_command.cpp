@@ -22,6 +22,7 @@ void add_train_command(CLI::App& app) {
   for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
            {"--device", "run.device", "auto (cuda if a GPU is present, else cpu), cpu, cuda or emu (run.device)"},
            {"--gpu-memory", "run.gpu_memory", "device memory to plan for, e.g. 80GB; the emulator's size (run.gpu_memory)"},
+           {"--gpu", "run.gpu", "with --dry-run: the GPU model to plan for, e.g. H100, with --gpu-memory (run.gpu)"},
            {"--recompute", "train.recompute", "activations rebuilt in the backward: none, mlp or block (train.recompute)"},
            {"--batch-size", "train.batch_size", "sequences per micro-batch (train.batch_size)"},
            {"--seq-len", "train.seq_len", "tokens per sequence (train.seq_len)"},

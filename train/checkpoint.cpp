@@ -607,24 +607,42 @@ void verify_checkpoint(const std::string& dir) {
   }
 }
 
-std::vector<TensorDifference> compare_checkpoints(const std::string& a, const std::string& b) {
-  const json ma = read_manifest(a), mb = read_manifest(b);
+double TensorDifference::relative() const {
+  if (std::isnan(norm) || std::isnan(update_norm)) return INFINITY;
+  if (update_norm == 0) return norm == 0 ? 0.0 : INFINITY;
+  return norm / update_norm;
+}
+
+std::vector<TensorDifference> compare_checkpoints(const std::string& a, const std::string& b,
+                                                  const std::string& reference) {
+  const json ma = read_manifest(a), mb = read_manifest(b), mr = reference.empty() ? json() : read_manifest(reference);
   check_files(a, ma);
   check_files(b, mb);
   const GPTConfig cfg = model_from_json(ma.at("model"));
   check_model(b, mb, cfg);
-  std::map<std::string, h5::File> files_a, files_b;
+  if (!reference.empty()) {
+    check_files(reference, mr);
+    check_model(reference, mr, cfg);
+  }
+  std::map<std::string, h5::File> files_a, files_b, files_r;
   std::vector<TensorDifference> out;
   const ParamLayout layout(cfg, {1, 0});
   for (const ParamSpec& s : layout.specs())
     for (const char* kind : {"master", "m", "v"}) {
       const std::vector<float> x = global_tensor(a, tensor_entry(a, ma, s.name), kind, files_a);
       const std::vector<float> y = global_tensor(b, tensor_entry(b, mb, s.name), kind, files_b);
-      TensorDifference d{s.name, kind, 0.0};
+      const std::vector<float> r = reference.empty() ? std::vector<float>()
+                                                     : global_tensor(reference, tensor_entry(reference, mr, s.name),
+                                                                     kind, files_r);
+      TensorDifference d{s.name, kind};
       for (size_t i = 0; i < x.size(); i++) {
         const double diff = std::abs((double)x[i] - (double)y[i]);
         d.max_abs = std::isnan(diff) ? INFINITY : std::max(d.max_abs, diff);
+        d.norm += diff * diff;
+        if (!r.empty()) d.update_norm += ((double)x[i] - r[i]) * ((double)x[i] - r[i]);
       }
+      d.norm = std::sqrt(d.norm);
+      d.update_norm = std::sqrt(d.update_norm);
       out.push_back(d);
     }
   return out;

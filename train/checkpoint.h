@@ -146,11 +146,17 @@ std::string save_weights_checkpoint(const std::string& run_dir, const GPTConfig&
 void verify_checkpoint(const std::string& dir);
 // The largest absolute difference between two checkpoints' master weights, and between their
 // moments, tensor by tensor, whatever layouts saved them. Throws when the models' sizes differ.
+// With a reference checkpoint (say, an earlier step of a's run) also the L2 norms of a - b and of
+// a - reference: how far b is from a against how far a moved since the reference.
 struct TensorDifference {
   std::string tensor, kind;  // kind: master, m or v
   double max_abs = 0;
+  double norm = 0, update_norm = 0;  // ||a - b||, ||a - reference||: with a reference only
+  // ||a - b|| / ||a - reference||: 0 when both are 0, infinite when only the update is (or a NaN).
+  double relative() const;
 };
-std::vector<TensorDifference> compare_checkpoints(const std::string& a, const std::string& b);
+std::vector<TensorDifference> compare_checkpoints(const std::string& a, const std::string& b,
+                                                  const std::string& reference = "");
 
 // Step, layout, model, and every tensor's global shape and pieces, for `kiln ckpt inspect`.
 std::string describe_checkpoint(const std::string& dir);

@@ -187,7 +187,7 @@ const std::vector<std::string>& config_keys() {
       "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.grad_clip", "parallel.tp",
       "parallel.zero", "parallel.timeout_s", "parallel.bucket_mb", "parallel.rendezvous", "checkpoint.every",
       "checkpoint.keep", "checkpoint.async", "checkpoint.async_max_mb", "checkpoint.resume", "checkpoint.init_from",
-      "checkpoint.on_error", "run.dir", "run.device", "run.threads", "run.deterministic", "run.dry_run", "run.force",
+      "checkpoint.on_error", "run.dir", "run.device", "run.threads", "run.deterministic", "run.dry_run", "run.force", "run.gpu",
       "run.gpu_memory"};
   return keys;
 }
@@ -286,6 +286,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   r.get("run.force", cfg.force);
   std::string gpu_memory;
   r.get("run.gpu_memory", gpu_memory);
+  r.get("run.gpu", cfg.gpu);
   r.reject_unknown();
 
   auto bad = [&](const std::string& key, const std::string& why) {
@@ -354,6 +355,11 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   if (!gpu_memory.empty()) {
     cfg.gpu_memory_bytes = parse_memory_size(gpu_memory);
     if (cfg.gpu_memory_bytes <= 0) bad("run.gpu_memory", "'" + gpu_memory + "': expected a size such as 80GB or 512MiB");
+  }
+  if (!cfg.gpu.empty()) {  // a plan for another machine: its name alone does not say its memory
+    if (!cfg.dry_run || cfg.device != "cuda")
+      bad("run.gpu", "'" + cfg.gpu + "' is for planning: add --dry-run --device cuda");
+    if (cfg.gpu_memory_bytes == 0) bad("run.gpu", "'" + cfg.gpu + "': give its memory too (--gpu-memory, e.g. 80GB)");
   }
   return cfg;
 }

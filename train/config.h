@@ -83,6 +83,7 @@ struct TrainConfig {
   bool dry_run = false;        // print the memory plan and exit, allocating nothing
   bool force = false;          // start afresh in a run directory holding another run's metrics or checkpoints
   int64_t gpu_memory_bytes = 0;  // run.gpu_memory: the device size to plan for (and the emulator's); 0 = the device's
+  std::string gpu;  // run.gpu: the GPU model a dry run plans for (e.g. H100), instead of this machine's
 };
 
 // "80GB", "80GiB", "512M", "1048576": binary units (GPU memory is quoted in GiB); -1 if malformed.

@@ -85,6 +85,8 @@ DeviceTarget device_target(const TrainConfig& cfg, const std::string& device) {
          cfg.gpu_memory_bytes > 0 ? cfg.gpu_memory_bytes : available, 0};
   } else if (device == "emu") {
     t = {"emulator", cfg.gpu_memory_bytes > 0 ? cfg.gpu_memory_bytes : kH100Bytes, 0};
+  } else if (!cfg.gpu.empty()) {  // a dry run for a named GPU, whatever this machine has
+    t = {cfg.gpu, cfg.gpu_memory_bytes, dense_bf16_peak_tflops(cfg.gpu)};
   } else {
     const CudaInfo cuda = query_cuda();
     if (!cuda.devices.empty()) {

@@ -26,7 +26,9 @@ __global__ void block_sum(const float* x, float* out, size_t n) {
   }
 }
 
-TEST(EmuBasics, BlockReductionMatchesTheHostSum) {
+using EmuBasics = DeviceTest;
+
+TEST_F(EmuBasics, BlockReductionMatchesTheHostSum) {
   const size_t n = 5000;
   const int threads = 256, blocks = (int)((n + threads - 1) / threads);
   std::vector<float> host(n);
@@ -45,7 +47,7 @@ TEST(EmuBasics, BlockReductionMatchesTheHostSum) {
 
 // Timing events give the time between them; asking an event made without timing is an error
 // naming the call, on the GPU as on the emulator.
-TEST(EmuBasics, TimingEventsMeasureAndOthersRefuse) {
+TEST_F(EmuBasics, TimingEventsMeasureAndOthersRefuse) {
   Stream s;
   Event start(true), end(true), plain;
   DeviceBuffer<float> x(1 << 16);

@@ -1,7 +1,7 @@
 // Kernel bugs the emulator must catch: each test runs a broken kernel (or launch) and expects the
 // emulator to report it, naming the kernel, block and thread where it can. Emulator only: on a GPU
-// these bugs hang, race or corrupt memory instead of failing cleanly, so the GPU build of this file
-// has one skipped test.
+// these bugs hang, race or corrupt memory instead of failing cleanly, so this file has no GPU build
+// (EMU_ONLY in tests/CMakeLists.txt).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -11,8 +11,6 @@
 #include "tests/device_test.h"
 
 namespace kiln::KILN_NS {
-
-#ifdef KILN_EMU
 
 // Kernels with external linkage, so that the emulator finds their names for its messages.
 namespace failures {
@@ -213,13 +211,5 @@ TEST_F(EmuFailures, NextLaunchAfterAnErrorIsUnaffected) {
 }
 
 }  // namespace
-
-#else  // the GPU build
-
-namespace {
-TEST(EmuFailures, EmulatorOnly) { GTEST_SKIP() << "the emulator's error checks: nothing to run on a GPU"; }
-}  // namespace
-
-#endif
 
 }  // namespace kiln::KILN_NS

@@ -22,7 +22,7 @@ constexpr unsigned kFull = 0xffffffffu;
 
 // ---- Helpers -------------------------------------------------------------------------------
 
-using EmuSelftest = EmuSettingsTest;
+using EmuSelftest = DeviceTest;
 
 template <class T>
 std::vector<T> random_ints(size_t n, int lo, int hi, uint32_t seed) {

@@ -19,7 +19,7 @@ namespace {
 
 // ---- Helpers -------------------------------------------------------------------------------
 
-using AdamW = EmuSettingsTest;
+using AdamW = DeviceTest;
 
 std::vector<float> normal_floats(size_t n, float stddev, uint32_t seed) {
   std::mt19937 rng(seed);

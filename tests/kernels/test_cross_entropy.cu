@@ -21,7 +21,7 @@ namespace {
 
 // ---- Helpers -------------------------------------------------------------------------------
 
-using CrossEntropy = EmuSettingsTest;
+using CrossEntropy = DeviceTest;
 
 int round_up(int x, int multiple) { return (x + multiple - 1) / multiple * multiple; }
 

@@ -22,7 +22,7 @@
 namespace kiln::KILN_NS {
 namespace {
 
-using embedding = EmuSettingsTest;
+using embedding = DeviceTest;
 
 // A device array of n elements starting `offset` elements into its buffer (offset 1 breaks the
 // 16-byte alignment the 8-wide path needs), 0xff-poisoned, optionally filled from `host`.

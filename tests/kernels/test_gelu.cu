@@ -20,7 +20,7 @@
 namespace kiln::KILN_NS {
 namespace {
 
-using gelu = EmuSettingsTest;
+using gelu = DeviceTest;
 
 // Random values rounded to bf16; `rounded` receives the same values as float for the reference.
 std::vector<bf16> random_bf16(size_t n, float lo, float hi, uint32_t seed, std::vector<float>& rounded) {

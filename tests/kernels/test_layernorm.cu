@@ -28,7 +28,7 @@ const int kChannels[] = {3, 8, 100, 768};  // C % 8 != 0 takes the scalar path, 
 
 // ---- Helpers -------------------------------------------------------------------------------
 
-using LayerNorm = EmuSettingsTest;
+using LayerNorm = DeviceTest;
 
 template <class T>
 void append_bytes(std::vector<unsigned char>& out, const std::vector<T>& v) {

@@ -16,7 +16,7 @@
 namespace kiln::KILN_NS {
 namespace {
 
-using matmul = EmuSettingsTest;
+using matmul = DeviceTest;
 
 std::vector<bf16> random_bf16(size_t n, float scale, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -9,6 +9,7 @@ kiln="$1" test_comm="$2" work="$3"
 rm -rf "$work" && mkdir -p "$work"
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
+fail() { echo "rendezvous: $*" >&2; exit 1; }
 launch() {  # launch N LOG_PREFIX COMMAND...: N processes with RANK/WORLD_SIZE, waited for; fails if one does
   local n="$1" log="$2" status=0
   shift 2
@@ -48,29 +49,30 @@ expect_failure() {  # expect_failure LOG MESSAGE: the job failed and LOG says ME
 }
 # Ranks issuing different collectives are caught by rank 0, naming them.
 if launch 2 "$work/mismatch" "$test_comm" --rendezvous "$work/mismatch.rdv" --mismatch; then
-  echo "a barrier met an all-reduce unnoticed" >&2; exit 1
+  fail "a barrier met an all-reduce unnoticed"
 fi
 expect_failure "$work/mismatch.0" "rank 0: barrier (start-up) with rank 1: it sent all_reduce of 12 bytes where 8 were expected: the ranks issue different collectives"
-# Two processes claiming the same rank.
+# Two processes claiming the same rank: rank 0 fails, naming them (a rank 0 that exited 0 passed
+# `! wait`, which set -e ignores).
 RANK=0 WORLD_SIZE=3 "$kiln" "${common[@]}" --parallel.timeout_s=5 --run-dir "$work/twice" > "$work/twice.0" 2>&1 &
 rank0=$!
 for r in 1 1; do RANK=$r WORLD_SIZE=3 "$kiln" "${common[@]}" --parallel.timeout_s=5 --run-dir "$work/twice" > /dev/null 2>&1 & done
-! wait $rank0
+if wait $rank0; then fail "rank 0 trained while two processes claimed rank 1"; fi
 wait || true
 expect_failure "$work/twice.0" "two processes claim rank 1"
 # Rank 1 never starts: rank 0 gives up after parallel.timeout_s.
 if RANK=0 WORLD_SIZE=2 "$kiln" "${common[@]}" --parallel.timeout_s=2 --run-dir "$work/alone" > "$work/alone.log" 2>&1; then
-  echo "rank 0 trained without rank 1" >&2; exit 1
+  fail "rank 0 trained without rank 1"
 fi
 expect_failure "$work/alone.log" "rendezvous through $work/alone/rendezvous: 1 of 2 ranks joined before the timeout"
-# The ranks disagree on WORLD_SIZE.
+# The ranks disagree on WORLD_SIZE: both fail.
 RANK=0 WORLD_SIZE=2 "$kiln" "${common[@]}" --parallel.timeout_s=3 --run-dir "$work/sizes" > "$work/sizes.0" 2>&1 &
 rank0=$!
 sleep 0.5
 if RANK=1 WORLD_SIZE=3 "$kiln" "${common[@]}" --parallel.timeout_s=3 --run-dir "$work/sizes" > "$work/sizes.1" 2>&1; then
-  echo "a rank with another WORLD_SIZE joined" >&2; exit 1
+  fail "a rank with another WORLD_SIZE joined"
 fi
-! wait $rank0
+if wait $rank0; then fail "rank 0 trained with a rank 1 that had another WORLD_SIZE"; fi
 expect_failure "$work/sizes.1" "rank 0 has WORLD_SIZE=2, rank 1 has 3"
 # A rank that stops answering mid-run (SIGSTOP): rank 0's collective times out, naming it.
 long=(train --model.preset=test --data random --seq-len 32 --max-steps 100000 --train.eval_every=0
