@@ -65,4 +65,17 @@ expect_error "$work/hf_bin: holds pytorch_model.bin but no model.safetensors; ki
   "$kiln" ckpt import-hf "$work/hf_bin" "$work/x"
 # --no-stop is a plain switch.
 "$kiln" generate "$work/run" --no-stop --prompt "kiln " --max-tokens 4 > /dev/null 2>&1
+# Tokenizer files that are not the ones kiln ships (here GPT-2's with its last merge dropped) travel
+# from --tokenizer-dir into the dataset and from there into every checkpoint, which then decodes
+# with nothing else at hand.
+mkdir "$work/tok"
+cp "$source/data/vocab/gpt2/encoder.json" "$work/tok/"
+head -n -1 "$source/data/vocab/gpt2/vocab.bpe" > "$work/tok/vocab.bpe"
+"$kiln" prepare "$source/README.md" --tokenizer gpt2 --tokenizer-dir "$work/tok" --output "$work/own" > /dev/null 2>&1
+"$kiln" train --model.preset=test --data "$work/own" --device cpu --seq-len 32 --batch-size 2 --max-steps 2 \
+  --train.eval_every=0 --run-dir "$work/own_run" > /dev/null
+cmp "$work/tok/vocab.bpe" "$work/own_run/step_00000002/vocab.bpe"
+rm -r "$work/own" "$work/tok"
+(cd / && "$kiln" generate "$work/own_run" --prompt "kiln " --max-tokens 4 > /dev/null 2>&1) ||
+  { echo "generate without the dataset or the tokenizer directory failed" >&2; exit 1; }
 echo "generate and HF conversion: ok"

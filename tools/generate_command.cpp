@@ -23,20 +23,20 @@ struct GenerateOptions {
 };
 
 // --tokenizer, else the one the checkpoint records (the training data's).
-std::unique_ptr<Tokenizer> tokenizer_for(const GenerateOptions& o, const TokenizerRecord& recorded) {
+std::unique_ptr<Tokenizer> tokenizer_for(const GenerateOptions& o, const std::string& dir,
+                                         const TokenizerRecord& recorded) {
   if (!o.tokenizer.empty()) return make_tokenizer(o.tokenizer, o.tokenizer_dir);
   if (recorded.name.empty())
     throw std::runtime_error(o.checkpoint + ": no tokenizer recorded (trained on random tokens, or imported): pass "
                              "--tokenizer bytes or --tokenizer gpt2");
-  return tokenizer_matching(recorded.name, recorded.fingerprint, recorded.files_dir,
-                            recorded.files_dir + "/manifest.json");
+  return tokenizer_matching(recorded.name, recorded.fingerprint, recorded.files_dir, dir + "/manifest.json");
 }
 
 void run(const GenerateOptions& o) {
   o.sampling.validate();
   const std::string dir = resolve_checkpoint(o.checkpoint);
   CheckpointWeights ckpt = read_checkpoint_weights(dir);
-  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_for(o, ckpt.tokenizer);
+  const std::unique_ptr<Tokenizer> tokenizer = tokenizer_for(o, dir, ckpt.tokenizer);
   if (tokenizer->vocab_size() > ckpt.config.vocab_size)
     throw std::runtime_error(fmt::format("{}: the model's vocabulary has {} tokens, the {} tokenizer {}", dir,
                                          ckpt.config.vocab_size, tokenizer->name(), tokenizer->vocab_size()));

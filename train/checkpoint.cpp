@@ -505,7 +505,7 @@ std::vector<float> master_weights(const std::string& dir, const json& manifest, 
 TokenizerRecord tokenizer_record(const std::string& dir, const json& manifest) {
   if (!manifest.contains("tokenizer")) return {};
   const json& t = manifest.at("tokenizer");
-  return {t.at("name"), t.at("fingerprint"), dir};
+  return {t.at("name"), t.at("fingerprint"), Gpt2Tokenizer::files_in(dir).first.empty() ? "" : dir};
 }
 
 // The manifest of a checkpoint the model can load, every file's checksum checked, and this

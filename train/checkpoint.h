@@ -35,8 +35,8 @@ inline constexpr int kOldestCheckpointFormat = 1;
 struct TokenizerRecord {
   std::string name;         // what make_tokenizer() takes; empty: trained on random tokens
   std::string fingerprint;  // Tokenizer::fingerprint() of the files that made the data
-  std::string files_dir;    // saving: a directory whose tokenizer files the checkpoint copies ("": the
-                            // bundled ones, or none); loading: the checkpoint, when it holds them
+  std::string files_dir;    // where its files are when they are not the bundled ones ("": bundled, or
+                            // none): saving copies them into the checkpoint; loading finds them there
 };
 
 // What resumes a run besides the tensors.

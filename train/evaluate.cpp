@@ -56,7 +56,7 @@ EvalResult evaluate_checkpoint(const std::string& checkpoint, const EvalOptions&
     PrepareOptions prepare;
     prepare.inputs = {o.data};
     prepare.tokenizer = ckpt.tokenizer.name;
-    prepare.tokenizer_dir = fs::exists(dir + "/encoder.json") || fs::exists(dir + "/vocab.json") ? dir : "";
+    prepare.tokenizer_dir = ckpt.tokenizer.files_dir;  // "": the bundled files
     prepare.output = scratch;
     prepare.force = true;
     prepare_dataset(prepare);
