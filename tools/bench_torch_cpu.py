@@ -181,7 +181,7 @@ def main():
     total = args.warmup_steps + args.steps
     data = torch.randint(0, args.vocab, (total, B, T + 1))
 
-    times, losses = [], []
+    all_times, losses = [], []
     for step in range(total):
         x, y = data[step, :, :-1], data[step, :, 1:]
         t0 = time.perf_counter()
@@ -191,8 +191,8 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(loss.item())
-        if step >= args.warmup_steps:
-            times.append(time.perf_counter() - t0)
+        all_times.append(time.perf_counter() - t0)
+    times = all_times[args.warmup_steps:]
 
     median_ms = statistics.median(times) * 1e3
     mean_ms = statistics.fmean(times) * 1e3
@@ -207,6 +207,8 @@ def main():
         "vocab": args.vocab, "context": args.context, "padded_vocab": model.wte.num_embeddings,
         "batch": B, "seq_len": T, "steps": args.steps, "warmup_steps": args.warmup_steps,
         "params": n_params, "params_without_padding": n_params - n_padding,
+        "warmup_ms_per_step": [t * 1e3 for t in all_times[:args.warmup_steps]],
+        "ms_per_step": [t * 1e3 for t in times],
         "median_ms_per_step": median_ms, "mean_ms_per_step": mean_ms,
         "median_tokens_per_s": B * T / (median_ms / 1e3), "mean_tokens_per_s": B * T / (mean_ms / 1e3),
         "first_loss": losses[0], "last_loss": losses[-1],
