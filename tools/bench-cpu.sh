@@ -22,13 +22,20 @@ mkdir -p "$out"
 bench_venv
 : > "$out/breakdown.txt"
 
+kiln_train() {  # uses model, B, T, run
+  rm -rf "$run"
+  OMP_NUM_THREADS="$threads" "$kiln" train --config "configs/$model.toml" --data random --device cpu --batch-size "$B" \
+    --seq-len "$T" --max-steps $((warmup + steps)) --run-dir "$run" --threads "$threads" --train.log_every=1 \
+    --train.eval_every=0 --save-every 0
+}
 median() { sort -g | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-wait_quiet > /dev/null
-peak=$(OMP_NUM_THREADS="$threads" "$kiln" bench blas --threads "$threads" | awk '/sgemm/ { print $NF }')  # GFLOP/s
+clean_run "$out/blas.txt" env OMP_NUM_THREADS="$threads" "$kiln" bench blas --threads "$threads"
+peak=$(awk '/sgemm/ { print $NF }' "$out/blas.txt")  # GFLOP/s
+peak_others=$others
 torch_version=$("$python" -c "import torch; print(torch.__version__)")
 echo "$(date -u +%F), $(machine)"
-echo "sgemm peak (OpenBLAS via kiln bench blas, 2048^3): $peak GFLOP/s; PyTorch $torch_version (PyPI); fp32"
+echo "sgemm peak (OpenBLAS via kiln bench blas, 2048^3; others' CPU use $peak_others%): $peak GFLOP/s; PyTorch $torch_version (PyPI); fp32"
 echo "median of $steps timed steps after $warmup warm-up steps, on both sides; results in $out"
 echo
 echo "| model | B×T | kiln tok/s | PyTorch eager tok/s | PyTorch compile tok/s | kiln / faster PyTorch | kiln GFLOP/s | kiln CPU MFU | others' CPU use (kiln, eager, compile) |"
@@ -37,20 +44,15 @@ for model in $models; do
   for shape in $shapes; do
     B=${shape%x*} T=${shape#*x}
     run="$out/$model-$B-$T"
-    rm -rf "$run"
-    wait_quiet > /dev/null
-    measured env OMP_NUM_THREADS="$threads" "$kiln" train --config "configs/$model.toml" --data random --device cpu \
-      --batch-size "$B" --seq-len "$T" --max-steps $((warmup + steps)) --run-dir "$run" --threads "$threads" \
-      --train.log_every=1 --train.eval_every=0 --save-every 0 > "$run.log" 2>&1 ||
+    clean_run "$run.log" kiln_train ||
       { echo "bench: kiln train failed, see $run.log" >&2; exit 1; }
     busy=("$others")
     kiln_tps=$(grep -o '"tokens_per_s":[0-9.e+]*' "$run/metrics.jsonl" | cut -d: -f2 | tail -n +$((warmup + 1)) | median)
     gflops=$(grep -o '[0-9.]* GFLOP/s' "$run.log" | grep -v '^$' | cut -d' ' -f1 | tail -n +$((warmup + 1)) | median)
     for variant in eager compile; do
-      wait_quiet > /dev/null
-      measured env OMP_NUM_THREADS="$threads" "$python" tools/bench_torch_cpu.py --preset "$model" --batch "$B" --seq-len "$T" \
-        --steps "$steps" --warmup-steps "$warmup" --threads "$threads" --adamw fused \
-        $([[ $variant == compile ]] && echo --compile) --json "$run.$variant.json" > "$run.$variant.log" 2>&1 ||
+      clean_run "$run.$variant.log" env OMP_NUM_THREADS="$threads" "$python" tools/bench_torch_cpu.py --preset "$model" \
+        --batch "$B" --seq-len "$T" --steps "$steps" --warmup-steps "$warmup" --threads "$threads" --adamw fused \
+        $([[ $variant == compile ]] && echo --compile) --json "$run.$variant.json" ||
         { echo "bench: PyTorch ($variant) failed, see $run.$variant.log" >&2; exit 1; }
       busy+=("$others")
     done

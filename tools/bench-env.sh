@@ -34,16 +34,17 @@ cpu_busy() {
     printf "%.0f\n", (busy + idle > 0) ? 100 * busy / (busy + idle) : 0 }'
 }
 
-# Waits (up to 30 min) until the CPUs are quiet, so that no compiler or other job shares them with a
-# measurement; says so on stderr. Returns the busy share it last saw.
+# Waits (up to 30 min) until the CPUs have been quiet for 5 s in a row, so that no compiler or other
+# job shares them with a measurement; says so on stderr.
 wait_quiet() {
-  local limit="${QUIET_BELOW:-10}" busy waited=0
-  while busy=$(cpu_busy) && ((busy >= limit)) && ((waited < 1800)); do
-    ((waited % 60 == 0)) && echo "bench: CPUs ${busy}% busy (other processes); waiting for < ${limit}%" >&2
-    sleep 4
-    waited=$((waited + 5))
+  local limit="${QUIET_BELOW:-10}" busy quiet=0 waited=0
+  while ((quiet < 5)) && ((waited < 1800)); do
+    busy=$(cpu_busy)
+    if ((busy < limit)); then quiet=$((quiet + 1)); else quiet=0; fi
+    ((busy >= limit && waited % 60 == 0)) && echo "bench: CPUs ${busy}% busy (other processes); waiting for < ${limit}%" >&2
+    waited=$((waited + 1))
   done
-  echo "$busy"
+  return 0
 }
 
 # measured CMD...: runs CMD and sets `others` to the share (percent) of all CPUs that other processes
@@ -67,6 +68,20 @@ measured() {
     -v t="$(echo "$t1 - $t0" | bc -l)" -v n="$(nproc)" 'BEGIN { o = 100 * (b - c) / (t * n); printf "%.0f", (o < 0) ? 0 : o }')
   rm -f "$f0" "$f1"
   return "$rc"
+}
+
+# clean_run OUTPUT CMD...: CMD (stdout and stderr to OUTPUT) after wait_quiet, again while other
+# processes used more than QUIET_BELOW% of the CPUs during it (3 tries at most); sets `others` as
+# measured does, for the last try.
+clean_run() {
+  local output="$1" try
+  shift
+  for try in 1 2 3; do
+    wait_quiet
+    measured "$@" > "$output" 2>&1 || return
+    ((others < ${QUIET_BELOW:-10})) && return 0
+    echo "bench: other processes used ${others}% of the CPUs during $(basename "$output") (try $try)" >&2
+  done
 }
 
 # One line describing the machine, for the tables' headers.

@@ -57,8 +57,7 @@ int main(void) {
 }
 EOF
 gcc -O3 -march=native -fopenmp "$out/read_bw.c" -o "$out/read_bw"
-wait_quiet > /dev/null
-measured env OMP_NUM_THREADS="$threads" OMP_PROC_BIND=true "$out/read_bw" > "$out/read_bw.txt"
+clean_run "$out/read_bw.txt" env OMP_NUM_THREADS="$threads" OMP_PROC_BIND=true "$out/read_bw"
 busy=("$others")
 bandwidth=$(cat "$out/read_bw.txt")
 
@@ -71,20 +70,21 @@ print(4 * (L * (12 * C * C + 13 * C) + 2 * C + V * C + C))")
 
 # kiln: one process per run (generate's own figure: new tokens over the seconds of the generation,
 # the prompt's forward pass included).
+generate_once() {  # the text to kiln.txt; kiln's figure on stderr
+  OMP_NUM_THREADS="$threads" "$kiln" generate "$out/ckpt" "${tok[@]}" --prompt "$prompt" --max-tokens "$new_tokens" \
+    --temperature 0 --no-stop > "$out/kiln.txt"
+}
 kiln_rates=() kiln_busy=()
 for ((r = 0; r < runs; r++)); do
-  wait_quiet > /dev/null
-  measured env OMP_NUM_THREADS="$threads" "$kiln" generate "$out/ckpt" "${tok[@]}" --prompt "$prompt" --max-tokens "$new_tokens" \
-    --temperature 0 --no-stop > "$out/kiln.txt" 2> "$out/kiln.err"
+  clean_run "$out/kiln.err" generate_once
   kiln_rates+=("$(grep -o '[0-9.]* tokens/s' "$out/kiln.err" | cut -d' ' -f1)")
   kiln_busy+=("$others")
 done
 busy+=("$(printf '%s\n' "${kiln_busy[@]}" | sort -g | tail -1)")
 kiln_tps=$(printf '%s\n' "${kiln_rates[@]}" | sort -g | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
 
-wait_quiet > /dev/null
-measured env OMP_NUM_THREADS="$threads" "$python" tools/bench_generate.py time "$out/hf" --prompt-ids "$prompt_ids" \
-  --new-tokens "$new_tokens" --threads "$threads" --runs "$runs" --json "$out/transformers.json" > "$out/transformers.log" 2>&1
+clean_run "$out/transformers.log" env OMP_NUM_THREADS="$threads" "$python" tools/bench_generate.py time "$out/hf" \
+  --prompt-ids "$prompt_ids" --new-tokens "$new_tokens" --threads "$threads" --runs "$runs" --json "$out/transformers.json"
 busy+=("$others")
 hf_tps=$("$python" -c "import json; print(json.load(open('$out/transformers.json'))['median_tokens_per_s'])")
 versions=$("$python" -c "import json; r = json.load(open('$out/transformers.json')); print(f\"transformers {r['transformers_version']}, PyTorch {r['torch_version']}\")")
