@@ -806,6 +806,25 @@ TEST(RefOps, SumSquaresAccumulatesInDouble) {
   EXPECT_EQ(ref::sum_squares(d.data(), 0), 0.0);
 }
 
+TEST(RefOps, SumSquaresCountsEveryElementOnceAtRaggedSizes) {
+  // Sizes that 64 chunks do not divide (short and empty last chunks, chunks summed in lockstep):
+  // with exact squares the sum is exact, so an element dropped or counted twice changes it. Catches
+  // a lockstep loop that skips the lanes' tails, or runs past a short chunk's end.
+  for (const int64_t n : {int64_t(1), int64_t(5), int64_t(63), int64_t(65), int64_t(100), int64_t(4099),
+                          (int64_t(1) << 22) - 3}) {
+    std::mt19937 rng(1002 + (unsigned)n);
+    std::uniform_int_distribution<int> dist(1, 1023);
+    std::vector<float> x(n);
+    int64_t exact = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int k = dist(rng);
+      x[i] = float(k) / 1024.f;
+      exact += int64_t(k) * k;
+    }
+    EXPECT_EQ(ref::sum_squares(x.data(), n), double(exact) / double(1 << 20)) << "n = " << n;
+  }
+}
+
 TEST(RefOps, ClipFactor) {
   EXPECT_NEAR(ref::clip_factor(10.0, 1.0), 0.1, 1e-7);
   EXPECT_LT(ref::clip_factor(10.0, 1.0), 0.1);  // the 1e-6 guard makes it strictly below

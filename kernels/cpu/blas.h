@@ -12,6 +12,9 @@ namespace kiln::cpu {
 void sgemm(bool transpose_a, bool transpose_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 
+// y[M] = alpha * A[M,N] x[N] + beta * y, A row-major (lda >= N), x and y contiguous.
+void sgemv(int M, int N, float alpha, const float* A, int lda, const float* x, float beta, float* y);
+
 std::string blas_name();  // OpenBLAS's build description, e.g. "OpenBLAS 0.3.21 ... USE_OPENMP Zen"
 
 }  // namespace kiln::cpu

@@ -5,8 +5,16 @@
 
 namespace kiln::cpu {
 
-// out = x W^T + bias: the bias rows are the product's initial value (beta = 1).
+// out = x W^T + bias: the bias rows are the product's initial value (beta = 1). One row (the
+// decoder's step with a KV cache) goes through sgemv, which streams W once: OpenBLAS 0.3.21's
+// sgemm with M = 1 takes 2.5x as long on GPT-2 124M's decoding products (docs/cpu.md).
 void matmul_forward(float* out, const float* x, const float* weight, const float* bias, int N, int C, int OC) {
+  if (N == 1) {
+    if (bias) std::copy(bias, bias + OC, out);
+    else std::fill(out, out + OC, 0.0f);  // beta = 1 either way: out is never scaled by 0 (NaN * 0)
+    sgemv(OC, C, 1.0f, weight, C, x, 1.0f, out);
+    return;
+  }
   if (bias) {
 #pragma omp parallel for
     for (int n = 0; n < N; n++) std::copy(bias, bias + OC, out + (int64_t)n * OC);
