@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <stdexcept>
 
 #include "kernels/ref.h"
@@ -79,6 +81,33 @@ TEST(Plan, OneGpuHasNoCommunicationAndRunsAtTheKernelEfficiency) {
   EXPECT_GT(d.dp_comm_s, 0);
   EXPECT_LE(d.mfu, in.gpu.kernel_efficiency);
   EXPECT_NEAR(d.tokens_per_s, 64 * e.tokens_per_s * e.step_s / d.step_s, 1e-6 * d.tokens_per_s);
+}
+
+// --search: every TP size dividing both the GPUs and the heads (12 heads: not 8), with ZeRO-1 only
+// where there is data parallelism, each layout at its largest micro-batch, fastest first.
+TEST(Plan, SearchRanksEveryLayoutThatFits) {
+  PlanInput in = gpt2("gpt2-124m", 1);
+  in.gpus = 8;
+  const std::vector<LayoutChoice> choices = search_layouts(in);
+  std::set<int> tps;
+  for (size_t i = 0; i < choices.size(); i++) {
+    const LayoutChoice& c = choices[i];
+    tps.insert(c.tp);
+    EXPECT_FALSE(c.zero1 && c.tp == 8);
+    PlanInput at = in;
+    at.tp = c.tp;
+    at.zero1 = c.zero1;
+    at.recompute = c.recompute;
+    EXPECT_EQ(c.micro_batch, largest_micro_batch(at));
+    at.micro_batch = c.micro_batch;
+    EXPECT_LE((double)plan_memory(at).total(), in.gpu.memory_bytes);
+    EXPECT_EQ(c.memory_bytes, plan_memory(at).total());
+    if (i > 0) {
+      EXPECT_GE(choices[i - 1].step.tokens_per_s, c.step.tokens_per_s);
+    }
+  }
+  EXPECT_EQ(tps, (std::set<int>{1, 2, 4}));
+  EXPECT_EQ(choices.size(), 3u * 2u * 3u);  // 3 TP sizes x ZeRO-1 off/on x 3 recompute settings
 }
 
 TEST(Plan, Gpt2XlFitsOneGpuWithALargerMicroBatchWhenRecomputing) {

@@ -15,7 +15,7 @@ namespace {
 struct PlanOptions {
   std::string config, recompute = "none", json;
   int gpus = 1, tp = 1, micro_batch = 0;
-  bool zero1 = false;
+  bool zero1 = false, search = false;
   double gpu_memory_gib = 80, peak_tflops = 989;
 };
 
@@ -68,6 +68,17 @@ void run_plan(const PlanOptions& o, const std::vector<Override>& overrides) {
              "per GPU, {} GPUs a node (docs/scaling.md)\n",
              in.gpu.peak_tflops, 100 * in.gpu.kernel_efficiency, in.gpu.nvlink_gb_per_s, in.gpu.network_gb_per_s,
              in.gpu.gpus_per_node);
+  if (o.search) {
+    const std::vector<LayoutChoice> choices = search_layouts(in);
+    fmt::print("\nlayouts of {} GPU(s), each at its largest micro-batch, fastest first{}:\n", in.gpus,
+               choices.empty() ? " (none fits)" : "");
+    fmt::print("  {:>3} {:>4} {:>6} {:>10} {:>12} {:>12} {:>12} {:>6}\n", "TP", "DP", "ZeRO-1", "recompute",
+               "micro-batch", "memory", "tokens/s", "MFU");
+    for (const LayoutChoice& c : choices)
+      fmt::print("  {:>3} {:>4} {:>6} {:>10} {:>12} {:>12} {:>12.0f} {:>5.1f}%\n", c.tp, in.gpus / c.tp,
+                 c.zero1 ? "on" : "off", recompute_name(c.recompute), c.micro_batch, gib(c.memory_bytes),
+                 c.step.tokens_per_s, 100 * c.step.mfu);
+  }
   if (!o.json.empty()) {
     nlohmann::json j = {{"model", cfg.preset},
                         {"gpus", in.gpus},
@@ -98,6 +109,8 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--gpus", o->gpus, "GPUs in the job")->capture_default_str();
   cmd->add_option("--tp", o->tp, "Tensor-parallel size (DP = gpus / tp)")->capture_default_str();
   cmd->add_flag("--zero", o->zero1, "ZeRO-1: shard the optimizer state over the data-parallel ranks");
+  cmd->add_flag("--search", o->search,
+                "Also rank every TP x DP layout of --gpus (ZeRO-1 on/off, each recompute) at its largest micro-batch");
   cmd->add_option("--recompute", o->recompute, "none, mlp or block")->capture_default_str();
   cmd->add_option("--micro-batch", o->micro_batch, "Sequences per GPU (default: train.batch_size)");
   cmd->add_option("--gpu-memory", o->gpu_memory_gib, "GPU memory in GiB")->capture_default_str();

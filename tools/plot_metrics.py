@@ -1,11 +1,12 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Plots of kiln runs: RUN_DIR/metrics.jsonl of one or more runs, overlaid, as one PNG.
 
 Panels: train and validation loss against steps and against tokens, learning rate, gradient norm,
 tokens/s and MFU (when the run knew its peak). Skipped steps (non-finite loss) are left out.
-Needs matplotlib (Debian's python3-matplotlib, for /usr/bin/python3).
+Each run keeps one colour in every panel (its validation loss dashed, with markers). Needs any
+Python 3 with matplotlib (Debian's python3-matplotlib, or a venv's).
 
-    /usr/bin/python3 tools/plot_metrics.py runs/a [runs/b ...] [-o plot.png]
+    python3 tools/plot_metrics.py runs/a [runs/b ...] [-o plot.png]
 """
 import argparse
 import json
@@ -16,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import ScalarFormatter
 
 
 def load(run_dir):
@@ -52,20 +54,26 @@ def main():
               ("tokens_per_s", "step"), ("mfu", "step")]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (key, x) in zip(axes.flat, panels):
-        for name, rows in runs:
+        for i, (name, rows) in enumerate(runs):
+            colour = f"C{i % 10}"  # the run's colour in every panel
             xs = [r[x] for r in rows if key in r]
             ys = [100 * r[key] if key == "mfu" else r[key] for r in rows if key in r]
             if xs:
-                ax.plot(xs, ys, label=f"{name} train" if key == "loss" else name, linewidth=1)
+                ax.plot(xs, ys, color=colour, label=f"{name} train" if key == "loss" else name, linewidth=1)
             if key == "loss":
                 val = [(r[x], r["val_loss"]) for r in rows if "val_loss" in r]
                 if val:
-                    ax.plot(*zip(*val), "o-", label=f"{name} val", markersize=3)
+                    ax.plot(*zip(*val), "o--", color=colour, label=f"{name} val", markersize=3)
         ax.set_xlabel("tokens" if x == "tokens" else "step")
         ax.set_title({"loss": "loss", "lr": "learning rate", "grad_norm": "gradient norm",
                       "tokens_per_s": "tokens/s", "mfu": "MFU (%)"}[key] + (" vs tokens" if x == "tokens" else ""))
         if key in ("loss", "grad_norm"):
             ax.set_yscale("log")
+            # Plain numbers (2, 3, 5), not powers of ten, on the log axes.
+            for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                formatter = ScalarFormatter()
+                formatter.set_scientific(False)
+                axis_formatter(formatter)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)

@@ -122,4 +122,27 @@ int largest_micro_batch(PlanInput in) {
   return lo;
 }
 
+std::vector<LayoutChoice> search_layouts(const PlanInput& in) {
+  std::vector<LayoutChoice> out;
+  for (int tp = 1; tp <= in.gpus; tp++) {
+    if (in.gpus % tp != 0 || in.model.n_head % tp != 0) continue;
+    for (bool zero1 : {false, true}) {
+      if (zero1 && in.gpus / tp == 1) continue;  // nothing to shard over
+      for (Recompute r : {Recompute::none, Recompute::mlp, Recompute::block}) {
+        PlanInput alt = in;
+        alt.tp = tp;
+        alt.zero1 = zero1;
+        alt.recompute = r;
+        alt.micro_batch = largest_micro_batch(alt);
+        if (alt.micro_batch == 0) continue;
+        out.push_back({tp, zero1, r, alt.micro_batch, plan_memory(alt).total(), estimate_step(alt)});
+      }
+    }
+  }
+  std::stable_sort(out.begin(), out.end(), [](const LayoutChoice& a, const LayoutChoice& b) {
+    return a.step.tokens_per_s > b.step.tokens_per_s;
+  });
+  return out;
+}
+
 }  // namespace kiln

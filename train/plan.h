@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 #include <string>
 
 #include "model/config.h"
@@ -65,7 +66,20 @@ struct StepEstimate {
 // Throws std::invalid_argument for a layout that does not divide (gpus by tp, heads by tp).
 MemoryPlan plan_memory(const PlanInput& in);
 StepEstimate estimate_step(const PlanInput& in);
-// The largest micro-batch in 1, 2, 4, ... 1024 that fits in the GPU's memory; 0 if none does.
+// The largest micro-batch that fits in the GPU's memory (exactly, up to 2^20); 0 if none does.
 int largest_micro_batch(PlanInput in);
+
+// One layout of in.gpus GPUs, at the largest micro-batch that fits it, and what it is predicted to do.
+struct LayoutChoice {
+  int tp = 1;
+  bool zero1 = false;
+  Recompute recompute = Recompute::none;
+  int micro_batch = 0;
+  int64_t memory_bytes = 0;
+  StepEstimate step;
+};
+// Every TP size that divides the GPUs (and the heads), with and without ZeRO-1, at each recompute
+// setting, each at its largest micro-batch; the layouts that fit, fastest (tokens/s) first.
+std::vector<LayoutChoice> search_layouts(const PlanInput& in);
 
 }  // namespace kiln
