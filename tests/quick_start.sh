@@ -28,4 +28,20 @@ cmp exported/docs/vocab.json "$src/data/vocab/gpt2/encoder.json" || fail "vocab.
 cmp exported/docs/merges.txt "$src/data/vocab/gpt2/vocab.bpe" || fail "merges.txt is not GPT-2's vocab.bpe"
 python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); assert c["eos_token_id"] == 50256, c' exported/docs/config.json ||
   fail "eos_token_id"
+# transformers loads the export as a whole model, tokenizer included (where .venv-hf is set up).
+if "$src/.venv-hf/bin/python" -c "import transformers" 2> /dev/null; then
+  "$src/.venv-hf/bin/python" - exported/docs <<'PY' || fail "transformers could not load exported/docs"
+import sys
+from transformers import AutoTokenizer, GPT2LMHeadModel
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+model = GPT2LMHeadModel.from_pretrained(sys.argv[1])
+ids = tokenizer("Hello world", return_tensors="pt").input_ids
+assert ids.tolist() == [[15496, 995]], ids
+assert tokenizer.eos_token_id == model.config.eos_token_id == 50256, (tokenizer.eos_token_id, model.config.eos_token_id)
+out = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+print("transformers loaded the export:", repr(tokenizer.decode(out[0])))
+PY
+else
+  echo "transformers is not installed (.venv-hf): the export was not loaded back"
+fi
 echo "quick start: ${#commands[@]} commands ok"
