@@ -786,12 +786,10 @@ TEST(RefOps, AdamWBiasCorrectionUsesStep) {
 // Gradient-norm helpers
 // ---------------------------------------------------------------------------------------------
 
-TEST(RefOps, SumSquaresAccumulatesInDouble) {
-  // x = k/1024 with k < 1024: every square is exact in float and every partial sum is exact in
-  // double, so any double accumulation order gives the exact value and a float one cannot.
-  const int64_t n = int64_t(1) << 22;
-  std::mt19937 rng(1001);
-  std::uniform_int_distribution<int> dist(0, 1023);
+// n values k/1024 with k in [lowest, 1023]: every square is exact in float and every partial sum
+// exact in double, so the sum of squares is known exactly (returned beside the values).
+std::pair<std::vector<float>, double> exact_squares(int64_t n, int lowest, std::mt19937& rng) {
+  std::uniform_int_distribution<int> dist(lowest, 1023);
   std::vector<float> x(n);
   int64_t exact = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -799,7 +797,16 @@ TEST(RefOps, SumSquaresAccumulatesInDouble) {
     x[i] = float(k) / 1024.f;
     exact += int64_t(k) * k;
   }
-  EXPECT_EQ(ref::sum_squares(x.data(), n), double(exact) / double(1 << 20));
+  return {x, double(exact) / double(1 << 20)};
+}
+
+TEST(RefOps, SumSquaresAccumulatesInDouble) {
+  // x = k/1024 with k < 1024: every square is exact in float and every partial sum is exact in
+  // double, so any double accumulation order gives the exact value and a float one cannot.
+  const int64_t n = int64_t(1) << 22;
+  std::mt19937 rng(1001);
+  const auto [x, exact] = exact_squares(n, 0, rng);
+  EXPECT_EQ(ref::sum_squares(x.data(), n), exact);
 
   const Vec d = randn(37, rng);
   EXPECT_NEAR(ref::sum_squares(d.data(), int64_t(d.size())), dot(d, d), 1e-13 * dot(d, d));
@@ -813,15 +820,8 @@ TEST(RefOps, SumSquaresCountsEveryElementOnceAtRaggedSizes) {
   for (const int64_t n : {int64_t(1), int64_t(5), int64_t(63), int64_t(65), int64_t(100), int64_t(4099),
                           (int64_t(1) << 22) - 3}) {
     std::mt19937 rng(1002 + (unsigned)n);
-    std::uniform_int_distribution<int> dist(1, 1023);
-    std::vector<float> x(n);
-    int64_t exact = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int k = dist(rng);
-      x[i] = float(k) / 1024.f;
-      exact += int64_t(k) * k;
-    }
-    EXPECT_EQ(ref::sum_squares(x.data(), n), double(exact) / double(1 << 20)) << "n = " << n;
+    const auto [x, exact] = exact_squares(n, 1, rng);
+    EXPECT_EQ(ref::sum_squares(x.data(), n), exact) << "n = " << n;
   }
 }
 
