@@ -78,4 +78,29 @@ cmp "$work/tok/vocab.bpe" "$work/own_run/step_00000002/vocab.bpe"
 rm -r "$work/own" "$work/tok"
 (cd / && "$kiln" generate "$work/own_run" --prompt "kiln " --max-tokens 4 > /dev/null 2>&1) ||
   { echo "generate without the dataset or the tokenizer directory failed" >&2; exit 1; }
+# kiln eval on the checkpoint alone: a dataset split, a text file, and refusals by name.
+"$kiln" eval "$work/run" --data "$work/data" --split train --seq-len 32 --max-batches 2 > "$work/eval.txt"
+grep -Eq "loss [0-9.]+, perplexity [0-9.]+ over 512 tokens of $work/data \(train\)" "$work/eval.txt" ||
+  { echo "eval: $(cat "$work/eval.txt")" >&2; exit 1; }
+"$kiln" eval "$work/run" --data "$source/docs/design.md" --seq-len 32 > "$work/eval_text.txt"
+grep -q "perplexity" "$work/eval_text.txt" || { echo "eval of a text file: $(cat "$work/eval_text.txt")" >&2; exit 1; }
+expect_error "its val split is empty (prepare with --val-fraction or --val-docs, or pass --split train)" \
+  "$kiln" eval "$work/run" --data "$work/data"
+expect_error "--seq-len 100: longer than the model's context of 64" "$kiln" eval "$work/run" --data "$work/data" --seq-len 100
+expect_error "no tokenizer recorded" "$kiln" eval "$work/random" --data "$source/README.md"
+# --eval-only needs a validation split, and says so.
+expect_error "no validation split to evaluate" \
+  "$kiln" train --model.preset=test --data "$work/data" --device cpu --seq-len 32 --batch-size 4 --max-steps 20 \
+  --run-dir "$work/run" --eval-only
+# Resuming with other settings lists what changed and what it means; with eval_every and no
+# validation split, the start-up says nothing will be evaluated.
+"$kiln" train --model.preset=test --data "$work/data" --device cpu --seq-len 32 --batch-size 2 --max-steps 21 \
+  --run-dir "$work/run" > "$work/changed.log"
+grep -q "resuming with changed settings:" "$work/changed.log" || { echo "$(cat "$work/changed.log")" >&2; exit 1; }
+grep -q "train.batch_size: 4 -> 2 (the data continues from its saved position" "$work/changed.log" ||
+  { echo "$(cat "$work/changed.log")" >&2; exit 1; }
+grep -q "train.steps: 20 -> 21 (the learning-rate schedule follows the new length" "$work/changed.log" ||
+  { echo "$(cat "$work/changed.log")" >&2; exit 1; }
+grep -q "note: train.eval_every = 50, but $work/data has no validation split" "$work/changed.log" ||
+  { echo "no eval note: $(cat "$work/changed.log")" >&2; exit 1; }
 echo "generate and HF conversion: ok"
