@@ -103,4 +103,8 @@ grep -q "train.steps: 20 -> 21 (the learning-rate schedule follows the new lengt
   { echo "$(cat "$work/changed.log")" >&2; exit 1; }
 grep -q "note: train.eval_every = 50, but $work/data has no validation split" "$work/changed.log" ||
   { echo "no eval note: $(cat "$work/changed.log")" >&2; exit 1; }
+# A sampling prompt longer than the context is refused at start-up, not at the first sample.
+expect_error "train.sample_prompt: 100 tokens, but the model's context holds 64" \
+  "$kiln" train --model.preset=test --data "$work/data" --device cpu --seq-len 32 --batch-size 2 --max-steps 2 \
+  --train.sample_every=1 --train.sample_prompt="$(printf 'x%.0s' $(seq 100))" --run-dir "$work/long_prompt"
 echo "generate and HF conversion: ok"

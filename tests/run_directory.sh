@@ -74,6 +74,18 @@ grep -q "removed 1 unfinished save(s)" "$work/stale.log" || fail "no stale-save 
 [[ ! -e "$work/other/step_00000009.tmp" ]] || fail "step_00000009.tmp is still there"
 echo "stale step_N.tmp: removed"
 
+# 4b. A damaged metrics row is named by file and line, not a raw JSON error; an unfinished last row
+# (a run killed mid-write) is dropped silently.
+"$kiln" "${args[@]}" --max-steps 3 --run-dir "$work/rows" > /dev/null
+sed -i '2s/.*/{"step": "two"/' "$work/rows/metrics.jsonl"
+expect_refusal "$work/rows/metrics.jsonl:2: not a metrics row (expected a JSON object with an integer \"step\")" \
+  "$kiln" "${args[@]}" --max-steps 4 --run-dir "$work/rows"
+sed -i '2s/.*/{"step": 2}/' "$work/rows/metrics.jsonl"
+printf '{"step": 4, "lo' >> "$work/rows/metrics.jsonl"
+"$kiln" "${args[@]}" --max-steps 4 --run-dir "$work/rows" > /dev/null || fail "an unfinished last row stopped the resume"
+[[ $(wc -l < "$work/rows/metrics.jsonl") -eq 4 ]] || fail "metrics rows after the resume: $(cat "$work/rows/metrics.jsonl")"
+echo "metrics rows: a damaged one named, an unfinished last one dropped"
+
 # 5. Ctrl-C: the first saves at the end of the step; two exit at once with 130.
 "$kiln" "${args[@]}" --max-steps 100000000 --run-dir "$work/ctrlc" > "$work/ctrlc.log" 2>&1 &
 pid=$!
