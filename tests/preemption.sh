@@ -3,6 +3,7 @@
 # save at the end of the step, write RUN_DIR/preempted and exit 0; the next run resumes there.
 set -euo pipefail
 kiln="$1" work="$2"
+trap 'jobs -p | xargs -r kill -9 2> /dev/null' EXIT  # no run outlives a failed check
 rm -rf "$work" && mkdir -p "$work"
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 args=(train --model.preset=test --data random --seq-len 32 --batch-size 4 --train.eval_every=0 --train.log_every=1)

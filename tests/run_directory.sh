@@ -13,6 +13,8 @@ rm -rf "$work" && mkdir -p "$work"
 export OMP_NUM_THREADS=1
 args=(train --model.preset=test --data random --seq-len 32 --batch-size 4 --train.eval_every=0 --train.log_every=1)
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# Background runs never outlive the script, whichever check fails.
+trap 'jobs -p | xargs -r kill -9 2> /dev/null' EXIT
 wait_for_steps() {  # wait_for_steps RUN_DIR N: until N steps are in metrics.jsonl
   for _ in $(seq 300); do
     [[ -f "$1/metrics.jsonl" && $(wc -l < "$1/metrics.jsonl") -ge "$2" ]] && return 0
