@@ -256,7 +256,8 @@ cudaError_t cudaFreeHost(void* ptr) {
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t s) {
-  stream_or_default(s).enqueue([=] { std::memcpy(dst, src, bytes); });
+  // Zero bytes is a no-op for any pointers, null included, as on a GPU (memcpy would be UB).
+  if (bytes > 0) stream_or_default(s).enqueue([=] { std::memcpy(dst, src, bytes); });
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
@@ -264,7 +265,7 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
   return cudaDeviceSynchronize();
 }
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t s) {
-  stream_or_default(s).enqueue([=] { std::memset(dst, value, bytes); });
+  if (bytes > 0) stream_or_default(s).enqueue([=] { std::memset(dst, value, bytes); });
   return cudaSuccess;
 }
 
