@@ -135,6 +135,8 @@ std::string describe_changed_settings(const std::string& saved, const std::strin
     if (!before.count(key)) keys.push_back(key);
   std::sort(keys.begin(), keys.end());
   for (const std::string& key : keys) {
+    // run.* and checkpoint.* say where and how a run goes, not what it trains.
+    if (key.starts_with("run.") || key.starts_with("checkpoint.")) continue;
     const auto b = before.find(key), a = after.find(key);
     const std::string was = b == before.end() ? "(default)" : b->second, is = a == after.end() ? "(default)" : a->second;
     if (was == is) continue;

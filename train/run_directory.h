@@ -40,6 +40,7 @@ void record_settings(const std::string& run_dir, const std::string& settings);
 
 // "key: old -> new" for every setting that differs between a checkpoint's settings and this
 // run's, with what the change means for the data order and the schedule; "" when none differ.
+// The run.* and checkpoint.* keys (where and how the run goes) are not compared.
 std::string describe_changed_settings(const std::string& saved, const std::string& now);
 
 }  // namespace kiln

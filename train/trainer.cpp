@@ -161,6 +161,8 @@ class BatchSource {
       return;
     }
     data_.emplace(Dataset::open(cfg.data.path));
+    const bool own_files = !Gpt2Tokenizer::files_in(data_->dir).first.empty();
+    tokenizer_record_ = {data_->tokenizer_name, data_->meta.tokenizer, own_files ? data_->dir : ""};
     // Only samples need the tokenizer: training reads token ids.
     if (cfg.train.sample_every > 0) {
       tokenizer_ = tokenizer_matching(data_->tokenizer_name, data_->meta.tokenizer, data_->dir, data_->dir);
@@ -208,17 +210,13 @@ class BatchSource {
     return batch_;
   }
   DataLoader* validation() const { return val_.get(); }
-  // Where the training stream stands, for a checkpoint, and back.
-  // The data's part of a checkpoint: where the stream is, and what decodes its tokens.
+  // The data's part of a checkpoint: where the stream is, and what decodes its tokens; and back.
   void save_position(TrainingState& state) const {
     if (train_) state.loader = train_->state();
     std::ostringstream rng;
     rng << rng_;
     state.random_tokens = rng.str();
-    if (data_) {
-      const bool own_files = !Gpt2Tokenizer::files_in(data_->dir).first.empty();
-      state.tokenizer = {data_->tokenizer_name, data_->meta.tokenizer, own_files ? data_->dir : ""};
-    }
+    state.tokenizer = tokenizer_record_;
   }
   void restore_position(const TrainingState& state) {
     if (train_ && state.loader) train_->restore(*state.loader);
@@ -235,6 +233,7 @@ class BatchSource {
   std::optional<Dataset> data_;
   std::unique_ptr<DataLoader> train_, val_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  TokenizerRecord tokenizer_record_;  // none for random tokens
   std::mt19937_64 rng_;
   int dp_rank_, dp_size_;
   int vocab_ = 0;
@@ -262,16 +261,6 @@ std::string op_breakdown(const Ops& ops, double total_s) {
   std::string out = "time per op:";
   for (const auto& [s, op] : rows) out += fmt::format(" {} {:.1f}%", op, 100 * s / total_s);
   return out + fmt::format(" (untimed {:.1f}%)", 100 * std::max(0.0, total_s - timed) / total_s);
-}
-
-// Settings without the run.* and checkpoint.* keys, which say where and how a run goes, not what
-// it trains: a resume compares the rest.
-std::string without_run_keys(const std::string& settings) {
-  std::istringstream lines(settings);
-  std::string out;
-  for (std::string line; std::getline(lines, line);)
-    if (!line.starts_with("run.") && !line.starts_with("checkpoint.")) out += line + "\n";
-  return out;
 }
 
 // Fine-tuning: the checkpoint's shape is the model's. Only a --model.* override on the command
@@ -385,8 +374,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     if (!cfg.train.eval_only) record_settings(cfg.run_dir, cfg.settings);
   }
   if (!resume.empty()) {
-    if (const std::string changed = describe_changed_settings(without_run_keys(checkpoint_info(resume).settings),
-                                                              without_run_keys(cfg.settings));
+    if (const std::string changed = describe_changed_settings(checkpoint_info(resume).settings, cfg.settings);
         !changed.empty())
       log << "resuming with changed settings:\n" << changed;
     const auto load_start = Clock::now();
@@ -417,10 +405,14 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                        std::exp(val_loss), std::chrono::duration<double>(Clock::now() - eval_start).count());
     return {StepRecord{first_step, val_loss, 0, 0, 0, 0, val_loss}};
   }
+  // Whether any rank has had a signal: the ranks see signals at different moments, and must agree.
+  auto signal_on_any_rank = [&] {
+    int64_t received = signals.received() != 0;
+    if (comm.size() > 1) comm.all_reduce_sum(std::span<int64_t>(&received, 1));
+    return received > 0;
+  };
   // A signal during start-up: nothing new to save; the marker has the job requeued.
-  int64_t early_signal = signals.received() != 0;
-  if (comm.size() > 1) comm.all_reduce_sum(std::span<int64_t>(&early_signal, 1));
-  if (early_signal > 0) {
+  if (signal_on_any_rank()) {
     if (comm.rank() == 0) std::ofstream(preempted_marker) << first_step << "\n";
     log << fmt::format("preempted (a signal) before the first step: nothing new to save, stopping at step {}; {} "
                        "tells the launcher to requeue\n",
@@ -581,17 +573,16 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     }
     records.push_back(rec);
     // A signal on any rank stops every rank after this step, with a checkpoint.
-    int64_t preempt = signals.received() != 0;
-    if (comm.size() > 1) comm.all_reduce_sum(std::span<int64_t>(&preempt, 1));
+    const bool preempt = signal_on_any_rank();
     // Every run saves at its end, so that generate, eval and init-from have something to read.
-    if (preempt > 0 || last || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0)) {
+    if (preempt || last || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0)) {
       TrainingState state;
       state.step = step + 1;
       data.save_position(state);
       finish_background_save();  // one snapshot in host memory at a time
       const auto save_start = Clock::now();
       try {
-        if (writer && preempt == 0 && snapshot_mb <= cfg.checkpoint.async_max_mb) {
+        if (writer && !preempt && snapshot_mb <= cfg.checkpoint.async_max_mb) {
           writer->start(cfg.run_dir, snapshot_checkpoint(cfg.settings, model, optimizer, ckpt_rank, state),
                         cfg.checkpoint.keep);
           log << fmt::format("step {}: checkpoint snapshot ({} MiB) taken in {:.2f} s, writing in the background\n",
@@ -603,11 +594,11 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                              std::chrono::duration<double>(Clock::now() - save_start).count());
         }
       } catch (const std::exception& e) {
-        if (cfg.checkpoint.on_error == "stop" || preempt > 0) throw;
+        if (cfg.checkpoint.on_error == "stop" || preempt) throw;
         log << fmt::format("{}; training goes on (checkpoint.on_error = continue)\n", e.what());
       }
     }
-    if (preempt > 0) {  // the save above waited for any background one, then saved in place
+    if (preempt) {  // the save above waited for any background one, then saved in place
       if (comm.rank() == 0) std::ofstream(preempted_marker) << step + 1 << "\n";
       log << fmt::format("preempted (a signal): saved at step {}, stopping; {} tells the launcher to requeue\n",
                          step + 1, preempted_marker);
