@@ -16,6 +16,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "kernels/fnv1a.h"
+
 namespace kiln {
 namespace {
 
@@ -69,11 +71,6 @@ std::string read_file(const std::string& path) {
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();
-}
-
-uint64_t fnv1a64(std::string_view data, uint64_t hash = 0xcbf29ce484222325ull) {
-  for (char c : data) hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
-  return hash;
 }
 
 }  // namespace
@@ -248,7 +245,8 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir) : regex_(std::make_unique<R
   }
 
   char hash[17];
-  std::snprintf(hash, sizeof hash, "%016" PRIx64, fnv1a64(merges_text, fnv1a64(encoder_text)));
+  const uint64_t files_hash = fnv1a(merges_text.data(), merges_text.size(), fnv1a(encoder_text.data(), encoder_text.size()));
+  std::snprintf(hash, sizeof hash, "%016" PRIx64, files_hash);
   fingerprint_ = std::string("gpt2:fnv1a64:") + hash;
 }
 

@@ -171,7 +171,8 @@ class ShardSink {
     std::snprintf(name, sizeof name, "%s_%06zu.h5", split_.c_str(), entries_.size());
     if (!keep_mask) data_.loss_mask.clear();
     write_shard(dir_ + "/" + name, data_, meta_, opt_.gzip_level);
-    entries_.push_back({name, (int64_t)data_.tokens.size(), (int64_t)data_.doc_offsets.size()});
+    entries_.push_back(
+        {name, (int64_t)data_.tokens.size(), (int64_t)data_.doc_offsets.size(), file_checksum(dir_ + "/" + name)});
     tokens_ += (int64_t)data_.tokens.size();
     data_ = {};
   }

@@ -73,9 +73,31 @@ constexpr size_t kMaxCount = size_t(1) << 30;
 
 // Aborts the job when a collective takes longer than the timeout: a thread that looks at the
 // collective in flight every 100 ms. MPI_Abort from it is allowed under MPI_THREAD_MULTIPLE.
+//
+// Before aborting, it asks every other rank where it is, over a communicator of its own: each
+// rank's watchdog thread answers for its rank even while the rank's main thread is stuck. So the
+// report names the rank that stopped answering (a stopped or starved process), the ranks that have
+// not reached this collective (stuck outside MPI), and those waiting in it, not only this rank.
 class Watchdog {
  public:
-  Watchdog(int rank, double timeout_s) : rank_(rank), timeout_(timeout_s), thread_([this] { watch(); }) {}
+  Watchdog(MPI_Comm comm, double timeout_s) : timeout_(timeout_s) {
+    KILN_MPI_CHECK(MPI_Comm_dup(comm, &side_));
+    KILN_MPI_CHECK(MPI_Comm_set_errhandler(side_, MPI_ERRORS_RETURN));
+    KILN_MPI_CHECK(MPI_Comm_rank(side_, &rank_));
+    KILN_MPI_CHECK(MPI_Comm_size(side_, &size_));
+    // Reports name world ranks, which is what mpirun and the logs name.
+    MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
+    KILN_MPI_CHECK(MPI_Comm_group(side_, &group));
+    KILN_MPI_CHECK(MPI_Comm_group(MPI_COMM_WORLD, &world));
+    std::vector<int> ranks(size_);
+    for (int r = 0; r < size_; r++) ranks[r] = r;
+    world_rank_.resize(size_);
+    KILN_MPI_CHECK(MPI_Group_translate_ranks(group, size_, ranks.data(), world, world_rank_.data()));
+    MPI_Group_free(&group);
+    MPI_Group_free(&world);
+    KILN_MPI_CHECK(MPI_Irecv(&query_, 1, MPI_INT, MPI_ANY_SOURCE, kQueryTag, side_, &query_request_));
+    thread_ = std::thread([this] { watch(); });
+  }
   ~Watchdog() {
     {
       std::lock_guard lock(mutex_);
@@ -83,15 +105,20 @@ class Watchdog {
     }
     wake_.notify_all();
     thread_.join();
+    MPI_Cancel(&query_request_);
+    MPI_Wait(&query_request_, MPI_STATUS_IGNORE);
+    MPI_Comm_free(&side_);
   }
   void begin(const char* op) {
     std::lock_guard lock(mutex_);
     op_ = op;
-    started_ = Clock::now();
+    entered_++;
+    since_ = Clock::now();
   }
   void end() {
     std::lock_guard lock(mutex_);
     op_ = nullptr;
+    since_ = Clock::now();
   }
   void set_context(const std::string& where) {
     std::lock_guard lock(mutex_);
@@ -100,27 +127,139 @@ class Watchdog {
 
  private:
   using Clock = std::chrono::steady_clock;
+  static constexpr int kQueryTag = 1, kAnswerTag = 2;
+  static constexpr int kAsk = 0;  // a query's content: its tag says it all
+
+  // Where a rank is, as its watchdog answers a query.
+  struct Whereabouts {
+    int64_t entered = 0;  // collectives begun on this communicator, the one in flight included
+    int in_collective = 0;
+    double seconds = 0;  // in the collective, or since the last one ended
+    char op[48] = {};
+    char context[96] = {};
+  };
+
+  Whereabouts whereabouts() const {  // under mutex_
+    Whereabouts w;
+    w.entered = entered_;
+    w.in_collective = op_ != nullptr;
+    w.seconds = std::chrono::duration<double>(Clock::now() - since_).count();
+    std::snprintf(w.op, sizeof w.op, "%s", op_ ? op_ : "");
+    std::snprintf(w.context, sizeof w.context, "%s", context_.empty() ? "start-up" : context_.c_str());
+    return w;
+  }
+
   void watch() {
     std::unique_lock lock(mutex_);
     while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [&] { return stop_; })) {
-      if (!op_ || std::chrono::duration<double>(Clock::now() - started_).count() < timeout_) continue;
-      std::fprintf(stderr,
-                   "kiln: rank %d: %s (%s) did not finish within %g s: another rank has died or hangs; "
-                   "aborting the job\n",
-                   rank_, op_, context_.empty() ? "start-up" : context_.c_str(), timeout_);
+      answer_queries();
+      if (!op_ || std::chrono::duration<double>(Clock::now() - since_).count() < timeout_) continue;
+      const Whereabouts mine = whereabouts();
+      lock.unlock();
+      std::string report = fmt_line("rank %d: %s (%s) did not finish within %g s: another rank has died or hangs; "
+                                    "aborting the job\n",
+                                    world_rank_[rank_], mine.op, mine.context, timeout_);
+      report += ask_the_others(mine);
+      std::fputs(report.c_str(), stderr);
       std::fflush(stderr);
       MPI_Abort(MPI_COMM_WORLD, 3);
+      std::abort();  // MPI_Abort does not return
     }
   }
-  const int rank_;
+
+  // Answers every query that has arrived with this rank's whereabouts (the lock is held).
+  void answer_queries() {
+    for (;;) {
+      int arrived = 0;
+      MPI_Status status;
+      if (MPI_Test(&query_request_, &arrived, &status) != MPI_SUCCESS || !arrived) return;
+      const Whereabouts w = whereabouts();
+      MPI_Send(&w, sizeof w, MPI_BYTE, status.MPI_SOURCE, kAnswerTag, side_);
+      if (MPI_Irecv(&query_, 1, MPI_INT, MPI_ANY_SOURCE, kQueryTag, side_, &query_request_) != MPI_SUCCESS) return;
+    }
+  }
+
+  // Asks every other rank where it is, waits a while for the answers, and says what they mean.
+  std::string ask_the_others(const Whereabouts& mine) {
+    const double patience = std::clamp(timeout_ / 10, 1.0, 5.0);
+    std::vector<Whereabouts> answers(size_);
+    std::vector<MPI_Request> asks, answered(size_, MPI_REQUEST_NULL);
+    for (int r = 0; r < size_; r++) {
+      if (r == rank_) continue;
+      MPI_Irecv(&answers[r], sizeof(Whereabouts), MPI_BYTE, r, kAnswerTag, side_, &answered[r]);
+      asks.emplace_back();
+      MPI_Isend(&kAsk, 1, MPI_INT, r, kQueryTag, side_, &asks.back());
+    }
+    std::vector<bool> heard(size_, false);
+    for (const auto deadline = Clock::now() + std::chrono::duration<double>(patience); Clock::now() < deadline;) {
+      int waiting = 0;
+      for (int r = 0; r < size_; r++) {
+        if (r == rank_ || heard[r]) continue;
+        int done = 0;
+        if (MPI_Test(&answered[r], &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && done) heard[r] = true;
+        else waiting++;
+      }
+      if (waiting == 0) break;
+      {
+        // Another rank that timed out too asks this one at the same moment.
+        std::lock_guard lock(mutex_);
+        answer_queries();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::string report, silent, absent;
+    for (int r = 0; r < size_; r++) {
+      if (r == rank_) continue;
+      const int who = world_rank_[r];
+      const Whereabouts& w = answers[r];
+      if (!heard[r]) {
+        report += fmt_line("rank %d: rank %d did not answer within %g s: its process is stopped, dead or starved\n",
+                           world_rank_[rank_], who, patience);
+        silent += (silent.empty() ? "" : ", ") + std::to_string(who);
+      } else if (!w.in_collective && w.entered < mine.entered) {
+        report += fmt_line("rank %d: rank %d has not reached this collective (number %lld here): it has finished "
+                           "%lld, and has been outside MPI for %.1f s (%s)\n",
+                           world_rank_[rank_], who, (long long)mine.entered, (long long)w.entered, w.seconds,
+                           w.context);
+        absent += (absent.empty() ? "" : ", ") + std::to_string(who);
+      } else if (w.in_collective && w.entered == mine.entered) {
+        report += fmt_line("rank %d: rank %d waits in %s (%s) too, for %.1f s\n", world_rank_[rank_], who, w.op,
+                           w.context, w.seconds);
+      } else {
+        report += fmt_line("rank %d: rank %d has begun %lld collectives and is %s%s (%s); this is number %lld here: "
+                           "the ranks disagree on the order of collectives\n",
+                           world_rank_[rank_], who, (long long)w.entered, w.in_collective ? "in " : "in none, ",
+                           w.in_collective ? w.op : "past this one", w.context, (long long)mine.entered);
+        absent += (absent.empty() ? "" : ", ") + std::to_string(who);
+      }
+    }
+    if (!silent.empty()) report += fmt_line("rank %d: stopped answering: rank %s\n", world_rank_[rank_], silent.c_str());
+    if (!absent.empty())
+      report += fmt_line("rank %d: not in this collective: rank %s\n", world_rank_[rank_], absent.c_str());
+    return report;
+  }
+
+  template <class... Args>
+  static std::string fmt_line(const char* format, Args... args) {
+    char line[512];
+    std::snprintf(line, sizeof line, format, args...);
+    return std::string("kiln: ") + line;
+  }
+
   const double timeout_;
+  MPI_Comm side_ = MPI_COMM_NULL;  // queries and answers only, never a collective
+  int rank_ = 0, size_ = 1;
+  std::vector<int> world_rank_;
+  int query_ = 0;
+  MPI_Request query_request_ = MPI_REQUEST_NULL;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stop_ = false;
   const char* op_ = nullptr;
-  Clock::time_point started_;
+  int64_t entered_ = 0;
+  Clock::time_point since_ = Clock::now();
   std::string context_;
-  std::thread thread_;  // last: starts after the state it reads
+  std::thread thread_;  // started last, after the state it reads
 };
 
 class MpiComm final : public Comm {
@@ -130,7 +269,7 @@ class MpiComm final : public Comm {
     KILN_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));  // errors become exceptions
     KILN_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     KILN_MPI_CHECK(MPI_Comm_size(comm_, &size_));
-    watchdog_ = std::make_unique<Watchdog>(rank_, timeout_s);
+    watchdog_ = std::make_unique<Watchdog>(comm_, timeout_s);
   }
   ~MpiComm() override {
     watchdog_.reset();

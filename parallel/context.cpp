@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "kernels/fnv1a.h"
+
 namespace kiln {
 namespace {
 
@@ -57,12 +59,6 @@ ProcessInfo detect_process(const EnvLookup& getenv_fn) {
 
 ProcessInfo detect_process() {
   return detect_process([](const char* name) { return std::getenv(name); });
-}
-
-uint64_t fnv1a(const void* data, size_t bytes, uint64_t hash) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < bytes; i++) hash = (hash ^ p[i]) * 0x100000001b3ull;
-  return hash;
 }
 
 uint64_t binary_hash() {

@@ -27,10 +27,6 @@ ProcessInfo detect_process();
 // The MPI library kiln was built against (callable before MPI_Init).
 std::string mpi_library_version();
 
-// FNV-1a 64 of `bytes` bytes, continuing from `hash`: what ranks compare to check that they agree.
-constexpr uint64_t kFnv1aStart = 0xcbf29ce484222325ull;
-uint64_t fnv1a(const void* data, size_t bytes, uint64_t hash = kFnv1aStart);
-
 // FNV-1a hash of this process's executable (/proc/self/exe): ranks of one job compare it, so that
 // a node running a different build is refused before training starts.
 uint64_t binary_hash();

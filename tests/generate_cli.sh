@@ -19,10 +19,12 @@ cmp "$work/a.txt" "$work/b.txt"
 grep -q "^kiln " "$work/a.txt"
 grep -Eq "5 prompt \+ [0-9]+ new tokens in [0-9.]+ s: [0-9.]+ tokens/s \(CPU, fp32, KV cache\)" "$work/a.err"
 
-expect_error() {  # expect_error MESSAGE COMMAND...: fails, exit non-zero, with MESSAGE on stderr
-  local message="$1"
+expect_error() {  # expect_error MESSAGE COMMAND...: fails, exit non-zero (not by a signal), with MESSAGE on stderr
+  local message="$1" status=0
   shift
-  if "$@" > /dev/null 2> "$work/err.txt"; then echo "no error from: $*" >&2; exit 1; fi
+  "$@" > /dev/null 2> "$work/err.txt" || status=$?
+  ((status != 0)) || { echo "no error from: $*" >&2; exit 1; }
+  ((status < 128)) || { echo "killed by signal $((status - 128)), not refused: $*" >&2; exit 1; }
   grep -qF -- "$message" "$work/err.txt" || { echo "expected '$message', got: $(cat "$work/err.txt")" >&2; exit 1; }
 }
 expect_error "--max-tokens 100: with the prompt's 5 tokens that passes the model's context of 64" \

@@ -22,10 +22,12 @@ wait_for_steps() {  # wait_for_steps RUN_DIR N: until N steps are in metrics.jso
   done
   fail "no progress in $1"
 }
-expect_refusal() {  # expect_refusal MESSAGE COMMAND...: exits non-zero with MESSAGE
-  local message="$1"
+expect_refusal() {  # expect_refusal MESSAGE COMMAND...: exits non-zero (not by a signal) with MESSAGE
+  local message="$1" status=0
   shift
-  if "$@" > "$work/out.txt" 2>&1; then fail "accepted: $*"; fi
+  "$@" > "$work/out.txt" 2>&1 || status=$?
+  ((status != 0)) || fail "accepted: $*"
+  ((status < 128)) || fail "killed by signal $((status - 128)), not refused: $*"
   grep -qF -- "$message" "$work/out.txt" || fail "expected '$message', got: $(cat "$work/out.txt")"
 }
 fingerprint() { (cd "$1" && find . -type f ! -name lock -print0 | sort -z | xargs -0 sha256sum); }

@@ -15,7 +15,7 @@
 
 #include "data/h5.h"
 #include "data/prepare.h"
-#include "parallel/context.h"
+#include "kernels/fnv1a.h"
 #include "tests/test_util.h"
 #include "model/cpu_ops.h"
 #include "train/checkpoint.h"

@@ -91,7 +91,7 @@ class PositionDataset {
         data.doc_offsets = {0};
         const std::string file = name + "_" + std::to_string(s) + ".h5";
         write_shard(dir_.path(file), data, meta);
-        entries.push_back({file, sizes[s], 1});
+        entries.push_back({file, sizes[s], 1, file_checksum(dir_.path(file))});
       }
       return entries;
     };

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "data/dataset.h"
+#include "data/file_checksum.h"
 #include "data/h5.h"
 #include "data/shard.h"
 #include "tests/test_util.h"
@@ -284,7 +285,7 @@ void write_dataset(const TempDir& dir, const std::vector<int64_t>& train_sizes, 
       const std::string file = name + "_" + std::to_string(i) + ".h5";
       const ShardData data = make_data(sizes[i], meta.vocab_size, {0, sizes[i] / 2}, with_mask);
       write_shard(dir.path(file), data, meta);
-      entries.push_back({file, sizes[i], 2});
+      entries.push_back({file, sizes[i], 2, file_checksum(dir.path(file))});
     }
     return entries;
   };
@@ -402,6 +403,75 @@ TEST(Dataset, ShardsAreCheckedAgainstTheListing) {
   // A listed shard is gone.
   fs::remove(dir.path("val_0.h5"));
   EXPECT_TRUE(mentions(error_of([&] { Dataset::open(dir.str()); }), {dir.path("val_0.h5")}));
+}
+
+TEST(Dataset, ListingsAreReconciledWithTheShards) {
+  TempDir dir;
+  write_dataset(dir, {100, 50}, {20});
+  const std::string json_path = dir.path("dataset.json");
+  EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"]["train"]["shards"][0]["num_documents"] = 3; }),
+                       {dir.path("train_0.h5"), "2 documents", json_path, "splits.train.shards[0].num_documents"}));
+  EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"]["val"]["num_documents"] = 7; }),
+                       {json_path, "splits.val.num_documents is 7", "hold 2"}));
+  // A listed file outside the directory, or listed twice (its tokens would count double).
+  EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"]["val"]["shards"][0]["file"] = "../val_0.h5"; }),
+                       {json_path, "splits.val.shards[0].file", "../val_0.h5", "inside the dataset directory"}));
+  EXPECT_TRUE(mentions(open_error_after(dir,
+                                        [](json& d) {
+                                          d["splits"]["train"]["shards"][1] = d["splits"]["train"]["shards"][0];
+                                        }),
+                       {json_path, "splits.train.shards[1].file", "train_0.h5", "listed twice"}));
+  EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"]["train"]["shards"] = "train_0.h5"; }),
+                       {json_path, "splits.train.shards", "not a list"}));
+  // The size on disk against the one recorded at prepare time: a truncated copy is caught at open.
+  const std::string shard = dir.path("train_1.h5");
+  const auto size = fs::file_size(shard);
+  fs::resize_file(shard, size - 100);
+  EXPECT_TRUE(mentions(error_of([&] { Dataset::open(dir.str()); }),
+                       {shard, std::to_string(size - 100) + " bytes", json_path, std::to_string(size),
+                        "splits.train.shards[1].bytes", "truncated"}));
+}
+
+TEST(Dataset, VerifyingChecksumsCatchesAFlippedBit) {
+  TempDir dir;
+  write_dataset(dir, {1000, 50}, {20});
+  const std::string json_path = dir.path("dataset.json");
+  const Dataset sound = Dataset::open(dir.str(), DataCheck::checksums);
+  EXPECT_EQ(sound.train.bytes, (int64_t)(fs::file_size(dir.path("train_0.h5")) + fs::file_size(dir.path("train_1.h5"))));
+  // One bit in the middle of the first shard. Any byte will do: the checksum is checked before
+  // HDF5 reads the file, so the message is the same wherever the damage is.
+  const std::string shard = dir.path("train_0.h5");
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    const auto middle = (std::streamoff)(fs::file_size(shard) / 2);
+    f.seekg(middle);
+    const char c = (char)f.get();
+    f.seekp(middle);
+    f.put((char)(c ^ 0x10));
+  }
+  EXPECT_TRUE(mentions(error_of([&] { Dataset::open(dir.str(), DataCheck::checksums); }),
+                       {shard, "checksum", json_path, "splits.train.shards[0].fnv1a", "damaged"}));
+  // A dataset.json without checksums (an older kiln's) opens, but cannot be verified.
+  const std::string error = open_error_after(dir, [](json& d) {
+    for (json& e : d["splits"]["train"]["shards"]) e.erase("fnv1a");
+  });
+  EXPECT_EQ(error, "(no error)");
+  json doc = read_json(json_path);
+  for (json& e : doc["splits"]["train"]["shards"]) e.erase("fnv1a");
+  write_json(json_path, doc);
+  EXPECT_TRUE(mentions(error_of([&] { Dataset::open(dir.str(), DataCheck::checksums); }),
+                       {json_path, "splits.train.shards[0]", "no checksum", "prepare it again"}));
+}
+
+TEST(Dataset, VerifyingChecksDocumentOffsets) {
+  TempDir dir;
+  const TokenizerMeta meta = test_meta(257);
+  write_shard(dir.path("train_0.h5"), make_data(100, 257, {0, 60, 40}, false), meta);
+  write_dataset_json(dir.str(), "bytes", meta, false, {{"train_0.h5", 100, 3, file_checksum(dir.path("train_0.h5"))}},
+                     {});
+  ASSERT_NO_THROW(Dataset::open(dir.str()));  // the offsets are read only when verifying
+  EXPECT_TRUE(mentions(error_of([&] { Dataset::open(dir.str(), DataCheck::checksums); }),
+                       {dir.path("train_0.h5"), "doc_offsets[2] is 40", "corrupt"}));
 }
 
 TEST(Dataset, ShardsMustAgreeAboutTheLossMask) {

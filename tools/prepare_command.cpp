@@ -37,8 +37,15 @@ class ProgressBar {
   bool tty_ = isatty(STDERR_FILENO);
 };
 
-void inspect(const std::string& dir, int samples) {
-  const Dataset ds = Dataset::open(dir);
+void inspect(const std::string& dir, int samples, bool verify) {
+  const auto start = std::chrono::steady_clock::now();
+  const Dataset ds = Dataset::open(dir, verify ? DataCheck::checksums : DataCheck::sizes);
+  if (verify) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double megabytes = (ds.train.bytes + ds.val.bytes) / 1e6;
+    fmt::print("verified {} shards: checksums and document offsets, {:.1f} MB in {:.2f} s ({:.0f} MB/s)\n",
+               ds.train.shards.size() + ds.val.shards.size(), megabytes, seconds, megabytes / seconds);
+  }
   fmt::print("dataset {}\n  tokenizer {} ({}), vocab {}, end-of-text {}, loss mask: {}\n", dir, ds.tokenizer_name,
              ds.meta.tokenizer, ds.meta.vocab_size, ds.meta.eot_token, ds.has_loss_mask ? "yes" : "no");
   for (const Split* split : {&ds.train, &ds.val}) {
@@ -66,6 +73,7 @@ void add_prepare_command(CLI::App& app) {
   auto o = std::make_shared<PrepareOptions>();
   auto inspect_dir = std::make_shared<std::string>();
   auto samples = std::make_shared<int>(3);
+  auto verify = std::make_shared<bool>(false);
   auto threads = std::make_shared<int>(0);
   cmd->add_option("inputs", o->inputs, "Input files: text (one document each, or --separator) or .jsonl");
   cmd->add_option("-o,--output", o->output, "Output dataset directory");
@@ -84,11 +92,13 @@ void add_prepare_command(CLI::App& app) {
   cmd->add_flag("--force", o->force, "Replace an existing output directory");
   cmd->add_option("--inspect", *inspect_dir, "Print a summary and decoded samples of a prepared dataset");
   cmd->add_option("--samples", *samples, "Samples shown by --inspect")->capture_default_str();
+  cmd->add_flag("--verify", *verify, "With --inspect: read every shard and check its checksum and document offsets");
   cmd->footer(
       "JSONL lines hold {\"text\": ...} for pretraining, or {\"prompt\": ..., \"response\": ...} for fine-tuning "
       "(loss on response tokens only).");
-  cmd->callback([o, inspect_dir, samples, threads] {
-    if (!inspect_dir->empty()) return inspect(*inspect_dir, *samples);
+  cmd->callback([o, inspect_dir, samples, threads, verify] {
+    if (!inspect_dir->empty()) return inspect(*inspect_dir, *samples, *verify);
+    if (*verify) throw CLI::ValidationError("--verify", "checks a prepared dataset: use it with --inspect DIR");
     if (*threads > 0) omp_set_num_threads(*threads);
     PrepareOptions opts = *o;
     for (size_t at; (at = opts.separator.find("\\n")) != std::string::npos;) opts.separator.replace(at, 2, "\n");

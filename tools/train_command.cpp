@@ -45,6 +45,7 @@ void add_train_command(CLI::App& app) {
   for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
            {"--deterministic", "run.deterministic", "bitwise-identical runs for a seed on one device (run.deterministic)"},
            {"--dry-run", "run.dry_run", "print the memory plan and whether it fits, allocate nothing (run.dry_run)"},
+           {"--verify-data", "data.verify", "check every shard's checksum at start-up: reads the whole dataset (data.verify)"},
            {"--eval-only", "train.eval_only", "evaluate the resumed model on the validation split, train nothing (train.eval_only)"},
            {"--force", "run.force", "start afresh in a run directory holding another run's metrics or checkpoints (run.force)"}}) {
     cmd->add_flag_function(

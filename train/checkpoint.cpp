@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -17,13 +18,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
-#include <tuple>
 
+#include "data/file_checksum.h"
 #include "data/gpt2_tokenizer.h"
 #include "data/h5.h"
 #include "model/cpu_ops.h"
+#include "kernels/fnv1a.h"
 #include "model/params.h"
-#include "parallel/context.h"
 #include "train/durable_file.h"
 
 namespace kiln {
@@ -93,20 +94,6 @@ std::string read_bytes(const std::string& path) {
   return s.str();
 }
 
-// A file's size and FNV-1a hash, read in 4 MiB pieces (checkpoint files are gigabytes).
-std::pair<int64_t, uint64_t> file_hash(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": missing or unreadable");
-  std::vector<char> chunk(4 << 20);
-  int64_t bytes = 0;
-  uint64_t hash = kFnv1aStart;
-  while (in.read(chunk.data(), (std::streamsize)chunk.size()) || in.gcount() > 0) {
-    hash = fnv1a(chunk.data(), (size_t)in.gcount(), hash);
-    bytes += in.gcount();
-  }
-  return {bytes, hash};
-}
-
 // KILN_FAULT_ENOSPC=N: the N-th dataset write since the variable took its value fails as on a
 // full disk.
 void maybe_inject_enospc(const std::string& file) {
@@ -117,6 +104,15 @@ void maybe_inject_enospc(const std::string& file) {
   if (armed != n) armed = n, writes = 0;
   if (++writes == std::atoi(n))
     throw std::runtime_error(file + ": write failed: " + std::strerror(ENOSPC) + " (injected by KILN_FAULT_ENOSPC)");
+}
+
+// KILN_FAULT_STOP_AT=POINT: the process stops itself (SIGSTOP) at POINT, for tools/kill9-soak.sh
+// to kill it there: "load" (weights read, the rest not), "save-files" (rank files written, no
+// manifest), "save-renamed" (step directory in place, `latest` not yet naming it), "save-latest"
+// (`latest` updated, old steps not yet pruned).
+void maybe_stop_at(const char* point) {
+  const char* at = std::getenv("KILN_FAULT_STOP_AT");
+  if (at && std::strcmp(at, point) == 0) std::raise(SIGSTOP);
 }
 
 // The manifest's checksum: FNV-1a over its compact JSON without the checksum field (the JSON
@@ -287,11 +283,11 @@ const json& tensor_entry(const std::string& dir, const json& manifest, const std
 void check_files(const std::string& dir, const json& manifest) {
   for (const json& f : manifest.at("files")) {
     const std::string path = dir + "/" + std::string(f.at("name"));
-    const auto [bytes, value] = file_hash(path);
-    if (bytes != f.at("bytes").get<int64_t>())
-      throw std::runtime_error(fmt::format("{}: {} bytes, the manifest says {} (truncated?)", path, bytes,
+    const FileChecksum sum = file_checksum(path);
+    if (sum.bytes != f.at("bytes").get<int64_t>())
+      throw std::runtime_error(fmt::format("{}: {} bytes, the manifest says {} (truncated?)", path, sum.bytes,
                                            f.at("bytes").get<int64_t>()));
-    const std::string hash = fmt::format("{:016x}", value);
+    const std::string hash = sum.hex();
     if (hash != f.at("fnv1a"))
       throw std::runtime_error(path + ": checksum " + hash + ", the manifest says " + std::string(f.at("fnv1a")));
   }
@@ -368,7 +364,8 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
     }
     if (wrote) {
       fsync_path(tmp + "/" + mine, false);
-      std::tie(bytes, hash) = file_hash(tmp + "/" + mine);
+      const FileChecksum sum = file_checksum(tmp + "/" + mine);
+      bytes = sum.bytes, hash = sum.fnv1a;
     }
   } catch (const std::exception& e) {
     error = e.what();
@@ -388,7 +385,7 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
       json files = json::array();
       for (int r = 0; r < world.size(); r++)
         if (table[3 * r] > 0)
-          files.push_back({{"name", rank_file(r)}, {"bytes", table[3 * r]}, {"fnv1a", fmt::format("{:016x}", (uint64_t)table[3 * r + 1])}});
+          files.push_back({{"name", rank_file(r)}, {"bytes", table[3 * r]}, {"fnv1a", FileChecksum{table[3 * r], (uint64_t)table[3 * r + 1]}.hex()}});
       std::map<std::string, json> pieces_by_tensor;  // one pass: a job has pieces per rank and tensor
       for (const CheckpointPiece& p : snap.pieces)
         pieces_by_tensor[p.tensor].push_back({{"kind", p.kind}, {"start", p.start}, {"count", p.count},
@@ -416,13 +413,16 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
         }
       }
       manifest["checksum"] = manifest_checksum(manifest);
+      maybe_stop_at("save-files");
       write_atomically(tmp + "/manifest.json", manifest.dump(1));
       fsync_path(tmp, true);
       fs::remove_all(final_dir);  // a step saved before, by a run resumed from an earlier one
       fs::rename(tmp, final_dir);
       fsync_path(run_dir, true);
+      maybe_stop_at("save-renamed");
       write_atomically(run_dir + "/latest", name + "\n");
       fsync_path(run_dir, true);
+      maybe_stop_at("save-latest");
       // Keep the newest `keep`.
       std::vector<std::string> steps;
       for (const auto& e : fs::directory_iterator(run_dir)) {
@@ -528,6 +528,7 @@ void load_parameters(const std::string& dir, GPT& model) {
 TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimizer) {
   std::map<std::string, h5::File> files;
   const json manifest = load_master(dir, model, files);
+  maybe_stop_at("load");
   const GPTConfig& cfg = model.config();
   std::vector<float> m(optimizer.count()), v(optimizer.count()), local;
   model.layout().for_each_overlap(optimizer.first(), optimizer.count(), [&](const ParamSpec& s, int64_t begin, int64_t end) {

@@ -180,7 +180,7 @@ int64_t parse_memory_size(const std::string& text) {
 const std::vector<std::string>& config_keys() {
   static const std::vector<std::string> keys = {
       "model.preset", "model.vocab_size", "model.max_seq_len", "model.n_layer", "model.n_head", "model.n_embd",
-      "model.vocab_multiple", "data.path", "train.batch_size", "train.seq_len", "train.grad_accum", "train.steps",
+      "model.vocab_multiple", "data.path", "data.verify", "train.batch_size", "train.seq_len", "train.grad_accum", "train.steps",
       "train.seed", "train.log_every", "train.eval_every", "train.eval_batches", "train.eval_only", "train.peak_tflops",
       "train.recompute", "train.nonfinite", "train.sample_every", "train.sample_tokens", "train.sample_prompt",
       "optim.lr", "optim.min_lr_ratio", "optim.warmup_steps", "optim.schedule", "optim.decay_fraction",
@@ -240,6 +240,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   r.get("model.n_embd", cfg.model.n_embd);
   r.get("model.vocab_multiple", cfg.model.vocab_multiple);
   r.get("data.path", cfg.data.path);
+  r.get("data.verify", cfg.data.verify);
   r.get("train.batch_size", cfg.train.batch_size);
   r.get("train.seq_len", cfg.train.seq_len);
   r.get("train.grad_accum", cfg.train.grad_accum);

@@ -14,6 +14,7 @@ namespace kiln {
 
 struct DataConfig {
   std::string path;  // a dataset directory written by `kiln prepare`
+  bool verify = false;  // read every shard and check its checksum at start-up (`--verify-data`)
 };
 
 struct TrainLoopConfig {

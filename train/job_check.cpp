@@ -1,5 +1,6 @@
 #include "train/job_check.h"
 
+#include "kernels/fnv1a.h"
 #include "parallel/context.h"
 
 #include <sstream>

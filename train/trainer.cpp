@@ -160,7 +160,11 @@ class BatchSource {
       vocab_ = model_cfg.vocab_size;
       return;
     }
-    data_.emplace(Dataset::open(cfg.data.path));
+    const auto opened = std::chrono::steady_clock::now();
+    data_.emplace(Dataset::open(cfg.data.path, cfg.data.verify ? DataCheck::checksums : DataCheck::sizes));
+    if (cfg.data.verify)
+      verified_ = fmt::format(", checksums verified: {:.1f} MB in {:.2f} s", (data_->train.bytes + data_->val.bytes) / 1e6,
+                              std::chrono::duration<double>(std::chrono::steady_clock::now() - opened).count());
     const bool own_files = !Gpt2Tokenizer::files_in(data_->dir).first.empty();
     tokenizer_record_ = {data_->tokenizer_name, data_->meta.tokenizer, own_files ? data_->dir : ""};
     // Only samples need the tokenizer: training reads token ids.
@@ -225,12 +229,13 @@ class BatchSource {
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }  // none for random tokens
   std::string describe(const std::string& path) const {
     if (!data_) return fmt::format("random tokens over {} ids (no validation)", vocab_);
-    return fmt::format("{} ({}, {} train / {} val tokens, {} batches/epoch)", path, data_->meta.tokenizer,
-                       data_->train.num_tokens, data_->val.num_tokens, train_->batches_per_epoch());
+    return fmt::format("{} ({}, {} train / {} val tokens, {} batches/epoch{})", path, data_->meta.tokenizer,
+                       data_->train.num_tokens, data_->val.num_tokens, train_->batches_per_epoch(), verified_);
   }
 
  private:
   std::optional<Dataset> data_;
+  std::string verified_;  // how long verifying the checksums took, with --verify-data
   std::unique_ptr<DataLoader> train_, val_;
   std::unique_ptr<Tokenizer> tokenizer_;
   TokenizerRecord tokenizer_record_;  // none for random tokens
@@ -249,7 +254,8 @@ struct NullBuffer : std::streambuf {
   int overflow(int c) override { return c; }
 };
 
-// Time per op category over the run, largest first, and the rest of the step as "other".
+// Time per op category over `total_s` (the steps, evaluations and samples; not the saves), largest
+// first; "untimed" is the rest of that span.
 std::string op_breakdown(const Ops& ops, double total_s) {
   std::vector<std::pair<double, std::string>> rows;
   double timed = 0;
@@ -476,8 +482,9 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
   if (metrics) log << "metrics: " << metrics->path() << " and " << tensorboard->path() << " (tensorboard --logdir)\n";
 
   std::vector<StepRecord> records;
-  double elapsed_s = 0;  // training steps only (for tokens/s); the breakdown covers evaluation too
-  const auto run_start = Clock::now();
+  double elapsed_s = 0;  // training steps only (for tokens/s)
+  double op_span_s = 0;  // what the op timers cover: steps, evaluations and samples, not saves
+  auto since = [](Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); };
   // Each group's collectives and bytes in the last step: what the tests check the layout by.
   struct Traffic {
     int64_t collectives = 0, bytes = 0;
@@ -531,13 +538,15 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
     const Traffic dp_after = traffic({dp_comm.get(), gradient_comm.get()});
     tp_step = {tp_after.collectives - tp_before.collectives, tp_after.bytes - tp_before.bytes};
     dp_step = {dp_after.collectives - dp_before.collectives, dp_after.bytes - dp_before.bytes};
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    const double seconds = since(start);
     elapsed_s += seconds;
 
     StepRecord rec{step + 1, loss, lr, norm, seconds * 1e3, tokens_per_step / seconds, std::nullopt};
     const bool last = step + 1 == cfg.train.steps;
+    const auto eval_start = Clock::now();
     if (data.validation() && ((step + 1) % cfg.train.eval_every == 0 || last))
       rec.val_loss = evaluate(model, *data.validation(), cfg.train.eval_batches);
+    op_span_s += seconds + since(eval_start);
 
     nlohmann::json row = {{"step", rec.step}, {"loss", rec.loss}, {"lr", rec.lr}, {"grad_norm", rec.grad_norm},
                           {"ms", rec.ms}, {"tokens_per_s", rec.tokens_per_s}};
@@ -567,9 +576,11 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
       log << std::endl;
     }
     if (cfg.train.sample_every > 0 && (step + 1) % cfg.train.sample_every == 0 && data.tokenizer() && tp == 1) {
+      const auto sample_start = Clock::now();
       const std::vector<int32_t> text = sample_tokens(model, data.tokenizer()->encode(cfg.train.sample_prompt),
                                                       cfg.train.sample_tokens, cfg.train.seed + step);
       log << fmt::format("sample at step {}: {:?}\n", step + 1, cfg.train.sample_prompt + data.tokenizer()->decode(text));
+      op_span_s += since(sample_start);
     }
     records.push_back(rec);
     // A signal on any rank stops every rank after this step, with a checkpoint.
@@ -635,7 +646,7 @@ std::vector<StepRecord> train(const TrainConfig& cfg, std::ostream& rank0_log, C
                                                            : "one all-reduce after the backward pass"),
                        dp_step.collectives, dp_step.bytes);
   if (!ops->op_seconds().empty())
-    log << op_breakdown(*ops, std::chrono::duration<double>(Clock::now() - run_start).count()) << "\n";
+    log << op_breakdown(*ops, op_span_s) << "\n";
   return records;
 }
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cmath>
 #include <numeric>
@@ -151,7 +152,9 @@ TEST(Comm, SelfCommIsTheIdentity) {
 }  // namespace kiln
 
 // MPI is initialised once for all tests; every rank runs every test and reports its own failures.
-// With --stall, rank 1 never joins a barrier, and rank 0's watchdog (1 s) must abort the job.
+// With --stall, rank 1 never joins a barrier (it sleeps outside MPI), rank 2 and above stop their
+// process (SIGSTOP: nothing answers for them), and rank 0's watchdog (1 s) must abort the job,
+// naming each.
 // With --rendezvous FILE the ranks come from RANK and WORLD_SIZE and talk over TCP, without MPI.
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
@@ -176,7 +179,8 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--stall") {
     const std::unique_ptr<kiln::Comm> comm = mpi.world(1.0);
     comm->set_context("step 7");
-    if (comm->rank() != 1) comm->barrier();
+    if (comm->rank() >= 2) std::raise(SIGSTOP);
+    if (comm->rank() == 0) comm->barrier();
     std::this_thread::sleep_for(std::chrono::seconds(60));  // only the watchdog ends this
     return 0;
   }
