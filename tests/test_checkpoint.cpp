@@ -210,9 +210,9 @@ TEST(Checkpoint, ComparedRelativeToTheUpdatesSinceAnEarlierOne) {
 // The test preset has 28 tensors, each stored as master, m and v: 84 dataset writes per save.
 TEST(Checkpoint, AFullDiskLeavesThePreviousCheckpointAndTrainingGoesOn) {
   TempDir dir;
-  ::setenv("KILN_FAULT_ENOSPC", "85", 1);  // the second save's first write
+  inject_checkpoint_faults({.fail_write = 85, .stop_at = ""});  // the second save's first write
   const TrainRun run = train_test(dir.path("run"), "random", 4, {"checkpoint.every=2", "checkpoint.on_error=continue"});
-  ::unsetenv("KILN_FAULT_ENOSPC");
+  inject_checkpoint_faults({});
   EXPECT_EQ(run.records.size(), 4u);
   EXPECT_TRUE(mentions(run.log, {"checkpoint " + dir.path("run") + "/step_00000004 not saved", "No space left on device",
                                  "latest still names the previous one", "training goes on"}))
@@ -224,9 +224,9 @@ TEST(Checkpoint, AFullDiskLeavesThePreviousCheckpointAndTrainingGoesOn) {
 
 TEST(Checkpoint, AFullDiskStopsTheRunWhenConfiguredTo) {
   TempDir dir;
-  ::setenv("KILN_FAULT_ENOSPC", "3", 1);
+  inject_checkpoint_faults({.fail_write = 3, .stop_at = ""});
   const std::string message = error_of([&] { train_test(dir.path("run"), "random", 2, {"checkpoint.every=2"}); });
-  ::unsetenv("KILN_FAULT_ENOSPC");
+  inject_checkpoint_faults({});
   EXPECT_TRUE(mentions(message, {"step_00000002 not saved", "No space left on device"})) << message;
   EXPECT_EQ(latest_checkpoint(dir.path("run")), "");
 }

@@ -37,7 +37,7 @@ TEST(TrainConfig, FileValuesAndOverrides) {
   EXPECT_EQ(cfg.train.steps, 7);
   EXPECT_EQ(cfg.train.batch_size, 3);
   EXPECT_EQ(cfg.optim.lr, 1.0);  // an integer where a number is expected is fine
-  EXPECT_EQ(cfg.optim.schedule, "wsd");
+  EXPECT_EQ(cfg.optim.schedule, LrSchedule::wsd);
   EXPECT_EQ(cfg.data.path, "x.txt");
 }
 
@@ -159,7 +159,7 @@ TEST(Schedule, WarmupThenCosineToTheFloor) {
   EXPECT_DOUBLE_EQ(learning_rate(o, 10, 100), 1.0);
   EXPECT_NEAR(learning_rate(o, 99, 100), 0.1, 1e-12);
   for (int s = 11; s < 100; s++) EXPECT_LE(learning_rate(o, s, 100), learning_rate(o, s - 1, 100));
-  o.schedule = "wsd";
+  o.schedule = LrSchedule::wsd;
   o.decay_fraction = 0.2;
   EXPECT_DOUBLE_EQ(learning_rate(o, 79, 100), 1.0);
   EXPECT_LT(learning_rate(o, 80, 100), 1.0);

@@ -6,7 +6,7 @@
 #    none of that, so at least half of them must have killed a run that had saved, and resumed from
 #    its checkpoint (a run that takes a second to its first save passed 20 trials of nothing).
 #  - Then two trials at each of the moments that matter most, reached exactly: the process stops
-#    itself there (KILN_FAULT_STOP_AT, train/checkpoint.cpp) and is killed while stopped: during the
+#    itself there (KILN_FAULT_STOP_AT, train/checkpoint.h) and is killed while stopped: during the
 #    start-up's checkpoint load, and at three points of a save (rank files written with no manifest;
 #    step directory renamed with `latest` not yet naming it; `latest` updated, old steps not pruned).
 #   bash tools/kill9-soak.sh KILN [TRIALS (20)] [WORK_DIR]

@@ -94,25 +94,17 @@ std::string read_bytes(const std::string& path) {
   return s.str();
 }
 
-// KILN_FAULT_ENOSPC=N: the N-th dataset write since the variable took its value fails as on a
-// full disk.
-void maybe_inject_enospc(const std::string& file) {
-  static std::string armed;
-  static int writes = 0;
-  const char* n = std::getenv("KILN_FAULT_ENOSPC");
-  if (!n) return;
-  if (armed != n) armed = n, writes = 0;
-  if (++writes == std::atoi(n))
-    throw std::runtime_error(file + ": write failed: " + std::strerror(ENOSPC) + " (injected by KILN_FAULT_ENOSPC)");
+// What inject_checkpoint_faults() set: nothing, outside the tests.
+CheckpointFaults faults;
+int writes_since_injected = 0;
+
+void maybe_fail_write(const std::string& file) {
+  if (faults.fail_write > 0 && ++writes_since_injected == faults.fail_write)
+    throw std::runtime_error(file + ": write failed: " + std::strerror(ENOSPC) + " (an injected fault)");
 }
 
-// KILN_FAULT_STOP_AT=POINT: the process stops itself (SIGSTOP) at POINT, for tools/kill9-soak.sh
-// to kill it there: "load" (weights read, the rest not), "save-files" (rank files written, no
-// manifest), "save-renamed" (step directory in place, `latest` not yet naming it), "save-latest"
-// (`latest` updated, old steps not yet pruned).
 void maybe_stop_at(const char* point) {
-  const char* at = std::getenv("KILN_FAULT_STOP_AT");
-  if (at && std::strcmp(at, point) == 0) std::raise(SIGSTOP);
+  if (faults.stop_at == point) std::raise(SIGSTOP);
 }
 
 // The manifest's checksum: FNV-1a over its compact JSON without the checksum field (the JSON
@@ -328,9 +320,121 @@ int64_t CheckpointSnapshot::bytes() const {
   return n;
 }
 
-std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapshot& snap, Comm& world, int keep) {
+namespace {
+
+// Phase 1 of a save: this rank's pieces into its own file in `tmp`, fsynced; its size and checksum
+// (none when the rank holds no piece). A model that diverged is never saved, so that `latest`
+// always names usable weights.
+FileChecksum write_rank_file(const std::string& tmp, const CheckpointSnapshot& snap) {
+  const std::string mine = rank_file(snap.rank.world_rank());
+  std::optional<h5::File> file;
+  for (size_t i = 0; i < snap.pieces.size(); i++) {
+    const CheckpointPiece& p = snap.pieces[i];
+    if (p.file != mine) continue;
+    if (const auto bad = std::count_if(snap.values[i].begin(), snap.values[i].end(),
+                                       [](float x) { return !std::isfinite(x); }))
+      throw std::runtime_error(
+          fmt::format("tensor '{}' ({}) holds {} non-finite value(s): not saved", p.tensor, p.kind, bad));
+    if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
+    maybe_fail_write(tmp + "/" + mine);
+    file->write<float>(p.dataset, std::span<const float>(snap.values[i]), H5T_IEEE_F32LE);
+  }
+  if (!file) return {};
+  file->close();
+  fsync_path(tmp + "/" + mine, false);
+  return file_checksum(tmp + "/" + mine);
+}
+
+// What each rank reports after phase 1, gathered on every rank.
+struct RankWrite {
+  FileChecksum file;  // bytes 0: the rank wrote no file
+  bool failed = false;
+};
+std::vector<RankWrite> gather_rank_writes(Comm& world, const RankWrite& mine) {
+  // One all-reduce of sums over slots, three per rank: size, checksum, failure.
+  std::vector<int64_t> slots(3 * world.size(), 0);
+  slots[3 * world.rank()] = mine.file.bytes;
+  slots[3 * world.rank() + 1] = (int64_t)mine.file.fnv1a;
+  slots[3 * world.rank() + 2] = mine.failed;
+  world.all_reduce_sum(slots);
+  std::vector<RankWrite> all(world.size());
+  for (int r = 0; r < world.size(); r++)
+    all[r] = {FileChecksum{slots[3 * r], (uint64_t)slots[3 * r + 1]}, slots[3 * r + 2] != 0};
+  return all;
+}
+
+// The manifest of a snapshot whose rank files are `writes`, checksummed.
+json make_manifest(const CheckpointSnapshot& snap, const std::vector<RankWrite>& writes) {
   const GPTConfig& cfg = snap.config;
-  const std::string name = fmt::format("step_{:08}", snap.state.step), final_dir = run_dir + "/" + name;
+  json files = json::array();
+  for (size_t r = 0; r < writes.size(); r++)
+    if (writes[r].file.bytes > 0)
+      files.push_back({{"name", rank_file((int)r)}, {"bytes", writes[r].file.bytes}, {"fnv1a", writes[r].file.hex()}});
+  std::map<std::string, json> pieces_by_tensor;  // one pass: a job has pieces per rank and tensor
+  for (const CheckpointPiece& p : snap.pieces)
+    pieces_by_tensor[p.tensor].push_back({{"kind", p.kind}, {"start", p.start}, {"count", p.count}, {"begin", p.begin},
+                                          {"end", p.end}, {"file", p.file}, {"dataset", p.dataset}});
+  json tensors = json::array();
+  const ParamLayout full(cfg, {1, 0});
+  for (const ParamSpec& s : full.specs())
+    tensors.push_back({{"name", s.name}, {"global_shape", tensor_slice(cfg, {1, 0}, s).global_shape},
+                       {"dtype", "f32"}, {"pieces", pieces_by_tensor[s.name]}});
+  json manifest = {{"format", kCheckpointFormat}, {"step", snap.state.step}, {"model", model_json(cfg)},
+                   {"layout", {{"tp", snap.rank.tp}, {"dp", snap.rank.dp}, {"zero1", snap.rank.zero1}}},
+                   {"settings", snap.settings}, {"adamw_step", snap.adamw_step},
+                   {"random_tokens", snap.state.random_tokens}, {"files", files}, {"tensors", tensors}};
+  if (snap.state.loader)
+    manifest["loader"] = {{"seed", snap.state.loader->seed}, {"epoch", snap.state.loader->epoch},
+                          {"position", snap.state.loader->position}};
+  const TokenizerRecord& tok = snap.state.tokenizer;
+  if (!tok.name.empty()) manifest["tokenizer"] = {{"name", tok.name}, {"fingerprint", tok.fingerprint}};
+  manifest["checksum"] = manifest_checksum(manifest);
+  return manifest;
+}
+
+// Phase 2, on rank 0: the manifest (and a tokenizer that is not the bundled one) into `tmp`, then
+// `tmp` renamed to `final_dir` and `latest` pointed at it, each step fsynced. Until `latest`
+// changes, it names the previous checkpoint.
+void commit_checkpoint(const std::string& run_dir, const std::string& tmp, const std::string& final_dir,
+                       const json& manifest, const TokenizerRecord& tokenizer) {
+  if (!tokenizer.name.empty() && !tokenizer.files_dir.empty()) {
+    const auto [encoder, merges] = Gpt2Tokenizer::files_in(tokenizer.files_dir);
+    for (const std::string& file : {encoder, merges}) fs::copy_file(file, tmp + "/" + fs::path(file).filename().string());
+  }
+  maybe_stop_at("save-files");
+  write_atomically(tmp + "/manifest.json", manifest.dump(1));
+  fsync_path(tmp, true);
+  fs::remove_all(final_dir);  // a step saved before, by a run resumed from an earlier one
+  fs::rename(tmp, final_dir);
+  fsync_path(run_dir, true);
+  maybe_stop_at("save-renamed");
+  write_atomically(run_dir + "/latest", fs::path(final_dir).filename().string() + "\n");
+  fsync_path(run_dir, true);
+  maybe_stop_at("save-latest");
+}
+
+// Keeps the newest `keep` checkpoints in run_dir (0: all).
+void prune_checkpoints(const std::string& run_dir, int keep) {
+  std::vector<std::string> steps;
+  for (const auto& e : fs::directory_iterator(run_dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.starts_with("step_") && !n.ends_with(".tmp")) steps.push_back(n);
+  }
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; keep > 0 && i + keep < steps.size(); i++) fs::remove_all(run_dir + "/" + steps[i]);
+}
+
+}  // namespace
+
+void inject_checkpoint_faults(const CheckpointFaults& injected) {
+  faults = injected;
+  writes_since_injected = 0;
+}
+
+// A two-phase commit: every rank writes its file into step_N.tmp, the ranks agree that all did,
+// and rank 0 commits; a failure anywhere leaves `latest` as it was, on every rank's word.
+std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapshot& snap, Comm& world, int keep) {
+  const std::string final_dir = run_dir + fmt::format("/step_{:08}", snap.state.step);
   const std::string tmp = final_dir + ".tmp";
   if (world.rank() == 0) {
     fs::remove_all(tmp);
@@ -338,99 +442,24 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
   }
   world.barrier();
 
-  // This rank's pieces, then whether every rank managed.
-  const std::string mine = rank_file(snap.rank.world_rank());
   std::string error;
-  int64_t bytes = 0;
-  uint64_t hash = 0;
-  try {
-    bool wrote = false;
-    {
-      std::optional<h5::File> file;
-      for (size_t i = 0; i < snap.pieces.size(); i++) {
-        const CheckpointPiece& p = snap.pieces[i];
-        if (p.file != mine) continue;
-        // A model that diverged is never saved, so that latest always names usable weights.
-        if (const auto bad = std::count_if(snap.values[i].begin(), snap.values[i].end(),
-                                           [](float x) { return !std::isfinite(x); }))
-          throw std::runtime_error(fmt::format("tensor '{}' ({}) holds {} non-finite value(s): not saved", p.tensor,
-                                               p.kind, bad));
-        if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
-        maybe_inject_enospc(tmp + "/" + mine);
-        file->write<float>(p.dataset, std::span<const float>(snap.values[i]), H5T_IEEE_F32LE);
-        wrote = true;
-      }
-      if (file) file->close();
+  const RankWrite mine = [&]() -> RankWrite {
+    try {
+      return {write_rank_file(tmp, snap), false};
+    } catch (const std::exception& e) {
+      error = e.what();
+      return {FileChecksum{0, 0}, true};
     }
-    if (wrote) {
-      fsync_path(tmp + "/" + mine, false);
-      const FileChecksum sum = file_checksum(tmp + "/" + mine);
-      bytes = sum.bytes, hash = sum.fnv1a;
-    }
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
-  // Every rank's size, hash and success, gathered by sums over slots (one per rank).
-  std::vector<int64_t> table(3 * world.size(), 0);
-  table[3 * world.rank()] = bytes;
-  table[3 * world.rank() + 1] = (int64_t)hash;
-  table[3 * world.rank() + 2] = error.empty() ? 0 : 1;
-  world.all_reduce_sum(table);
+  }();
+  const std::vector<RankWrite> writes = gather_rank_writes(world, mine);
   int failed = -1;
   for (int r = 0; r < world.size() && failed < 0; r++)
-    if (table[3 * r + 2]) failed = r;
+    if (writes[r].failed) failed = r;
 
   if (failed < 0 && world.rank() == 0) {
     try {
-      json files = json::array();
-      for (int r = 0; r < world.size(); r++)
-        if (table[3 * r] > 0)
-          files.push_back({{"name", rank_file(r)}, {"bytes", table[3 * r]}, {"fnv1a", FileChecksum{table[3 * r], (uint64_t)table[3 * r + 1]}.hex()}});
-      std::map<std::string, json> pieces_by_tensor;  // one pass: a job has pieces per rank and tensor
-      for (const CheckpointPiece& p : snap.pieces)
-        pieces_by_tensor[p.tensor].push_back({{"kind", p.kind}, {"start", p.start}, {"count", p.count},
-                                              {"begin", p.begin}, {"end", p.end}, {"file", p.file},
-                                              {"dataset", p.dataset}});
-      json tensors = json::array();
-      const ParamLayout full(cfg, {1, 0});
-      for (const ParamSpec& s : full.specs())
-        tensors.push_back({{"name", s.name}, {"global_shape", tensor_slice(cfg, {1, 0}, s).global_shape},
-                           {"dtype", "f32"}, {"pieces", pieces_by_tensor[s.name]}});
-      json manifest = {{"format", kCheckpointFormat}, {"step", snap.state.step}, {"model", model_json(cfg)},
-                       {"layout", {{"tp", snap.rank.tp}, {"dp", snap.rank.dp}, {"zero1", snap.rank.zero1}}},
-                       {"settings", snap.settings}, {"adamw_step", snap.adamw_step},
-                       {"random_tokens", snap.state.random_tokens}, {"files", files}, {"tensors", tensors}};
-      if (snap.state.loader)
-        manifest["loader"] = {{"seed", snap.state.loader->seed}, {"epoch", snap.state.loader->epoch},
-                              {"position", snap.state.loader->position}};
-      const TokenizerRecord& tok = snap.state.tokenizer;
-      if (!tok.name.empty()) {
-        manifest["tokenizer"] = {{"name", tok.name}, {"fingerprint", tok.fingerprint}};
-        // Files that are not the bundled vocabulary travel with the checkpoint.
-        if (!tok.files_dir.empty()) {
-          const auto [encoder, merges] = Gpt2Tokenizer::files_in(tok.files_dir);
-          for (const std::string& file : {encoder, merges}) fs::copy_file(file, tmp + "/" + fs::path(file).filename().string());
-        }
-      }
-      manifest["checksum"] = manifest_checksum(manifest);
-      maybe_stop_at("save-files");
-      write_atomically(tmp + "/manifest.json", manifest.dump(1));
-      fsync_path(tmp, true);
-      fs::remove_all(final_dir);  // a step saved before, by a run resumed from an earlier one
-      fs::rename(tmp, final_dir);
-      fsync_path(run_dir, true);
-      maybe_stop_at("save-renamed");
-      write_atomically(run_dir + "/latest", name + "\n");
-      fsync_path(run_dir, true);
-      maybe_stop_at("save-latest");
-      // Keep the newest `keep`.
-      std::vector<std::string> steps;
-      for (const auto& e : fs::directory_iterator(run_dir)) {
-        const std::string n = e.path().filename().string();
-        if (e.is_directory() && n.starts_with("step_") && !n.ends_with(".tmp")) steps.push_back(n);
-      }
-      std::sort(steps.begin(), steps.end());
-      for (size_t i = 0; keep > 0 && i + keep < steps.size(); i++) fs::remove_all(run_dir + "/" + steps[i]);
+      commit_checkpoint(run_dir, tmp, final_dir, make_manifest(snap, writes), snap.state.tokenizer);
+      prune_checkpoints(run_dir, keep);
     } catch (const std::exception& e) {
       error = e.what();
       failed = 0;

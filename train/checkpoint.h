@@ -83,6 +83,17 @@ CheckpointSnapshot snapshot_checkpoint(const std::string& settings, GPT& model, 
 // Writes a snapshot into run_dir, as save_checkpoint does (a collective over `world`).
 std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapshot& snapshot, Comm& world, int keep);
 
+// Faults for the tests to inject into saves and loads; none unless set. The kiln CLI sets stop_at
+// from KILN_FAULT_STOP_AT (for tools/kill9-soak.sh); the save path reads only this.
+struct CheckpointFaults {
+  int fail_write = 0;   // the N-th HDF5 dataset write from now fails as on a full disk (0: none)
+  std::string stop_at;  // the process stops itself (SIGSTOP) here: "load" (weights read, the rest
+                        // not), "save-files" (rank files written, no manifest), "save-renamed" (the
+                        // step directory in place, `latest` not yet naming it), "save-latest"
+                        // (`latest` updated, old steps not yet pruned)
+};
+void inject_checkpoint_faults(const CheckpointFaults& faults);
+
 // Saves step `state.step` of `model` and `optimizer` into run_dir. A collective over `world`:
 // every rank writes its pieces, then rank 0 commits. Keeps the newest `keep` checkpoints (0: all).
 // Throws on every rank if any rank failed, after removing the partial step_X.tmp/.

@@ -17,6 +17,19 @@
 namespace kiln {
 namespace {
 
+// The names a choice setting takes, each with its value.
+template <class E>
+struct Named {
+  const char* name;
+  E value;
+};
+constexpr Named<NonFinite> kNonFinite[] = {{"stop", NonFinite::stop}, {"skip", NonFinite::skip}};
+constexpr Named<LrSchedule> kSchedules[] = {
+    {"cosine", LrSchedule::cosine}, {"wsd", LrSchedule::wsd}, {"constant", LrSchedule::constant}};
+constexpr Named<OnSaveError> kOnSaveErrors[] = {{"stop", OnSaveError::stop}, {"continue", OnSaveError::go_on}};
+constexpr Named<Device> kDevices[] = {
+    {"auto", Device::automatic}, {"cpu", Device::cpu}, {"cuda", Device::cuda}, {"emu", Device::emu}};
+
 // Where each key's value came from: the file, unless an override set it.
 class Origins {
  public:
@@ -177,6 +190,12 @@ int64_t parse_memory_size(const std::string& text) {
   return (int64_t)(value * it->second);
 }
 
+const char* device_name(Device d) {
+  for (const Named<Device>& n : kDevices)
+    if (n.value == d) return n.name;
+  return "?";
+}
+
 const std::vector<std::string>& config_keys() {
   static const std::vector<std::string> keys = {
       "model.preset", "model.vocab_size", "model.max_seq_len", "model.n_layer", "model.n_head", "model.n_embd",
@@ -211,24 +230,20 @@ std::string nearest_name(const std::string& word, const std::vector<std::string>
   return best;
 }
 
-TrainConfig load_train_config(const std::string& path, const std::vector<Override>& overrides) {
-  toml::table root;
-  if (!path.empty()) {
-    try {
-      root = toml::parse_file(path);
-    } catch (const toml::parse_error& e) {
-      const auto& where = e.source().begin;
-      throw std::runtime_error(path + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) + ": " +
-                               std::string(e.description()));
-    }
-  }
-  TrainConfig cfg;
-  cfg.source = path.empty() ? "command line" : path;
-  Origins origins(cfg.source);
-  for (const Override& o : overrides) apply_override(root, o, origins);
-  cfg.settings = settings_text(root);
-  cfg.command_line_keys = origins.keys();
+// The settings read as text, converted and checked with the rest by check_settings.
+struct SettingTexts {
+  std::string recompute = "none";
+  std::string nonfinite = "stop";
+  std::string schedule = "cosine";
+  std::string on_error = "stop";
+  std::string device = "auto";
+  std::string gpu_memory;
+};
+
+// Every key from `root` into `cfg`; the text of the settings that take names or sizes.
+SettingTexts read_settings(const toml::table& root, const Origins& origins, TrainConfig& cfg) {
   Reader r(root, origins);
+  SettingTexts text;
   r.get("model.preset", cfg.preset);
   cfg.model = GPTConfig::preset(cfg.preset);
   cfg.vocab_size_set = (bool)root.at_path("model.vocab_size");
@@ -251,16 +266,15 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   r.get("train.eval_batches", cfg.train.eval_batches);
   r.get("train.eval_only", cfg.train.eval_only);
   r.get("train.peak_tflops", cfg.train.peak_tflops);
-  std::string recompute = recompute_name(cfg.train.recompute);
-  r.get("train.recompute", recompute);
-  r.get("train.nonfinite", cfg.train.nonfinite);
+  r.get("train.recompute", text.recompute);
+  r.get("train.nonfinite", text.nonfinite);
   r.get("train.sample_every", cfg.train.sample_every);
   r.get("train.sample_tokens", cfg.train.sample_tokens);
   r.get("train.sample_prompt", cfg.train.sample_prompt);
   r.get("optim.lr", cfg.optim.lr);
   r.get("optim.min_lr_ratio", cfg.optim.min_lr_ratio);
   r.get("optim.warmup_steps", cfg.optim.warmup_steps);
-  r.get("optim.schedule", cfg.optim.schedule);
+  r.get("optim.schedule", text.schedule);
   r.get("optim.decay_fraction", cfg.optim.decay_fraction);
   r.get("optim.weight_decay", cfg.optim.weight_decay);
   r.get("optim.beta1", cfg.optim.beta1);
@@ -278,18 +292,21 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   r.get("checkpoint.async_max_mb", cfg.checkpoint.async_max_mb);
   r.get("checkpoint.resume", cfg.checkpoint.resume);
   r.get("checkpoint.init_from", cfg.checkpoint.init_from);
-  r.get("checkpoint.on_error", cfg.checkpoint.on_error);
+  r.get("checkpoint.on_error", text.on_error);
   r.get("run.dir", cfg.run_dir);
-  r.get("run.device", cfg.device);
+  r.get("run.device", text.device);
   r.get("run.threads", cfg.threads);
   r.get("run.deterministic", cfg.deterministic);
   r.get("run.dry_run", cfg.dry_run);
   r.get("run.force", cfg.force);
-  std::string gpu_memory;
-  r.get("run.gpu_memory", gpu_memory);
+  r.get("run.gpu_memory", text.gpu_memory);
   r.get("run.gpu", cfg.gpu);
   r.reject_unknown();
+  return text;
+}
 
+// Every value's range and every name's meaning, each refusal naming the key and where it came from.
+void check_settings(TrainConfig& cfg, const SettingTexts& text, const Origins& origins) {
   auto bad = [&](const std::string& key, const std::string& why) {
     throw std::runtime_error(origins.of(key) + ": " + key + ": " + why);
   };
@@ -297,6 +314,16 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   auto in_range = [&](const std::string& key, double v, double lo, double hi, bool lo_open, bool hi_open,
                       const std::string& expected) {
     if (!(lo_open ? v > lo : v >= lo) || !(hi_open ? v < hi : v <= hi)) bad(key, fmt_number(v) + ": expected " + expected);
+  };
+  // One of a setting's names, as its enum value ("'x': expected a, b or c" otherwise).
+  auto choose = [&]<class E, size_t N>(const std::string& key, const std::string& name, const Named<E> (&choices)[N]) {
+    std::string expected;
+    for (size_t i = 0; i < N; i++) {
+      if (name == choices[i].name) return choices[i].value;
+      expected += std::string(i == 0 ? "" : i + 1 == N ? " or " : ", ") + choices[i].name;
+    }
+    bad(key, "'" + name + "': expected " + expected);
+    return choices[0].value;  // not reached: bad() throws
   };
   constexpr double kInf = std::numeric_limits<double>::infinity();
   try {
@@ -323,8 +350,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   in_range("optim.beta2", cfg.optim.beta2, 0, 1, false, true, "0 <= beta2 < 1");
   in_range("optim.eps", cfg.optim.eps, 0, kInf, true, true, "a finite number > 0");
   in_range("optim.grad_clip", cfg.optim.grad_clip, 0, kInf, false, true, "a finite number >= 0 (0 disables clipping)");
-  if (cfg.optim.schedule != "cosine" && cfg.optim.schedule != "wsd" && cfg.optim.schedule != "constant")
-    bad("optim.schedule", "'" + cfg.optim.schedule + "': expected cosine, wsd or constant");
+  cfg.optim.schedule = choose("optim.schedule", text.schedule, kSchedules);
   if (cfg.parallel.tp < 1) bad("parallel.tp", "expected >= 1");
   if (cfg.parallel.zero != 0 && cfg.parallel.zero != 1) bad("parallel.zero", "expected 0 or 1 (ZeRO-1)");
   if (!(cfg.parallel.timeout_s > 0) || std::isinf(cfg.parallel.timeout_s)) bad("parallel.timeout_s", "expected > 0 seconds");
@@ -335,33 +361,51 @@ TrainConfig load_train_config(const std::string& path, const std::vector<Overrid
   if (cfg.threads < 0 || cfg.threads > max_threads)
     bad("run.threads", std::to_string(cfg.threads) + ": expected 0 (all cores) to " + std::to_string(max_threads) +
                            " (4 per core)");
-  if (cfg.device != "auto" && cfg.device != "cpu" && cfg.device != "cuda" && cfg.device != "emu")
-    bad("run.device", "'" + cfg.device + "': expected auto, cpu, cuda or emu");
+  cfg.device = choose("run.device", text.device, kDevices);
   try {
-    cfg.train.recompute = parse_recompute(recompute);
+    cfg.train.recompute = parse_recompute(text.recompute);
   } catch (const std::invalid_argument& e) {
     bad("train.recompute", e.what());
   }
   if (cfg.checkpoint.every < 0) bad("checkpoint.every", "expected >= 0 (0: never)");
   if (cfg.checkpoint.keep < 0) bad("checkpoint.keep", "expected >= 0 (0: keep all)");
   if (cfg.checkpoint.async_max_mb < 0) bad("checkpoint.async_max_mb", "expected >= 0 (0: always save in place)");
-  if (cfg.checkpoint.on_error != "stop" && cfg.checkpoint.on_error != "continue")
-    bad("checkpoint.on_error", "'" + cfg.checkpoint.on_error + "': expected stop or continue");
+  cfg.checkpoint.on_error = choose("checkpoint.on_error", text.on_error, kOnSaveErrors);
   if (!cfg.checkpoint.resume.empty() && !cfg.checkpoint.init_from.empty())
     bad("checkpoint.init_from", "cannot be combined with checkpoint.resume (resume continues a run, init_from starts one)");
-  if (cfg.train.nonfinite != "stop" && cfg.train.nonfinite != "skip")
-    bad("train.nonfinite", "'" + cfg.train.nonfinite + "': expected stop or skip");
+  cfg.train.nonfinite = choose("train.nonfinite", text.nonfinite, kNonFinite);
   if (cfg.train.sample_every < 0) bad("train.sample_every", "expected >= 0 (0 disables sampling)");
   if (cfg.train.sample_tokens < 1) bad("train.sample_tokens", "expected >= 1");
-  if (!gpu_memory.empty()) {
-    cfg.gpu_memory_bytes = parse_memory_size(gpu_memory);
-    if (cfg.gpu_memory_bytes <= 0) bad("run.gpu_memory", "'" + gpu_memory + "': expected a size such as 80GB or 512MiB");
+  if (!text.gpu_memory.empty()) {
+    cfg.gpu_memory_bytes = parse_memory_size(text.gpu_memory);
+    if (cfg.gpu_memory_bytes <= 0) bad("run.gpu_memory", "'" + text.gpu_memory + "': expected a size such as 80GB or 512MiB");
   }
   if (!cfg.gpu.empty()) {  // a plan for another machine: its name alone does not say its memory
-    if (!cfg.dry_run || cfg.device != "cuda")
+    if (!cfg.dry_run || cfg.device != Device::cuda)
       bad("run.gpu", "'" + cfg.gpu + "' is for planning: add --dry-run --device cuda");
     if (cfg.gpu_memory_bytes == 0) bad("run.gpu", "'" + cfg.gpu + "': give its memory too (--gpu-memory, e.g. 80GB)");
   }
+}
+
+TrainConfig load_train_config(const std::string& path, const std::vector<Override>& overrides) {
+  toml::table root;
+  if (!path.empty()) {
+    try {
+      root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+      const auto& where = e.source().begin;
+      throw std::runtime_error(path + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) + ": " +
+                               std::string(e.description()));
+    }
+  }
+  TrainConfig cfg;
+  cfg.source = path.empty() ? "command line" : path;
+  Origins origins(cfg.source);
+  for (const Override& o : overrides) apply_override(root, o, origins);
+  cfg.settings = settings_text(root);
+  cfg.command_line_keys = origins.keys();
+  const SettingTexts text = read_settings(root, origins, cfg);
+  check_settings(cfg, text, origins);
   return cfg;
 }
 

@@ -17,6 +17,13 @@ struct DataConfig {
   bool verify = false;  // read every shard and check its checksum at start-up (`--verify-data`)
 };
 
+// Settings that are choices among names, parsed once by load_train_config.
+enum class NonFinite { stop, skip };                   // train.nonfinite: a NaN/inf loss or gradient norm
+enum class LrSchedule { cosine, wsd, constant };       // optim.schedule
+enum class OnSaveError { stop, go_on };                // checkpoint.on_error: "stop" or "continue"
+enum class Device { automatic, cpu, cuda, emu };       // run.device: "auto", "cpu", "cuda", "emu"
+const char* device_name(Device d);                     // as run.device spells it
+
 struct TrainLoopConfig {
   int batch_size = 8;
   int seq_len = 64;
@@ -29,7 +36,7 @@ struct TrainLoopConfig {
   bool eval_only = false;     // evaluate the resumed (or initial) model on the validation split, train nothing
   double peak_tflops = 0;     // for MFU; 0 = the GPU's dense bf16 peak by its name (none on cpu/emu)
   Recompute recompute = Recompute::none;  // activations rebuilt in the backward: none, mlp, block
-  std::string nonfinite = "stop";         // a NaN/inf loss or gradient norm: stop, or skip the step
+  NonFinite nonfinite = NonFinite::stop;  // a NaN/inf loss or gradient norm: stop, or skip the step
   int sample_every = 0;                   // steps between samples of text (prepared data only); 0 = never
   int sample_tokens = 32;
   std::string sample_prompt = "The";
@@ -39,7 +46,7 @@ struct OptimConfig {
   double lr = 1e-3;
   double min_lr_ratio = 0.1;  // final lr = lr * min_lr_ratio
   int64_t warmup_steps = 10;
-  std::string schedule = "cosine";  // cosine | wsd | constant
+  LrSchedule schedule = LrSchedule::cosine;
   double decay_fraction = 0.2;      // wsd: share of steps spent decaying
   double weight_decay = 0.1;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
@@ -61,7 +68,7 @@ struct CheckpointConfig {
   int64_t async_max_mb = 8192;  // host memory a background save may take; larger ones save in place
   std::string resume;        // a checkpoint directory; empty: run.dir's latest, if any
   std::string init_from;     // fine-tuning: a checkpoint's parameters only (new optimizer and data)
-  std::string on_error = "stop";  // a failed save: stop, or continue training (the previous one stays)
+  OnSaveError on_error = OnSaveError::stop;  // a failed save: stop, or go on training (the previous one stays)
 };
 
 struct TrainConfig {
@@ -78,7 +85,7 @@ struct TrainConfig {
   ParallelConfig parallel;
   CheckpointConfig checkpoint;
   std::string run_dir = "runs/default";
-  std::string device = "auto";  // auto: cuda when a GPU is present, else cpu; emu: CUDA backend on the emulator
+  Device device = Device::automatic;  // auto: cuda when a GPU is present, else cpu; emu: CUDA backend on the emulator
   int threads = 0;  // 0 = all cores
   bool deterministic = false;  // bitwise-identical runs for a seed on one device (slower kernels)
   bool dry_run = false;        // print the memory plan and exit, allocating nothing

@@ -9,8 +9,8 @@ namespace kiln {
 double learning_rate(const OptimConfig& o, int64_t step, int64_t total_steps) {
   if (step < o.warmup_steps) return o.lr * (double)(step + 1) / (double)o.warmup_steps;
   const double min_lr = o.lr * o.min_lr_ratio;
-  if (o.schedule == "constant") return o.lr;
-  if (o.schedule == "wsd") {
+  if (o.schedule == LrSchedule::constant) return o.lr;
+  if (o.schedule == LrSchedule::wsd) {
     const int64_t decay_steps = std::max<int64_t>(1, (int64_t)std::llround(o.decay_fraction * total_steps));
     const int64_t decay_start = total_steps - decay_steps;
     if (step < decay_start) return o.lr;
