@@ -201,7 +201,8 @@ void write_shards(const PrepareOptions& o, const Tokenizer& tok, const Tokenizer
     int64_t block_bytes = 0;
     while (block_bytes < kBlockBytes) {
       Document d;
-      if (!(more = reader.next(d))) break;
+      more = reader.next(d);
+      if (!more) break;
       block_bytes += (int64_t)(d.text.size() + d.response.size());
       block.push_back(std::move(d));
     }

@@ -126,6 +126,7 @@ std::vector<float> SafetensorsFile::floats(const std::string& name) const {
 void write_safetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   std::vector<const SafetensorsTensor*> sorted;
+  sorted.reserve(tensors.size());
   for (const SafetensorsTensor& t : tensors) sorted.push_back(&t);
   std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name; });
   json header = json::object();

@@ -434,7 +434,7 @@ void inject_checkpoint_faults(const CheckpointFaults& injected) {
 // A two-phase commit: every rank writes its file into step_N.tmp, the ranks agree that all did,
 // and rank 0 commits; a failure anywhere leaves `latest` as it was, on every rank's word.
 std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapshot& snap, Comm& world, int keep) {
-  const std::string final_dir = run_dir + fmt::format("/step_{:08}", snap.state.step);
+  std::string final_dir = run_dir + fmt::format("/step_{:08}", snap.state.step);
   const std::string tmp = final_dir + ".tmp";
   if (world.rank() == 0) {
     fs::remove_all(tmp);
@@ -584,7 +584,7 @@ TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimiz
 
 std::string resolve_checkpoint(const std::string& path) {
   if (fs::exists(path + "/manifest.json")) return path;
-  const std::string latest = latest_checkpoint(path);
+  std::string latest = latest_checkpoint(path);
   if (latest.empty())
     throw std::runtime_error(path + ": neither a checkpoint (no manifest.json) nor a run directory with a latest file");
   return latest;

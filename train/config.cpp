@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <map>
 #include <thread>
 #include <set>
@@ -71,8 +72,9 @@ class Reader {
       if (auto v = node->value<double>()) return void(out = *v);  // integers convert too
       fail(key, "a number");
     } else {
-      if (!node->is_integer()) fail(key, "an integer");
-      const int64_t v = *node->value<int64_t>();
+      const std::optional<int64_t> integer = node->value<int64_t>();
+      if (!node->is_integer() || !integer) fail(key, "an integer");
+      const int64_t v = integer.value_or(0);
       if (!std::in_range<T>(v)) fail(key, "an integer in range");
       out = static_cast<T>(v);
     }

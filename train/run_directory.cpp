@@ -130,6 +130,7 @@ std::string describe_changed_settings(const std::string& saved, const std::strin
       {"train.seed", "the data order was drawn with the saved seed and continues with it"}};
   std::string out;
   std::vector<std::string> keys;
+  keys.reserve(before.size() + after.size());
   for (const auto& [key, value] : before) keys.push_back(key);
   for (const auto& [key, value] : after)
     if (!before.count(key)) keys.push_back(key);

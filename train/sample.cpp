@@ -30,18 +30,22 @@ int32_t sample_token(std::span<const float> logits, const SamplingOptions& optio
   int keep = keep_k;
   if (options.top_p < 1) {
     double mass = 0;
-    for (int i = 0; i < keep_k; i++)
-      if ((mass += weight[i] / total) >= options.top_p) {
+    for (int i = 0; i < keep_k; i++) {
+      mass += weight[i] / total;
+      if (mass >= options.top_p) {
         keep = i + 1;
         break;
       }
+    }
   }
   double kept = 0;
   for (int i = 0; i < keep; i++) kept += weight[i];
   const double u = (double)(rng() >> 11) * 0x1p-53 * kept;  // uniform in [0, kept)
   double cumulative = 0;
-  for (int i = 0; i < keep; i++)
-    if ((cumulative += weight[i]) > u) return order[i];
+  for (int i = 0; i < keep; i++) {
+    cumulative += weight[i];
+    if (cumulative > u) return order[i];
+  }
   return order[keep - 1];
 }
 

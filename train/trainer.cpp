@@ -39,7 +39,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 std::string format_duration(double seconds) {
-  const auto s = (int64_t)(seconds + 0.5);
+  const int64_t s = std::llround(seconds);
   return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
 }
 
