@@ -1,6 +1,6 @@
 // The CPU backend: fp32 host memory and OpenMP threads. Two paths behind the same Ops: `fast`
 // (BLAS and fused, vectorised row passes from kernels/cpu/; what kiln train uses) and `reference`
-// (kernels/ref.h, the oracle the fast path and the GPU kernels are tested against).
+// (kernels/ref/ref.h, the oracle the fast path and the GPU kernels are tested against).
 #pragma once
 
 #include "model/ops.h"

@@ -14,7 +14,7 @@ namespace kiln {
 
 struct CudaOpsOptions {
   // Bitwise-reproducible steps: the first cuBLASLt heuristic (no timed pick) and the attention
-  // backward without float atomics (kernels/attention.h).
+  // backward without float atomics (kernels/cuda/attention.h).
   bool deterministic = false;
   int device = 0;  // the GPU to run on (a process's local rank); the emulator has one
   // The emulator only: the emulated device's memory size (0: 80 GiB, an H100's).

@@ -10,7 +10,7 @@
 #include <span>
 #include <string>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 #include "model/tensor.h"
 #include "parallel/comm.h"
 

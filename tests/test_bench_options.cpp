@@ -1,7 +1,7 @@
 // kiln bench kernels' options are checked before any device is touched (here through the
 // emulated build, which shares the code): an unknown model, a token count that is not a positive
 // multiple of T = 1024, and no timed runs are each refused by name.
-#include "kernels/bench.h"
+#include "kernels/bench/bench.h"
 
 #include <gtest/gtest.h>
 

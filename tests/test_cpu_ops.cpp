@@ -1,4 +1,4 @@
-// The fast fp32 CPU path (kernels/cpu/ops.h) against the reference ops (kernels/ref.h).
+// The fast fp32 CPU path (kernels/cpu/ops.h) against the reference ops (kernels/ref/ref.h).
 //
 // Every fast op runs on fresh random inputs next to ref::X<float> and ref::X<double> (the gold,
 // fed the same float-representable inputs), on shapes that cross the fast path's blocks. Outputs
@@ -29,7 +29,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/prepare.h"
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 #include "model/cpu_ops.h"
 #include "model/gpt.h"
 #include "tests/test_util.h"

@@ -11,7 +11,7 @@
 #include <sstream>
 
 #include "data/prepare.h"
-#include "kernels/device_info.h"
+#include "parallel/device_info.h"
 #include "model/cpu_ops.h"
 #include "model/cuda_ops.h"
 #include "model/gpt.h"

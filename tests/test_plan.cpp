@@ -9,7 +9,7 @@
 
 #include <stdexcept>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 #include "model/params.h"
 
 namespace kiln {

@@ -1,10 +1,10 @@
-// Gradient checks for kiln's CPU reference ops (kernels/ref.h).
+// Gradient checks for kiln's CPU reference ops (kernels/ref/ref.h).
 //
 // Every backward is compared with central finite differences in double precision of the scalar
 // L = sum(out * g) for a random upstream gradient g, w.r.t. every differentiable input. Forwards
 // are compared with naive re-statements written here; the float instantiations are compared with
 // the double ones on larger shapes that are not multiples of any block size.
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 
 #include <gtest/gtest.h>
 

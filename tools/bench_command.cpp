@@ -10,9 +10,9 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
-#include "kernels/bench.h"
+#include "kernels/bench/bench.h"
 #include "kernels/cpu/blas.h"
-#include "kernels/device_info.h"
+#include "parallel/device_info.h"
 #include "tools/commands.h"
 
 namespace kiln::cli {

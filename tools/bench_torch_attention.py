@@ -18,7 +18,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-# The rows of kernels/bench.cu's bench_attention: GPT-2 (D = 64, H = C / 64, T = 1024) at 8k and
+# The rows of kernels/bench/bench.cu's bench_attention: GPT-2 (D = 64, H = C / 64, T = 1024) at 8k and
 # 64k tokens, and D = 128 with 16 heads at 16k tokens for T = 2k..8k.
 GPT2_HEADS = {"124m": 12, "350m": 16, "1558m": 25}
 GPT2_TOKENS = [8192, 65536]

@@ -7,7 +7,7 @@
 
 #include "data/tokenizer.h"
 #include "kernels/device/selfcheck.h"
-#include "kernels/device_info.h"
+#include "parallel/device_info.h"
 #include "kernels/emu/cuda_runtime.h"
 #include "parallel/context.h"
 #include "tools/commands.h"

@@ -12,7 +12,7 @@
 #include <tuple>
 
 #include "kernels/cpu/blas.h"
-#include "kernels/device_info.h"
+#include "parallel/device_info.h"
 #include "model/cpu_ops.h"
 #include "model/cuda_ops.h"
 #include "model/gpt.h"

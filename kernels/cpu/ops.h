@@ -1,5 +1,5 @@
 // The fast fp32 CPU path (kiln train --device cpu): BLAS matmuls, attention through BLAS in row
-// blocks, and fused, vectorised row passes. Same contracts as kernels/ref.h (backward ops
+// blocks, and fused, vectorised row passes. Same contracts as kernels/ref/ref.h (backward ops
 // accumulate into their gradients), checked against those references by tests/test_cpu_ops.cpp.
 #pragma once
 

@@ -52,7 +52,7 @@ void residual_layernorm_forward(float* residual_out, float* out, float* mean, fl
   }
 }
 
-// dx as in kernels/layernorm_ref.cpp. dweight and dbias are summed per chunk of rows into
+// dx as in kernels/ref/layernorm_ref.cpp. dweight and dbias are summed per chunk of rows into
 // partials, then the chunks are added in order: threaded, and the same bits for any thread count.
 void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                         const float* weight, const float* mean, const float* rstd, int N, int C) {

@@ -103,7 +103,7 @@ void store(void* p, cudaDataType_t t, int64_t i, float v) {
     static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16(v);
 }
 
-// The library's own GELU (tanh approximation), as GPT-2 and kernels/gelu.h define it.
+// The library's own GELU (tanh approximation), as GPT-2 and kernels/cuda/gelu.h define it.
 constexpr float kGeluScale = 0.7978845608028654f, kGeluCubic = 0.044715f;
 float gelu(float x) { return 0.5f * x * (1.0f + std::tanh(kGeluScale * (x + kGeluCubic * x * x * x))); }
 float gelu_grad(float x) {

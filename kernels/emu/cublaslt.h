@@ -1,4 +1,4 @@
-// The subset of cuBLASLt that kiln uses (kernels/matmul.cu), implemented by the emulator in
+// The subset of cuBLASLt that kiln uses (kernels/cuda/matmul.cu), implemented by the emulator in
 // namespace kiln::emu with the real library's signatures, so the same wrapper source drives both.
 // The types, enums and attributes are the toolkit's own (cublasLt.h); only the functions and the
 // objects behind the opaque handles are the emulator's.

@@ -1,4 +1,4 @@
-// AdamW and the gradient norm (kernels/adamw.cu) against ref::adamw_update<double> and a double sum
+// AdamW and the gradient norm (kernels/cuda/adamw.cu) against ref::adamw_update<double> and a double sum
 // of squares on the same fp32 inputs.
 #include <gtest/gtest.h>
 
@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/adamw.h"
-#include "kernels/ref.h"
+#include "kernels/cuda/adamw.h"
+#include "kernels/ref/ref.h"
 #include "tests/device_test.h"
 
 namespace kiln::KILN_NS {

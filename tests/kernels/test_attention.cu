@@ -1,8 +1,8 @@
-// kernels/attention.cu against kiln::ref's causal attention (in double, on the same bf16-rounded
+// kernels/cuda/attention.cu against kiln::ref's causal attention (in double, on the same bf16-rounded
 // inputs): forward output and log-sum-exp, dq, dk and dv, for both the CUDA-core reference
 // kernels and the tensor-core ones, at awkward T; causal tile skipping counted in mma
 // instructions (emulator); determinism under thread orders; argument checks.
-#include "kernels/attention.h"
+#include "kernels/cuda/attention.h"
 
 #include <gtest/gtest.h>
 
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "kernels/device/mma.h"
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 #include "tests/device_test.h"
 
 namespace kiln::KILN_NS {

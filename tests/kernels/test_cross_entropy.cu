@@ -1,4 +1,4 @@
-// Cross-entropy kernels (kernels/cross_entropy.cu) against ref::cross_entropy_forward_backward in
+// Cross-entropy kernels (kernels/cuda/cross_entropy.cu) against ref::cross_entropy_forward_backward in
 // double on the same bf16-rounded logits: the fused kernel, and the tensor-parallel split (per-slice
 // statistics, combined on the host, then losses and gradients per slice).
 #include <gtest/gtest.h>
@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cross_entropy.h"
-#include "kernels/ref.h"
+#include "kernels/cuda/cross_entropy.h"
+#include "kernels/ref/ref.h"
 #include "tests/device_test.h"
 
 namespace kiln::KILN_NS {

@@ -1,8 +1,8 @@
-// kernels/embedding.cu against kiln::ref's embedding: every shape of B x T x C over small and
+// kernels/cuda/embedding.cu against kiln::ref's embedding: every shape of B x T x C over small and
 // full (50257-row) vocabularies, tokens repeated many times, vocabulary shards with out-of-shard
 // and out-of-range token ids, both paths (8-channel packs and the scalar fallback), the host-side
 // grouping plan, bitwise determinism, and the launchers' argument checks.
-#include "kernels/embedding.h"
+#include "kernels/cuda/embedding.h"
 
 #include <gtest/gtest.h>
 
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 #include "tests/device_test.h"
 
 namespace kiln::KILN_NS {

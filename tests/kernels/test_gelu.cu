@@ -1,7 +1,7 @@
-// kernels/gelu.cu against kiln::ref's GELU: both paths (128-bit packs with a scalar tail, and the
+// kernels/cuda/gelu.cu against kiln::ref's GELU: both paths (128-bit packs with a scalar tail, and the
 // scalar fallback for misaligned pointers), in place, bitwise determinism, and the launchers'
 // argument checks.
-#include "kernels/gelu.h"
+#include "kernels/cuda/gelu.h"
 
 #include <gtest/gtest.h>
 
@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 #include "tests/device_test.h"
 
 namespace kiln::KILN_NS {

@@ -1,4 +1,4 @@
-// LayerNorm kernels (kernels/layernorm.cu) against the CPU reference (kernels/layernorm_ref.cpp)
+// LayerNorm kernels (kernels/cuda/layernorm.cu) against the CPU reference (kernels/ref/layernorm_ref.cpp)
 // in double: the inputs are rounded to bf16 on the host first and the reference gets the same
 // rounded values. Outputs are poisoned with NaN bytes before each launch, so a value never written
 // fails. On the emulator every case also runs under the forward, reverse and random thread orders
@@ -16,8 +16,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "kernels/layernorm.h"
-#include "kernels/ref.h"
+#include "kernels/cuda/layernorm.h"
+#include "kernels/ref/ref.h"
 #include "tests/device_test.h"
 
 namespace kiln::KILN_NS {

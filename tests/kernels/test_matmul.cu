@@ -1,8 +1,8 @@
-// kernels/matmul.cu against kiln::ref's matmul and GELU (in double, on the same bf16-rounded
+// kernels/cuda/matmul.cu against kiln::ref's matmul and GELU (in double, on the same bf16-rounded
 // inputs): every Matmul call site, fused and fallback paths, fp32 weight-gradient accumulation,
 // the bias-gradient kernel, the algorithm cache, the timed pick, determinism, argument checks,
 // and which epilogues cuBLASLt (real or emulated) refuses.
-#include "kernels/matmul.h"
+#include "kernels/cuda/matmul.h"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 #include "tests/device_test.h"
 
 namespace kiln::KILN_NS {

@@ -10,7 +10,7 @@
 
 #include <vector>
 
-#include "kernels/device_info.h"
+#include "parallel/device_info.h"
 #include "model/cuda_ops.h"
 #include "parallel/bf16_bits.h"
 #include "parallel/nccl_comm.h"

@@ -1,5 +1,5 @@
-// Softmax cross-entropy over the vocabulary: see kernels/cross_entropy.h for the contract and
-// kernels/cross_entropy_ref.cpp for the reference math.
+// Softmax cross-entropy over the vocabulary: see kernels/cuda/cross_entropy.h for the contract and
+// kernels/ref/cross_entropy_ref.cpp for the reference math.
 //
 // One block per row. Pass 1 reads the row's logits once and keeps, per thread, the running max and
 // the sum of exp(z - max) (an online softmax: when the max grows, the sum so far is rescaled by
@@ -8,7 +8,7 @@
 // with its gradient. A thread writes only the elements it reads itself, so the one cross-thread
 // hazard of the in-place update is the target's logit, read by thread 0 before the barriers of the
 // block merge.
-#include "kernels/cross_entropy.h"
+#include "kernels/cuda/cross_entropy.h"
 #include "kernels/device/checks.h"
 
 #include <stdexcept>

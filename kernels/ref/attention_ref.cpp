@@ -2,7 +2,7 @@
 #include <limits>
 #include <vector>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 
 namespace kiln::ref {
 namespace {

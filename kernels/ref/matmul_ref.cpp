@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 
 namespace kiln::ref {
 namespace {

@@ -1,6 +1,6 @@
-#include "kernels/matmul.h"
+#include "kernels/cuda/matmul.h"
 #include "kernels/device/checks.h"
-#include "kernels/gelu.h"
+#include "kernels/cuda/gelu.h"
 
 #include <algorithm>
 #include <string>

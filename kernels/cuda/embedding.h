@@ -1,5 +1,5 @@
 // GPT-2's input embedding, token plus position, on bf16 tables with fp32 gradients (as
-// kernels/embedding_ref.cpp). Shapes: B batch, T sequence, C channels; tokens[B*T] on the device.
+// kernels/ref/embedding_ref.cpp). Shapes: B batch, T sequence, C channels; tokens[B*T] on the device.
 //
 // wte holds rows [vocab_begin, vocab_begin + vocab_rows) of the vocabulary (a tensor-parallel
 // shard, or all of it with vocab_begin = 0). A token outside that range (another shard's, or an

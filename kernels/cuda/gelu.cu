@@ -1,4 +1,4 @@
-#include "kernels/gelu.h"
+#include "kernels/cuda/gelu.h"
 #include "kernels/device/checks.h"
 
 #include <algorithm>

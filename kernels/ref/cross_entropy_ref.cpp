@@ -1,7 +1,7 @@
 #include <cmath>
 #include <limits>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 
 namespace kiln::ref {
 

@@ -1,19 +1,19 @@
 // The optimizer step on the device, over all parameters at once (one flat buffer): AdamW with fp32
 // master weights and moments and a bf16 copy of the parameters for the forward pass, plus the
-// global gradient norm that clipping needs. The math is ref::adamw_update (kernels/adamw_ref.cpp,
+// global gradient norm that clipping needs. The math is ref::adamw_update (kernels/ref/adamw_ref.cpp,
 // torch.optim.AdamW with bias correction; clipping folded in as hp.grad_scale) and
-// ref::sum_squares (kernels/grad_norm_ref.cpp).
+// ref::sum_squares (kernels/ref/grad_norm_ref.cpp).
 #pragma once
 
 #include <cstdint>
 #include <span>
 
 #include "kernels/device/runtime.h"
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 
 namespace kiln::KILN_NS {
 
-// The table's entries (kernels/ref.h): one per tensor of the flat buffer.
+// The table's entries (kernels/ref/ref.h): one per tensor of the flat buffer.
 using ref::AdamWRange;
 
 // Throws std::invalid_argument unless the (host copy of the) table is usable by adamw_update:

@@ -1,6 +1,6 @@
 // LayerNorm over the last axis on the device (GPT-2, eps = 1e-5): bf16 activations and parameters,
 // fp32 statistics and parameter gradients, all arithmetic in fp32. The math is
-// ref::layernorm_forward / ref::layernorm_backward (kernels/layernorm_ref.cpp):
+// ref::layernorm_forward / ref::layernorm_backward (kernels/ref/layernorm_ref.cpp):
 //   forward:  mean = sum_c x / C,  rstd = 1 / sqrt(sum_c (x - mean)^2 / C + eps),
 //             out = (x - mean) * rstd * weight + bias
 //   backward: with xhat = (x - mean) * rstd and dxhat = dout * weight,

@@ -1,6 +1,6 @@
 // Softmax cross-entropy over the vocabulary on the device: bf16 logits, fp32 statistics and losses,
 // bf16 gradients written in place over the logits (the logits are not needed after the backward).
-// The math is ref::cross_entropy_forward_backward (kernels/cross_entropy_ref.cpp):
+// The math is ref::cross_entropy_forward_backward (kernels/ref/cross_entropy_ref.cpp):
 //   loss_n = logsumexp(z_n[:V]) - z_n[y_n],   dz_n[v] = dloss * (softmax(z_n)[v] - [v == y_n]).
 // Rows are N = B*T; each row has Vp columns (the vocabulary padded to a multiple of 128 in kiln),
 // of which the first V are real logits: the padding is never read into the softmax and its

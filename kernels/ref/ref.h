@@ -65,7 +65,7 @@ template <class T>
 void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets, int N, int V,
                                     int Vp, T dloss);
 
-// The tensor-parallel split of cross_entropy_forward_backward (as kernels/cross_entropy.h): a rank
+// The tensor-parallel split of cross_entropy_forward_backward (as kernels/cuda/cross_entropy.h): a rank
 // holds columns [vocab_begin, vocab_begin + Vp_local) of every row, the first `valid` of them real.
 // Per rank, per row: row_max (-inf when valid = 0), row_sumexp = sum exp(z - row_max) over the valid
 // columns, target_logit = z[target] if this rank holds the target, else 0 (0 for ignored rows).

@@ -1,4 +1,4 @@
-#include "kernels/embedding.h"
+#include "kernels/cuda/embedding.h"
 #include "kernels/device/checks.h"
 
 #include <algorithm>

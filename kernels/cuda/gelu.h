@@ -1,4 +1,4 @@
-// GELU (tanh approximation, as GPT-2 and kernels/gelu_ref.cpp) on bf16 tensors, fp32 math.
+// GELU (tanh approximation, as GPT-2 and kernels/ref/gelu_ref.cpp) on bf16 tensors, fp32 math.
 //
 //   gelu(x)  = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 //   gelu'(x) = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)

@@ -1,11 +1,11 @@
-// LayerNorm forward (plain and fused with the residual add) and backward; see kernels/layernorm.h.
+// LayerNorm forward (plain and fused with the residual add) and backward; see kernels/cuda/layernorm.h.
 //
 // One warp per row, in the forward and in the backward. GPT-2's rows are short (C = 768 is 96
 // packs of 8 bf16, 3 per lane) and many (N = B*T is thousands), so a warp covers a row with a few
 // 128-bit accesses per lane and reduces it with shuffles alone: no block barrier per row and no
 // idle threads (a 256-thread block per row would leave 160 of them without a pack at C = 768).
 // The parallelism comes from the rows.
-#include "kernels/layernorm.h"
+#include "kernels/cuda/layernorm.h"
 #include "kernels/device/checks.h"
 
 #include <algorithm>

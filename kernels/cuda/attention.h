@@ -1,6 +1,6 @@
 // Causal scaled-dot-product attention on the device, FlashAttention-2 style: bf16 inputs and
 // outputs, fp32 softmax statistics and accumulation, no T x T matrix in memory. The math is
-// ref::attention_forward / ref::attention_backward (kernels/attention_ref.cpp):
+// ref::attention_forward / ref::attention_backward (kernels/ref/attention_ref.cpp):
 //   s_tj = q_t . k_j / sqrt(D) for j <= t (all j when not causal),  p = softmax_j(s),
 //   out_t = sum_j p_tj v_j,  lse_t = log sum_j exp(s_tj)  (saved for the backward),
 //   backward from lse: p_tj = exp(s_tj - lse_t), Delta_t = dout_t . out_t,

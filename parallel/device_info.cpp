@@ -1,4 +1,4 @@
-#include "kernels/device_info.h"
+#include "parallel/device_info.h"
 
 #ifdef KILN_HAVE_CUDA
 #include <cublasLt.h>

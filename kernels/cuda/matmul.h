@@ -1,6 +1,6 @@
 // The model's matmuls on the device, through cuBLASLt: bf16 inputs, fp32 accumulation, with the
 // bias and GELU fused into the GEMM's epilogue where cuBLASLt accepts the shape. The math is
-// ref::matmul_forward / ref::matmul_backward and ref::gelu_* (kernels/matmul_ref.cpp, gelu_ref.cpp):
+// ref::matmul_forward / ref::matmul_backward and ref::gelu_* (kernels/ref/matmul_ref.cpp, gelu_ref.cpp):
 // weights are in nn.Linear layout W[OC, C], activations row-major [N, C] with N = B*T rows.
 //
 //   forward:        out[N,OC]  = x @ W^T + bias                   (cuBLASLt epilogue BIAS)
@@ -102,7 +102,7 @@ class Matmul {
   const MatmulStats& stats() const { return stats_; }
 
  private:
-  struct Problem;  // one cuBLASLt call, described (kernels/matmul.cu)
+  struct Problem;  // one cuBLASLt call, described (kernels/cuda/matmul.cu)
   // Runs p with its cached algorithm; false (nothing launched) if cuBLASLt has none for it.
   bool run(const Problem& p, const Stream& stream);
   struct Call;     // its descriptors

@@ -1,4 +1,4 @@
-// AdamW over the flat parameter buffer and the global gradient norm: see kernels/adamw.h.
+// AdamW over the flat parameter buffer and the global gradient norm: see kernels/cuda/adamw.h.
 //
 // AdamW: each thread updates 4 consecutive elements per iteration of a grid-stride loop (128-bit
 // loads of master, grads, m and v; a 64-bit store of the 4 bf16 parameters), with a scalar tail
@@ -9,7 +9,7 @@
 // Gradient norm: kGradNormPartials blocks x 256 threads, each thread summing squares of a fixed
 // strided set of 4-element packs in fp32; per-block tree (shuffles, then shared memory) into
 // partials[block]; a second launch of one block sums the partials in a tree of the same shape.
-#include "kernels/adamw.h"
+#include "kernels/cuda/adamw.h"
 #include "kernels/device/checks.h"
 
 #include <algorithm>

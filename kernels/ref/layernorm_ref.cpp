@@ -1,6 +1,6 @@
 #include <cmath>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 
 namespace kiln::ref {
 

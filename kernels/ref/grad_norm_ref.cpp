@@ -1,6 +1,6 @@
 #include <algorithm>
 
-#include "kernels/ref.h"
+#include "kernels/ref/ref.h"
 
 namespace kiln::ref {
 

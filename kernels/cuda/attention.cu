@@ -1,4 +1,4 @@
-#include "kernels/attention.h"
+#include "kernels/cuda/attention.h"
 #include "kernels/device/checks.h"
 #include "kernels/device/mma.h"
 
