@@ -12,7 +12,7 @@
 #include "model/config.h"
 #include "model/ops.h"
 #include "model/params.h"
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 
 namespace kiln {
 

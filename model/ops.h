@@ -12,7 +12,7 @@
 
 #include "kernels/ref/ref.h"
 #include "model/tensor.h"
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 
 namespace kiln {
 

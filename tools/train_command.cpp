@@ -4,9 +4,9 @@
 #include <iostream>
 #include <tuple>
 
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 #include "parallel/context.h"
-#include "parallel/socket_comm.h"
+#include "parallel/comm/socket_comm.h"
 #include "tools/commands.h"
 #include "train/checkpoint.h"
 #include "train/config.h"

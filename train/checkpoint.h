@@ -21,7 +21,7 @@
 
 #include "data/loader.h"
 #include "model/gpt.h"
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 #include "train/optimizer.h"
 
 namespace kiln {

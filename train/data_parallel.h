@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "model/gpt.h"
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 
 namespace kiln {
 

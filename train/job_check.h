@@ -7,7 +7,7 @@
 #include <string>
 
 #include "model/gpt.h"
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 
 namespace kiln {
 

@@ -18,7 +18,7 @@
 #include "model/gpt.h"
 #include "model/params.h"
 #include "parallel/context.h"
-#include "parallel/nccl_comm.h"
+#include "parallel/comm/nccl_comm.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"

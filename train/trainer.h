@@ -6,7 +6,7 @@
 #include <ostream>
 #include <vector>
 
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 #include "train/config.h"
 
 namespace kiln {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Jobs started without MPI: processes given RANK, WORLD_SIZE and LOCAL_RANK meet through a file
-# and talk over TCP (parallel/socket_comm.cpp). The Comm tests pass at 2 and 3 ranks; data
+# and talk over TCP (parallel/comm/socket_comm.cpp). The Comm tests pass at 2 and 3 ranks; data
 # parallel with ZeRO-1 gives mpirun's losses and parameters, tensor parallel one process's; a stale
 # rendezvous file is replaced; a rank that never comes, a WORLD_SIZE that differs and a rank that
 # stops mid-run each end the job with a message naming them.

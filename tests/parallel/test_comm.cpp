@@ -1,7 +1,7 @@
-// parallel/comm.h over MPI, run under mpiexec with several ranks, and over TCP (--rendezvous FILE,
+// parallel/comm/comm.h over MPI, run under mpiexec with several ranks, and over TCP (--rendezvous FILE,
 // processes started with RANK and WORLD_SIZE), and the one-process Comm: each collective's result
 // on every rank against the sums computed here from every rank's inputs.
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 
 #include <gtest/gtest.h>
 
@@ -15,9 +15,9 @@
 #include <thread>
 #include <vector>
 
-#include "parallel/bf16_bits.h"
+#include "parallel/comm/bf16_bits.h"
 #include "parallel/context.h"
-#include "parallel/socket_comm.h"
+#include "parallel/comm/socket_comm.h"
 
 namespace kiln {
 namespace {

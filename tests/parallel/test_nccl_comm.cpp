@@ -12,8 +12,8 @@
 
 #include "parallel/device_info.h"
 #include "model/cuda_ops.h"
-#include "parallel/bf16_bits.h"
-#include "parallel/nccl_comm.h"
+#include "parallel/comm/bf16_bits.h"
+#include "parallel/comm/nccl_comm.h"
 
 namespace kiln {
 namespace {

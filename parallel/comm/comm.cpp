@@ -1,4 +1,4 @@
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 
 #include <mpi.h>
 
@@ -14,7 +14,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "parallel/bf16_bits.h"
+#include "parallel/comm/bf16_bits.h"
 
 namespace kiln {
 namespace {

@@ -12,7 +12,7 @@
 #include <memory>
 #include <string>
 
-#include "parallel/comm.h"
+#include "parallel/comm/comm.h"
 #include "parallel/context.h"
 
 namespace kiln {

@@ -1,4 +1,4 @@
-#include "parallel/socket_comm.h"
+#include "parallel/comm/socket_comm.h"
 
 #include <netdb.h>
 #include <netinet/in.h>
@@ -23,7 +23,7 @@
 #include <utility>
 #include <vector>
 
-#include "parallel/bf16_bits.h"
+#include "parallel/comm/bf16_bits.h"
 
 namespace kiln {
 namespace {

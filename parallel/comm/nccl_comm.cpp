@@ -1,4 +1,4 @@
-#include "parallel/nccl_comm.h"
+#include "parallel/comm/nccl_comm.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
