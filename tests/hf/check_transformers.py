@@ -6,7 +6,7 @@
 2. a model kiln trained for a few steps, exported: transformers' logits match kiln's.
 
 usage: check_transformers.py KILN KILN_LOGITS WORKDIR
-Exits 77 (skipped) when torch and transformers are not installed (tools/install-deps.sh puts
+Exits 77 (skipped) when torch and transformers are not installed (tools/scripts/install-deps.sh puts
 them in .venv-hf; this script re-runs itself there if it exists).
 """
 import os
@@ -22,7 +22,7 @@ try:
 except ImportError as e:
     if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(ROOT, ".venv-hf")):
         os.execv(VENV_PYTHON, [VENV_PYTHON] + sys.argv)
-    print(f"skipped: {e} (tools/install-deps.sh installs torch and transformers into .venv-hf)")
+    print(f"skipped: {e} (tools/scripts/install-deps.sh installs torch and transformers into .venv-hf)")
     sys.exit(77)
 
 TOLERANCE = 1e-5  # largest |kiln - transformers| over the largest |logit|, both fp32

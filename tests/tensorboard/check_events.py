@@ -14,7 +14,7 @@ import sys
 try:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 except ImportError:
-    print("tensorboard is not installed (tools/install-deps.sh puts it in .venv-hf): skipped")
+    print("tensorboard is not installed (tools/scripts/install-deps.sh puts it in .venv-hf): skipped")
     sys.exit(77)
 
 kiln, work = sys.argv[1:3]

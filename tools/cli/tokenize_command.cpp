@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "data/tokenizer.h"
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 
 namespace kiln::cli {
 namespace {

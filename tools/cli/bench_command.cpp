@@ -13,7 +13,7 @@
 #include "kernels/bench/bench.h"
 #include "kernels/cpu/blas.h"
 #include "parallel/device_info.h"
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 
 namespace kiln::cli {
 namespace {

@@ -9,7 +9,7 @@
 #include "data/dataset.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 #include "train/preemption.h"
 
 namespace kiln::cli {

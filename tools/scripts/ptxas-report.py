@@ -2,7 +2,7 @@
 """ptxas-report: per-kernel register/spill/shared-memory report and H100 occupancy for kiln's .cu files.
 
 Usage:
-  tools/ptxas-report.py [options] [FILE.cu ...] [-- EXTRA_NVCC_ARGS ...]
+  tools/scripts/ptxas-report.py [options] [FILE.cu ...] [-- EXTRA_NVCC_ARGS ...]
 
   With no files, every .cu under kernels/ (build*/ directories skipped) is compiled.
   Each file is compiled for the device only (no host object is produced):
@@ -70,21 +70,21 @@ Test log (throwaway kernels under /tmp/ptxt, kept out of the repository):
     }
   devspill.cu: a __noinline__ __device__ function with a float a[48] working set, called by a kernel.
   cm.cu, sh.cu: __constant__/__device__ globals; static and extern (dynamic) __shared__ arrays.
-  tools/ptxas-report.py /tmp/ptxt/simple.cu                        -> exit 0
+  tools/scripts/ptxas-report.py /tmp/ptxt/simple.cu                        -> exit 0
       saxpy<float>: 10 regs, cmem[0] 552 B, block 256 (default) -> 8 blocks/SM, 64 warps, 100%
       block_sum: 11 regs, 512 B smem, block 128 (launch_bounds) -> 16 blocks/SM, 64 warps, 100%
-  tools/ptxas-report.py /tmp/ptxt/spill.cu                         -> exit 0
+  tools/scripts/ptxas-report.py /tmp/ptxt/spill.cu                         -> exit 0
       spill_kernel: 72 regs, no spills, 256 B stack frame (the dynamically indexed array lives in
       local memory); block 256 -> 3 blocks/SM, 24 warps, 37.5%, limited by registers
-  tools/ptxas-report.py /tmp/ptxt/spill.cu -- -maxrregcount=32     -> exit 1
+  tools/scripts/ptxas-report.py /tmp/ptxt/spill.cu -- -maxrregcount=32     -> exit 1
       spill_kernel: 32 regs, 528 B spill stores, 600 B spill loads, 768 B stack frame (on stderr);
       block 256 -> 8 blocks/SM, 64 warps, 100%
-  tools/ptxas-report.py /tmp/ptxt/devspill.cu -- -maxrregcount=24  -> exit 1 (heavy(float const*, int):
+  tools/scripts/ptxas-report.py /tmp/ptxt/devspill.cu -- -maxrregcount=24  -> exit 1 (heavy(float const*, int):
       356 B spill stores, 392 B spill loads; the kernel itself does not spill)
-  tools/ptxas-report.py --block 1024 --block block_sum=64 --dyn-smem saxpy=60000 --json /tmp/ptxt/r.json
+  tools/scripts/ptxas-report.py --block 1024 --block block_sum=64 --dyn-smem saxpy=60000 --json /tmp/ptxt/r.json
       /tmp/ptxt/simple.cu /tmp/ptxt/spill.cu /tmp/ptxt/cm.cu /tmp/ptxt/sh.cu -- -maxrregcount=32 -> exit 1
       (overrides applied; saxpy needs the >48 KB opt-in note; cm.cu shows cmem[3] 1024 B, cmem[4] 8 B)
-  tools/ptxas-report.py --block calls_heavy=256 devspill.cu with __launch_bounds__(128, 4)
+  tools/scripts/ptxas-report.py --block calls_heavy=256 devspill.cu with __launch_bounds__(128, 4)
       -> 0 blocks/SM, "block 256 exceeds __launch_bounds__ 128: launch would fail"
   A file that does not compile -> its nvcc output in the report, the command on stderr, exit 2.
   Occupancy was cross-checked against cuda_occupancy.h (CUDA 13.0) compiled with g++ over a sweep
@@ -107,7 +107,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # H100 (compute capability 9.0) per-SM limits. Sources: CUDA C Programming Guide, "Technical
 # Specifications per Compute Capability" (9.0 column); CUDA Occupancy Calculator / Nsight Compute

@@ -5,7 +5,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 #include "train/config.h"
 #include "train/plan.h"
 

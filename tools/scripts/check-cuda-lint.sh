@@ -6,9 +6,9 @@
 # (kernels/device/) may use them directly; everything else goes through its wrappers.
 #
 # Usage:
-#   tools/check-cuda-lint.sh [ROOT]        scan the repository (ROOT defaults to this script's ../)
-#   tools/check-cuda-lint.sh --files F...  scan exactly these files (no allow-list, no skips)
-#   tools/check-cuda-lint.sh --self-test   check the linter against tests/lint/fixtures/
+#   tools/scripts/check-cuda-lint.sh [ROOT]        scan the repository (ROOT defaults to this script's ../../)
+#   tools/scripts/check-cuda-lint.sh --files F...  scan exactly these files (no allow-list, no skips)
+#   tools/scripts/check-cuda-lint.sh --self-test   check the linter against tests/lint/fixtures/
 #
 # Exit status: 0 clean, 1 violations found (or self-test failed), 2 usage error.
 # Findings are printed as `file:line: <construct> is forbidden outside kernels/device/: <why>`.
@@ -22,7 +22,7 @@ set -euo pipefail
 # a trailing / means "everything under this directory").
 ALLOWED=(
   "kernels/device/"          # the runtime/wrapper layer: cuda_lang.h, launch.h, mma.h, ...
-  "tools/check-cuda-lint.sh" # this script (it names the constructs it forbids)
+  "tools/scripts/check-cuda-lint.sh" # this script (it names the constructs it forbids)
 )
 # Directories scanned, and the file kinds scanned in them.
 SCAN_DIRS=(kernels model parallel train tools tests)
@@ -144,7 +144,7 @@ scan_repo() {
 # Then a throwaway tree checks the repository mode: the allow-list, the fixture and build* skips.
 self_test() {
   local root fx tmp fail=0 rule
-  root="$(cd "$SCRIPT_DIR/.." && pwd)"
+  root="$(cd "$SCRIPT_DIR/../.." && pwd)"
   fx="$root/tests/lint/fixtures"
   [[ -f "$fx/bad.cu" && -f "$fx/clean.cu" ]] || { echo "self-test: fixtures missing under $fx" >&2; return 1; }
   tmp="$(mktemp -d)"
@@ -224,6 +224,6 @@ case "${1:-}" in
     ;;
   *)
     [[ $# -le 1 ]] || { echo "usage: $0 [ROOT] | --files FILE... | --self-test" >&2; exit 2; }
-    scan_repo "${1:-$SCRIPT_DIR/..}"
+    scan_repo "${1:-$SCRIPT_DIR/../..}"
     ;;
 esac

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The transformers side of tools/bench-generate.sh: greedy decoding with a KV cache on the CPU.
+"""The transformers side of tools/scripts/bench-generate.sh: greedy decoding with a KV cache on the CPU.
 
     bench_generate.py make-model DIR [--seed S]
         a GPT-2 124M with random weights (transformers' initialisation), saved with safetensors,

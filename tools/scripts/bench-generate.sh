@@ -5,14 +5,14 @@
 # reports decoding as a fraction of the bound it sets: each new token reads every weight once, so
 # tokens/s <= bandwidth / bytes of weights read per token. CPU measurements; wait for an idle machine.
 #
-#   bash tools/bench-generate.sh [runs]            (default 5; the median is reported)
-#   KILN=build/kiln THREADS=2 GPT2_DIR=dir RESULTS=dir bash tools/bench-generate.sh
+#   bash tools/scripts/bench-generate.sh [runs]            (default 5; the median is reported)
+#   KILN=build/kiln THREADS=2 GPT2_DIR=dir RESULTS=dir bash tools/scripts/bench-generate.sh
 #
 # GPT2_DIR holds GPT-2's encoder.json and vocab.bpe, for the prompt (default: whatever
 # `kiln generate --tokenizer gpt2` finds by itself). Sets up .venv-bench on first use; not run in CI.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source tools/bench-env.sh
+cd "$(dirname "$0")/../.."
+source tools/scripts/bench-env.sh
 runs="${1:-5}"
 new_tokens=64
 prompt="The quick brown fox jumps over the lazy dog. It"
@@ -25,7 +25,7 @@ tok=(--tokenizer gpt2)
 # The model: transformers' random GPT-2 124M, imported into a kiln checkpoint.
 if [[ ! -f "$out/ckpt-done" ]]; then
   rm -rf "$out/hf" "$out/ckpt"
-  "$python" tools/bench_generate.py make-model "$out/hf" > "$out/make-model.log" 2>&1
+  "$python" tools/scripts/bench_generate.py make-model "$out/hf" > "$out/make-model.log" 2>&1
   "$kiln" ckpt import-hf "$out/hf" "$out/ckpt" > /dev/null
   touch "$out/ckpt-done"
 fi
@@ -83,7 +83,7 @@ done
 busy+=("$(printf '%s\n' "${kiln_busy[@]}" | sort -g | tail -1)")
 kiln_tps=$(printf '%s\n' "${kiln_rates[@]}" | sort -g | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
 
-clean_run "$out/transformers.log" env OMP_NUM_THREADS="$threads" "$python" tools/bench_generate.py time "$out/hf" \
+clean_run "$out/transformers.log" env OMP_NUM_THREADS="$threads" "$python" tools/scripts/bench_generate.py time "$out/hf" \
   --prompt-ids "$prompt_ids" --new-tokens "$new_tokens" --threads "$threads" --runs "$runs" --json "$out/transformers.json"
 busy+=("$others")
 hf_tps=$("$python" -c "import json; print(json.load(open('$out/transformers.json'))['median_tokens_per_s'])")

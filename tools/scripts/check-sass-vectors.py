@@ -4,14 +4,14 @@
 Memory-bound kernels reach the copy bandwidth only with 16-byte accesses (LDG.E.128 / STG.E.128);
 a change that loses them is a silent 2-4x slowdown. Checking the SASS catches it without a GPU.
 
-    tools/check-sass-vectors.py [--allow-scalar SUBSTR]... FILE.cu... [-- extra nvcc args]
-    tools/check-sass-vectors.py --only SUBSTR... --require REGEX... FILE.cu...
+    tools/scripts/check-sass-vectors.py [--allow-scalar SUBSTR]... FILE.cu... [-- extra nvcc args]
+    tools/scripts/check-sass-vectors.py --only SUBSTR... --require REGEX... FILE.cu...
 
 Every __global__ function in kiln::cuda of the given files is checked, except kernels whose
 demangled name contains an --allow-scalar substring (small reductions over a few hundred floats).
 With --only, just the kernels whose name contains one of the substrings; with --require, their SASS
 must match every REGEX instead (e.g. HMMA and LDGSTS: tensor cores and cp.async in attention).
-nvdisasm comes from the CUDA toolkit or PyPI's nvidia-cuda-nvdisasm (tools/install-deps.sh).
+nvdisasm comes from the CUDA toolkit or PyPI's nvidia-cuda-nvdisasm (tools/scripts/install-deps.sh).
 """
 import argparse
 import glob
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def find_nvdisasm():

@@ -11,7 +11,7 @@
 #include "data/gpt2_tokenizer.h"
 #include "data/tokenizer.h"
 #include "model/hf_gpt2.h"
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 #include "train/checkpoint.h"
 
 namespace kiln::cli {

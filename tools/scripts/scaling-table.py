@@ -2,7 +2,7 @@
 """The table of docs/scaling.md: `kiln plan` for GPT-2 124M to 1.5B and a 7B-class model on 8 to
 1024 H100s, each at the largest micro-batch that fits (powers of two; the recompute setting noted).
 
-    python3 tools/scaling-table.py [build/kiln] > table.md
+    python3 tools/scripts/scaling-table.py [build/kiln] > table.md
 """
 import json
 import subprocess

@@ -10,19 +10,19 @@
 #   5. later stages (other checks add theirs here), in the time left: PyTorch's attention on the
 #      shapes of stage 4
 # The plan stays under 9 minutes (GPU_CHECK_BUDGET_S, default 520 s). The machine has only what was
-# carried to it: the libraries tools/install-deps.sh installs must be on the search paths before the
+# carried to it: the libraries tools/scripts/install-deps.sh installs must be on the search paths before the
 # call; a carried corpus/kjv.txt stands in for the bible-kjv package. A test or stage whose
 # requirement is missing is skipped, and summary.txt says so. Exit 0 only when stages 1-4 passed
 # and no later stage failed (one cut off or left without time does not count).
 #
-#   bash tools/gpu-check.sh [BUILD_DIR (build-gpu, relative to the repository's root)]
+#   bash tools/scripts/gpu-check.sh [BUILD_DIR (build-gpu, relative to the repository's root)]
 # Results in $OUT (or ./gpu-check): summary.txt, device.txt, each stage's N-NAME.log, configure.log,
 # build.log, ctest-gpu.log, build-rest.log, ctest-rest.log, bench.json/.txt, torch_attention.json/.txt.
 set -uo pipefail
 self=$(realpath "$0")
 out=$(realpath -m "${OUT:-gpu-check}")
 export OUT=$out
-cd "$(dirname "$self")/.."
+cd "$(dirname "$self")/../.."
 mkdir -p "$out"
 note() { echo "$*" | tee -a "$out/summary.txt"; }
 command -v nvcc > /dev/null || PATH=$PATH:/usr/local/cuda/bin
@@ -79,7 +79,7 @@ stage_body() {
         note "   skipped: no PyTorch with CUDA here"
         exit 0
       fi
-      python3 tools/bench_torch_attention.py --json "$out/torch_attention.json" > "$out/torch_attention.txt" 2>&1
+      python3 tools/scripts/bench_torch_attention.py --json "$out/torch_attention.json" > "$out/torch_attention.txt" 2>&1
       ;;
     *) echo "gpu-check: no stage '$1'"; exit 2 ;;
   esac

@@ -2,9 +2,9 @@
 # The README's fine-tuning example: the demo model (configs/tiny.toml, pretrained on the King
 # James Bible) fine-tuned on prompt/response pairs, a verse's reference -> its text, so that it
 # learns to answer a reference with a verse. Then `kiln generate` asks it for one.
-#   bash tools/finetune-example.sh [STEPS]     (after tools/demo.sh, or it pretrains first)
+#   bash tools/scripts/finetune-example.sh [STEPS]     (after tools/scripts/demo.sh, or it pretrains first)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 steps="${1:-300}"
 kiln=./build/kiln
 # corpus/verses.jsonl: {"prompt": "Ge1:3 ", "response": "And God said, Let there be light: ..."}

@@ -10,7 +10,7 @@
 #include "parallel/device_info.h"
 #include "kernels/emu/cuda_runtime.h"
 #include "parallel/context.h"
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 
 namespace kiln::cli {
 

@@ -5,7 +5,7 @@ Times causal bf16 attention with each of PyTorch's fused backends (FlashAttentio
 the same GPU, counting FLOPs as kiln does: 4 B T^2 H D for the forward, halved for causal, and
 2.5x that for the backward. The backward is timed alone: forward + backward minus the forward.
 
-    python3 tools/bench_torch_attention.py [--json torch_attention.json] [--reps 50]
+    python3 tools/scripts/bench_torch_attention.py [--json torch_attention.json] [--reps 50]
 
 Needs a CUDA GPU and PyTorch 2.3 or newer (torch.nn.attention.sdpa_kernel), e.g. from PyPI in a
 virtual environment: python3 -m venv .venv && .venv/bin/pip install torch.

@@ -6,7 +6,7 @@ tokens/s and MFU (when the run knew its peak). Skipped steps (non-finite loss) a
 Each run keeps one colour in every panel (its validation loss dashed, with markers). Needs any
 Python 3 with matplotlib (Debian's python3-matplotlib, or a venv's).
 
-    python3 tools/plot_metrics.py runs/a [runs/b ...] [-o plot.png]
+    python3 tools/scripts/plot_metrics.py runs/a [runs/b ...] [-o plot.png]
 """
 import argparse
 import json

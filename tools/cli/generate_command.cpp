@@ -6,7 +6,7 @@
 
 #include "data/tokenizer.h"
 #include "model/decoder.h"
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/sample.h"

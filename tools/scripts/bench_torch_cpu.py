@@ -11,10 +11,10 @@ One timed step is what kiln times as one step in metrics.jsonl (train/trainer.cp
 gradients, forward, backward, the global gradient norm and clipping, the AdamW step, and reading the
 loss. Data are made up front and not timed on either side (kiln's random loader is prefetched).
 
-tools/bench-cpu.sh runs it with a current PyTorch from PyPI in its own venv (.venv-bench):
+tools/scripts/bench-cpu.sh runs it with a current PyTorch from PyPI in its own venv (.venv-bench):
 
-    .venv-bench/bin/python tools/bench_torch_cpu.py                 # tiny, batch 8 x 128
-    .venv-bench/bin/python tools/bench_torch_cpu.py --preset gpt2-124m --batch 4 --seq-len 64 --compile
+    .venv-bench/bin/python tools/scripts/bench_torch_cpu.py                 # tiny, batch 8 x 128
+    .venv-bench/bin/python tools/scripts/bench_torch_cpu.py --preset gpt2-124m --batch 4 --seq-len 64 --compile
 """
 import argparse
 import json

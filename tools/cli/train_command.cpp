@@ -7,7 +7,7 @@
 #include "parallel/comm/comm.h"
 #include "parallel/context.h"
 #include "parallel/comm/socket_comm.h"
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -59,7 +59,7 @@ void add_train_command(CLI::App& app) {
       "Overrides: any config key as --section.key=value, e.g. --train.steps=200 --optim.lr=3e-4 "
       "--model.preset=gpt2-124m --run.dir=runs/x");
   cmd->callback([cmd, config_path, shortcuts] {
-    // tools/kill9-soak.sh stops a run at an exact moment of a load or a save, to kill it there.
+    // tools/scripts/kill9-soak.sh stops a run at an exact moment of a load or a save, to kill it there.
     if (const char* point = std::getenv("KILN_FAULT_STOP_AT")) inject_checkpoint_faults({.fail_write = 0, .stop_at = point});
     std::vector<Override> overrides = config_overrides(*cmd);
     overrides.insert(overrides.end(), shortcuts->begin(), shortcuts->end());

@@ -1,7 +1,7 @@
 // kiln: one binary, git-style subcommands.
 #include <iostream>
 
-#include "tools/commands.h"
+#include "tools/cli/commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"kiln: pretrain and fine-tune GPT-style transformers", "kiln"};
