@@ -1,6 +1,6 @@
 // The fast fp32 CPU path (kiln train --device cpu): BLAS matmuls, attention through BLAS in row
 // blocks, and fused, vectorised row passes. Same contracts as kernels/ref/ref.h (backward ops
-// accumulate into their gradients), checked against those references by tests/test_cpu_ops.cpp.
+// accumulate into their gradients), checked against those references by tests/kernels/test_cpu_ops.cpp.
 #pragma once
 
 #include <cstdint>

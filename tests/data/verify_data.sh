@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shard checksums end to end: `kiln prepare` records them, `prepare --inspect --verify` and
 # `train --verify-data` check them, and one flipped bit is refused by both, naming the shard.
-#   bash tests/verify_data.sh KILN SOURCE_DIR WORK_DIR
+#   bash tests/data/verify_data.sh KILN SOURCE_DIR WORK_DIR
 set -euo pipefail
 kiln="$1" src="$2" work="$3"
 rm -rf "$work" && mkdir -p "$work"

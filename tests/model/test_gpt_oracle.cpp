@@ -65,7 +65,7 @@ class GptOracle : public ::testing::Test {
     return out;
   }
 
-  h5::File fixture_ = h5::File::open_read("tests/data/gpt_oracle.h5");
+  h5::File fixture_ = h5::File::open_read("tests/fixtures/gpt_oracle.h5");
   std::unique_ptr<Ops> ops_ = make_cpu_ops();
   GPTConfig cfg_;
   int B_ = 0, T_ = 0;

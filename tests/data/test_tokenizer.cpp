@@ -91,7 +91,7 @@ std::string random_bytes(std::mt19937& rng, int n) {
 }
 
 TEST(Gpt2Tokenizer, MatchesReferenceEncodings) {
-  const nlohmann::json refs = nlohmann::json::parse(read_file(std::string(KILN_SOURCE_DIR) + "/tests/data/gpt2_refs.json"));
+  const nlohmann::json refs = nlohmann::json::parse(read_file(std::string(KILN_SOURCE_DIR) + "/tests/fixtures/gpt2_refs.json"));
   int checked = 0;
   for (const auto& c : refs.at("cases")) {
     const std::string text = c.at("text").get<std::string>();
