@@ -279,9 +279,8 @@ void check_files(const std::string& dir, const json& manifest) {
     if (sum.bytes != f.at("bytes").get<int64_t>())
       throw std::runtime_error(fmt::format("{}: {} bytes, the manifest says {} (truncated?)", path, sum.bytes,
                                            f.at("bytes").get<int64_t>()));
-    const std::string hash = sum.hex();
-    if (hash != f.at("fnv1a"))
-      throw std::runtime_error(path + ": checksum " + hash + ", the manifest says " + std::string(f.at("fnv1a")));
+    const std::string hash = sum.hex(), recorded = f.at("fnv1a").get<std::string>();
+    if (hash != recorded) throw std::runtime_error(path + ": checksum " + hash + ", the manifest says " + recorded);
   }
 }
 

@@ -3,7 +3,9 @@
 
 #include "tools/cli/commands.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
   CLI::App app{"kiln: pretrain and fine-tune GPT-style transformers", "kiln"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(KILN_VERSION));
@@ -33,4 +35,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Setting up the commands can throw too (an allocation); nothing leaves main as an exception.
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "kiln: error: " << e.what() << std::endl;
+  } catch (...) {
+    std::cerr << "kiln: error: an unknown exception" << std::endl;
+  }
+  return 1;
 }

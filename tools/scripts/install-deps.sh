@@ -25,6 +25,7 @@ packages=(
   libomp-dev                          # OpenMP
   libopenblas-openmp-dev              # BLAS for the CPU backend (OpenMP build: shares kiln's threads)
   libboost-context-dev                # fibers for the SIMT emulator
+  clang-format-14 clang-tidy-16       # the lint.format and lint.tidy tests (.clang-format, .clang-tidy)
   python3-matplotlib                  # tools/scripts/plot_metrics.py: loss, lr, grad norm, throughput plots
   python3-torch python3-venv          # tests/hf/check_transformers.py: kiln's GPT-2 against transformers'
   bible-kjv                           # demo corpus: the King James Bible (public domain), see tools/scripts/get-corpus.sh
