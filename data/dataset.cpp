@@ -53,10 +53,10 @@ void check_doc_offsets(const ShardReader& shard) {
   for (size_t i = 0; i < offsets.size(); i++) {
     const int64_t lower = i == 0 ? 0 : offsets[i - 1] + 1;
     if ((i == 0 && offsets[0] != 0) || offsets[i] < lower || offsets[i] >= shard.num_tokens())
-      throw std::runtime_error(shard.path() + ": doc_offsets[" + std::to_string(i) + "] is " +
-                               std::to_string(offsets[i]) + ", expected " +
-                               (i == 0 ? std::string("0") : "a rising offset below " + std::to_string(shard.num_tokens())) +
-                               ": the shard is corrupt; prepare it again");
+      throw std::runtime_error(
+          shard.path() + ": doc_offsets[" + std::to_string(i) + "] is " + std::to_string(offsets[i]) + ", expected " +
+          (i == 0 ? std::string("0") : "a rising offset below " + std::to_string(shard.num_tokens())) +
+          ": the shard is corrupt; prepare it again");
   }
 }
 
@@ -64,7 +64,7 @@ void check_doc_offsets(const ShardReader& shard) {
 // returns the size. Datasets prepared before checksums record neither: they pass the size check and
 // fail the checksum one.
 int64_t check_file(const std::string& file, const JsonReader& r, const json& entry, const std::string& at,
-                DataCheck check) {
+                   DataCheck check) {
   const int64_t size = (int64_t)std::filesystem::file_size(file);
   if (entry.contains("bytes")) {
     const int64_t listed = r.get<int64_t>(entry, "bytes", at);
@@ -139,14 +139,11 @@ void open_split(Split& split, const JsonReader& r, const std::string& dir, const
 
 void write_dataset_json(const std::string& dir, const std::string& tokenizer_name, const TokenizerMeta& meta,
                         bool has_loss_mask, const std::vector<ShardEntry>& train, const std::vector<ShardEntry>& val) {
-  const json doc = {{"format", kShardFormat},
-                    {"format_version", kShardFormatVersion},
-                    {"tokenizer", meta.tokenizer},
-                    {"tokenizer_name", tokenizer_name},
-                    {"vocab_size", meta.vocab_size},
-                    {"eot_token", meta.eot_token},
-                    {"has_loss_mask", has_loss_mask},
-                    {"splits", {{"train", split_json(train)}, {"val", split_json(val)}}}};
+  const json doc = {
+      {"format", kShardFormat},         {"format_version", kShardFormatVersion},
+      {"tokenizer", meta.tokenizer},    {"tokenizer_name", tokenizer_name},
+      {"vocab_size", meta.vocab_size},  {"eot_token", meta.eot_token},
+      {"has_loss_mask", has_loss_mask}, {"splits", {{"train", split_json(train)}, {"val", split_json(val)}}}};
   const std::string path = dir + "/dataset.json";
   std::ofstream out(path);
   out << doc.dump(2) << '\n';
@@ -166,7 +163,8 @@ Dataset Dataset::open(const std::string& dir, DataCheck check) {
   }
   const JsonReader r(path, doc);
   const std::string format = r.get<std::string>(doc, "format", "");
-  if (format != kShardFormat) throw std::runtime_error(path + ": format is '" + format + "', expected '" + kShardFormat + "'");
+  if (format != kShardFormat)
+    throw std::runtime_error(path + ": format is '" + format + "', expected '" + kShardFormat + "'");
   const int64_t version = r.get<int64_t>(doc, "format_version", "");
   if (version != kShardFormatVersion)
     throw std::runtime_error(path + ": format_version " + std::to_string(version) + ", this kiln reads version " +

@@ -105,7 +105,7 @@ class Gpt2Tokenizer::Regex {
       if (rc < 0) throw std::runtime_error("gpt2 tokenizer: pre-tokenizer regex failed: " + message(rc));
       const PCRE2_SIZE* span = pcre2_get_ovector_pointer(match.get());
       if (span[0] > pos) fn(text.substr(pos, span[0] - pos));  // invalid UTF-8 the match skipped over
-      fn(text.substr(span[0], span[1] - span[0]));  // never empty: every alternative takes a character
+      fn(text.substr(span[0], span[1] - span[0]));             // never empty: every alternative takes a character
       pos = span[1];
     }
     if (pos < text.size()) fn(text.substr(pos));
@@ -168,10 +168,11 @@ class Gpt2Tokenizer::WordCache {
   std::array<Shard, kShards> shards_;
 };
 
-Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir) : regex_(std::make_unique<Regex>()),
-                                                       cache_(std::make_unique<WordCache>()) {
+Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir)
+    : regex_(std::make_unique<Regex>()), cache_(std::make_unique<WordCache>()) {
   if (!std::filesystem::is_directory(dir))
-    throw std::runtime_error(dir + ": GPT-2 tokenizer directory not found (it holds encoder.json and vocab.bpe, "
+    throw std::runtime_error(dir +
+                             ": GPT-2 tokenizer directory not found (it holds encoder.json and vocab.bpe, "
                              "or Hugging Face's copies of them, vocab.json and merges.txt)");
   auto [encoder_path, merges_path] = files_in(dir);
   if (encoder_path.empty()) {  // neither pair: name the files of OpenAI's release in the error
@@ -245,7 +246,8 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir) : regex_(std::make_unique<R
   }
 
   char hash[17];
-  const uint64_t files_hash = fnv1a(merges_text.data(), merges_text.size(), fnv1a(encoder_text.data(), encoder_text.size()));
+  const uint64_t files_hash =
+      fnv1a(merges_text.data(), merges_text.size(), fnv1a(encoder_text.data(), encoder_text.size()));
   std::snprintf(hash, sizeof hash, "%016" PRIx64, files_hash);
   fingerprint_ = std::string("gpt2:fnv1a64:") + hash;
 }

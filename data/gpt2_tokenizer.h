@@ -52,8 +52,8 @@ class Gpt2Tokenizer final : public Tokenizer {
   void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
   std::vector<int32_t> bpe(std::string_view piece) const;
 
-  std::vector<std::string> token_bytes_;  // id -> raw bytes
-  int32_t byte_token_[256] = {};          // byte -> id of its one-byte token
+  std::vector<std::string> token_bytes_;        // id -> raw bytes
+  int32_t byte_token_[256] = {};                // byte -> id of its one-byte token
   std::unordered_map<uint64_t, Merge> merges_;  // pair_key(left, right) -> merge
   int32_t eot_ = -1;
   std::string fingerprint_;

@@ -21,14 +21,22 @@ void silence_hdf5_errors() {
 
 template <class T>
 hid_t native_type() {
-  if constexpr (std::is_same_v<T, float>) return H5T_NATIVE_FLOAT;
-  else if constexpr (std::is_same_v<T, double>) return H5T_NATIVE_DOUBLE;
-  else if constexpr (std::is_same_v<T, uint8_t>) return H5T_NATIVE_UINT8;
-  else if constexpr (std::is_same_v<T, uint16_t>) return H5T_NATIVE_UINT16;
-  else if constexpr (std::is_same_v<T, int32_t>) return H5T_NATIVE_INT32;
-  else if constexpr (std::is_same_v<T, uint32_t>) return H5T_NATIVE_UINT32;
-  else if constexpr (std::is_same_v<T, int64_t>) return H5T_NATIVE_INT64;
-  else static_assert(sizeof(T) == 0, "unsupported HDF5 element type");
+  if constexpr (std::is_same_v<T, float>)
+    return H5T_NATIVE_FLOAT;
+  else if constexpr (std::is_same_v<T, double>)
+    return H5T_NATIVE_DOUBLE;
+  else if constexpr (std::is_same_v<T, uint8_t>)
+    return H5T_NATIVE_UINT8;
+  else if constexpr (std::is_same_v<T, uint16_t>)
+    return H5T_NATIVE_UINT16;
+  else if constexpr (std::is_same_v<T, int32_t>)
+    return H5T_NATIVE_INT32;
+  else if constexpr (std::is_same_v<T, uint32_t>)
+    return H5T_NATIVE_UINT32;
+  else if constexpr (std::is_same_v<T, int64_t>)
+    return H5T_NATIVE_INT64;
+  else
+    static_assert(sizeof(T) == 0, "unsupported HDF5 element type");
 }
 
 Handle file_access_without_locking() {
@@ -177,8 +185,7 @@ void File::write(const std::string& name, std::span<const T> data, hid_t stored,
     H5Pset_chunk(dcpl.get(), 1, &chunk_size);
     if (gzip_level > 0) H5Pset_deflate(dcpl.get(), gzip_level);
   }
-  const Handle ds(H5Dcreate2(id(), name.c_str(), stored, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
-                  H5Dclose);
+  const Handle ds(H5Dcreate2(id(), name.c_str(), stored, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose);
   if (ds.get() < 0) fail("cannot create dataset '" + name + "'");
   if (size > 0 && H5Dwrite(ds.get(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()) < 0)
     fail("cannot write dataset '" + name + "' (disk full?)");
@@ -188,7 +195,8 @@ template <class T>
 void File::set_attribute(const std::string& name, T value) {
   const Handle space(H5Screate(H5S_SCALAR), H5Sclose);
   const Handle attr(H5Acreate2(id(), name.c_str(), native_type<T>(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  if (attr.get() < 0 || H5Awrite(attr.get(), native_type<T>(), &value) < 0) fail("cannot write attribute '" + name + "'");
+  if (attr.get() < 0 || H5Awrite(attr.get(), native_type<T>(), &value) < 0)
+    fail("cannot write attribute '" + name + "'");
 }
 
 void File::set_attribute(const std::string& name, const std::string& value) {
@@ -197,12 +205,13 @@ void File::set_attribute(const std::string& name, const std::string& value) {
   const Handle space(H5Screate(H5S_SCALAR), H5Sclose);
   const Handle attr(H5Acreate2(id(), name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   std::string padded = value.empty() ? std::string(1, '\0') : value;
-  if (attr.get() < 0 || H5Awrite(attr.get(), type.get(), padded.data()) < 0) fail("cannot write attribute '" + name + "'");
+  if (attr.get() < 0 || H5Awrite(attr.get(), type.get(), padded.data()) < 0)
+    fail("cannot write attribute '" + name + "'");
 }
 
-#define KILN_H5_READ(T)                                                                       \
-  template std::vector<T> File::read<T>(const std::string&, std::vector<int64_t>*) const;     \
-  template void File::read_range<T>(const std::string&, int64_t, std::span<T>) const;         \
+#define KILN_H5_READ(T)                                                                   \
+  template std::vector<T> File::read<T>(const std::string&, std::vector<int64_t>*) const; \
+  template void File::read_range<T>(const std::string&, int64_t, std::span<T>) const;     \
   template void File::write<T>(const std::string&, std::span<const T>, hid_t, int64_t, int);
 KILN_H5_READ(float)
 KILN_H5_READ(double)

@@ -22,9 +22,9 @@
 namespace kiln {
 
 struct Batch {
-  int B = 0, T = 0;              // B may be below batch_size in the last validation batch
-  std::vector<int32_t> inputs;   // [B, T]
-  std::vector<int32_t> targets;  // [B, T]: inputs shifted by one
+  int B = 0, T = 0;                // B may be below batch_size in the last validation batch
+  std::vector<int32_t> inputs;     // [B, T]
+  std::vector<int32_t> targets;    // [B, T]: inputs shifted by one
   std::vector<uint8_t> loss_mask;  // [B, T] mask of each target token, empty if the dataset has none
 };
 

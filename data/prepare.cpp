@@ -21,10 +21,10 @@ namespace fs = std::filesystem;
 constexpr int64_t kBlockBytes = 16 << 20;  // text tokenized in parallel per block
 
 struct Document {
-  std::string text;              // pretraining text, or the prompt
-  std::string response;          // fine-tuning only
+  std::string text;      // pretraining text, or the prompt
+  std::string response;  // fine-tuning only
   bool fine_tune = false;
-  std::vector<int32_t> tokens;   // filled by tokenize()
+  std::vector<int32_t> tokens;  // filled by tokenize()
   std::vector<uint8_t> mask;
 };
 
@@ -62,8 +62,9 @@ class DocumentReader {
   void check_kind(bool fine_tune, const std::string& where) {
     if (fine_tune_ < 0) fine_tune_ = fine_tune;
     if (fine_tune_ != (int)fine_tune)
-      throw std::runtime_error(where + ": mixes " + (fine_tune ? "a prompt/response document into text documents"
-                                                               : "a text document into prompt/response documents"));
+      throw std::runtime_error(where + ": mixes " +
+                               (fine_tune ? "a prompt/response document into text documents"
+                                          : "a text document into prompt/response documents"));
   }
 
   bool next_text(Document& doc) {
@@ -190,8 +191,8 @@ class ShardSink {
 
 // Tokenizes every document and writes the shards and dataset.json into `dir`.
 void write_shards(const PrepareOptions& o, const Tokenizer& tok, const TokenizerMeta& meta,
-                  const std::function<bool(int64_t)>& is_val,
-                  const std::string& dir, PrepareSummary& sum, const PrepareProgress& progress) {
+                  const std::function<bool(int64_t)>& is_val, const std::string& dir, PrepareSummary& sum,
+                  const PrepareProgress& progress) {
   ShardSink train(dir, "train", meta, o), val(dir, "val", meta, o);
   DocumentReader reader(o);
   bool more = true;
@@ -278,8 +279,7 @@ PrepareSummary prepare_dataset(const PrepareOptions& o, const PrepareProgress& p
     // bundled vocabulary is found by its fingerprint instead (tokenizer_matching()).
     if (o.tokenizer == "gpt2" && !o.tokenizer_dir.empty()) {
       const auto [encoder, merges] = Gpt2Tokenizer::files_in(o.tokenizer_dir);
-      for (const std::string& file : {encoder, merges})
-        fs::copy_file(file, fs::path(tmp) / fs::path(file).filename());
+      for (const std::string& file : {encoder, merges}) fs::copy_file(file, fs::path(tmp) / fs::path(file).filename());
     }
   } catch (...) {
     fs::remove_all(tmp);  // a failed run leaves nothing behind; a killed one leaves only OUTPUT.tmp-PID

@@ -17,16 +17,16 @@ namespace kiln {
 
 struct PrepareOptions {
   std::vector<std::string> inputs;
-  std::string format = "auto";   // text | jsonl | auto (jsonl when the file name ends in .jsonl)
-  std::string separator;         // text: document separator; empty = one document per file
+  std::string format = "auto";  // text | jsonl | auto (jsonl when the file name ends in .jsonl)
+  std::string separator;        // text: document separator; empty = one document per file
   std::string tokenizer = "bytes";
   std::string tokenizer_dir;
   std::string output;
   double val_fraction = 0.0;
-  int64_t val_documents = -1;    // >= 0: exactly this many validation documents (overrides the fraction)
+  int64_t val_documents = -1;  // >= 0: exactly this many validation documents (overrides the fraction)
   int64_t shard_tokens = 100'000'000;
-  int gzip_level = 0;            // 0: uncompressed (fastest random access)
-  bool force = false;            // replace an existing output directory
+  int gzip_level = 0;  // 0: uncompressed (fastest random access)
+  bool force = false;  // replace an existing output directory
 };
 
 struct PrepareSummary {

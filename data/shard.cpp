@@ -9,7 +9,8 @@ void write_shard(const std::string& path, const ShardData& data, const Tokenizer
   const hid_t token_type = token_bytes(meta.vocab_size) == 2 ? H5T_STD_U16LE : H5T_STD_U32LE;
   f.write<int32_t>("tokens", data.tokens, token_type, kShardChunkTokens, gzip_level);
   f.write<int64_t>("doc_offsets", data.doc_offsets, H5T_STD_I64LE, kShardChunkTokens, gzip_level);
-  if (!data.loss_mask.empty()) f.write<uint8_t>("loss_mask", data.loss_mask, H5T_STD_U8LE, kShardChunkTokens, gzip_level);
+  if (!data.loss_mask.empty())
+    f.write<uint8_t>("loss_mask", data.loss_mask, H5T_STD_U8LE, kShardChunkTokens, gzip_level);
   f.set_attribute("format", std::string(kShardFormat));
   f.set_attribute<int64_t>("format_version", kShardFormatVersion);
   f.set_attribute<int64_t>("vocab_size", meta.vocab_size);
@@ -28,19 +29,22 @@ ShardReader::ShardReader(const std::string& path, const TokenizerMeta& expected)
   if (format != kShardFormat) fail("format", "'" + format + "', expected '" + kShardFormat + "'");
   const int64_t version = file_.attribute<int64_t>("/", "format_version");
   if (version != kShardFormatVersion)
-    fail("format_version", std::to_string(version) + ", this kiln reads version " + std::to_string(kShardFormatVersion));
+    fail("format_version",
+         std::to_string(version) + ", this kiln reads version " + std::to_string(kShardFormatVersion));
   const int64_t vocab = file_.attribute<int64_t>("/", "vocab_size");
   if (vocab != expected.vocab_size)
     fail("vocab_size", std::to_string(vocab) + ", expected " + std::to_string(expected.vocab_size));
   const std::string tokenizer = file_.string_attribute("/", "tokenizer");
   if (tokenizer != expected.tokenizer) fail("tokenizer", "'" + tokenizer + "', expected '" + expected.tokenizer + "'");
   const int64_t eot = file_.attribute<int64_t>("/", "eot_token");
-  if (eot != expected.eot_token) fail("eot_token", std::to_string(eot) + ", expected " + std::to_string(expected.eot_token));
+  if (eot != expected.eot_token)
+    fail("eot_token", std::to_string(eot) + ", expected " + std::to_string(expected.eot_token));
 
   const h5::DatasetInfo tokens = file_.info("tokens");
   if (!tokens.is_integer || tokens.is_signed || tokens.element_size != token_bytes(vocab) || tokens.shape.size() != 1)
-    fail("tokens", "stored as " + std::string(tokens.is_signed ? "signed " : "") + std::to_string(tokens.element_size * 8) +
-                       "-bit values of rank " + std::to_string(tokens.shape.size()) + ", expected 1-D uint" +
+    fail("tokens", "stored as " + std::string(tokens.is_signed ? "signed " : "") +
+                       std::to_string(tokens.element_size * 8) + "-bit values of rank " +
+                       std::to_string(tokens.shape.size()) + ", expected 1-D uint" +
                        std::to_string(token_bytes(vocab) * 8) + " for vocab_size " + std::to_string(vocab));
   vocab_size_ = vocab;
   num_tokens_ = file_.attribute<int64_t>("/", "num_tokens");
@@ -53,8 +57,8 @@ ShardReader::ShardReader(const std::string& path, const TokenizerMeta& expected)
                             std::to_string(num_documents_));
   has_loss_mask_ = file_.has("loss_mask");
   if (has_loss_mask_ && file_.info("loss_mask").numel() != num_tokens_)
-    fail("loss_mask", std::to_string(file_.info("loss_mask").numel()) + " entries for " + std::to_string(num_tokens_) +
-                          " tokens");
+    fail("loss_mask",
+         std::to_string(file_.info("loss_mask").numel()) + " entries for " + std::to_string(num_tokens_) + " tokens");
 }
 
 void ShardReader::read_tokens(int64_t offset, std::span<int32_t> out) const {

@@ -14,9 +14,9 @@ namespace kiln {
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-  virtual std::string name() const = 0;         // "bytes" or "gpt2"
-  virtual int vocab_size() const = 0;           // bytes: 257, gpt2: 50257
-  virtual int32_t eot_token() const = 0;        // bytes: 256, gpt2: 50256 (<|endoftext|>)
+  virtual std::string name() const = 0;   // "bytes" or "gpt2"
+  virtual int vocab_size() const = 0;     // bytes: 257, gpt2: 50257
+  virtual int32_t eot_token() const = 0;  // bytes: 256, gpt2: 50256 (<|endoftext|>)
   // Name plus a hash of the files it was loaded from ("gpt2:fnv1a64:<16 hex digits>"), so a token file
   // can be checked against the tokenizer a run uses. The byte tokenizer's is just "bytes".
   virtual std::string fingerprint() const = 0;

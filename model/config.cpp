@@ -29,8 +29,9 @@ int GPTConfig::padded_vocab(int tp_size) const {
 
 void GPTConfig::validate() const {
   auto positive = [](int v, const char* field) {
-    if (v <= 0) throw std::invalid_argument(std::string("model.") + field + " = " + std::to_string(v) +
-                                            ": expected a positive integer");
+    if (v <= 0)
+      throw std::invalid_argument(std::string("model.") + field + " = " + std::to_string(v) +
+                                  ": expected a positive integer");
   };
   positive(vocab_size, "vocab_size");
   positive(max_seq_len, "max_seq_len");
@@ -39,8 +40,8 @@ void GPTConfig::validate() const {
   positive(n_embd, "n_embd");
   positive(vocab_multiple, "vocab_multiple");
   if (n_embd % n_head != 0)
-    throw std::invalid_argument("model.n_embd = " + std::to_string(n_embd) + " is not divisible by model.n_head = " +
-                                std::to_string(n_head));
+    throw std::invalid_argument("model.n_embd = " + std::to_string(n_embd) +
+                                " is not divisible by model.n_head = " + std::to_string(n_head));
 }
 
 GPTConfig GPTConfig::preset(std::string_view name) {

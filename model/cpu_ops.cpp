@@ -77,11 +77,11 @@ class CpuOps final : public Ops {
                          const Tensor& weight, const Tensor& bias, int N, int C) override {
     OpTimer t(times_, "layernorm");
     (fast_ ? cpu::layernorm_forward : ref::layernorm_forward<float>)(out.f32(), mean.f32(), rstd.f32(), x.f32(),
-                                                                      weight.f32(), bias.f32(), N, C);
+                                                                     weight.f32(), bias.f32(), N, C);
   }
-  void residual_layernorm_forward(const Tensor& residual_out, const Tensor& out, const Tensor& mean,
-                                  const Tensor& rstd, const Tensor& a, const Tensor& b, const Tensor& weight,
-                                  const Tensor& bias, int N, int C) override {
+  void residual_layernorm_forward(const Tensor& residual_out, const Tensor& out, const Tensor& mean, const Tensor& rstd,
+                                  const Tensor& a, const Tensor& b, const Tensor& weight, const Tensor& bias, int N,
+                                  int C) override {
     OpTimer t(times_, "layernorm");
     if (fast_) {
       cpu::residual_layernorm_forward(residual_out.f32(), out.f32(), mean.f32(), rstd.f32(), a.f32(), b.f32(),
@@ -95,8 +95,9 @@ class CpuOps final : public Ops {
                           const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd, int N,
                           int C) override {
     OpTimer t(times_, "layernorm");
-    (fast_ ? cpu::layernorm_backward : ref::layernorm_backward<float>)(
-        dx.f32(), dweight.f32(), dbias.f32(), dout.f32(), x.f32(), weight.f32(), mean.f32(), rstd.f32(), N, C);
+    (fast_ ? cpu::layernorm_backward : ref::layernorm_backward<float>)(dx.f32(), dweight.f32(), dbias.f32(), dout.f32(),
+                                                                       x.f32(), weight.f32(), mean.f32(), rstd.f32(), N,
+                                                                       C);
   }
   void matmul_forward(const Tensor& out, const Tensor& x, const Tensor& weight, const Tensor& bias, int N, int C,
                       int OC) override {
@@ -108,7 +109,7 @@ class CpuOps final : public Ops {
     OpTimer t(times_, "matmul");
     clear(dx);  // the references accumulate; the interface writes dx
     (fast_ ? cpu::matmul_backward : ref::matmul_backward<float>)(dx.f32(), dweight.f32(), dbias.f32(), dout.f32(),
-                                                                  x.f32(), weight.f32(), N, C, OC);
+                                                                 x.f32(), weight.f32(), N, C, OC);
   }
   void matmul_gelu_forward(const Tensor& out, const Tensor& pre, const Tensor& x, const Tensor& weight,
                            const Tensor& bias, int N, int C, int OC) override {
@@ -116,8 +117,8 @@ class CpuOps final : public Ops {
     gelu_forward(out, pre, (int64_t)N * OC);
   }
   void matmul_gelu_backward(const Tensor& dpre, const Tensor& dbias_pre, const Tensor& dweight, const Tensor& dbias,
-                            const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& pre, int N,
-                            int C, int OC) override {
+                            const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& pre, int N, int C,
+                            int OC) override {
     const Tensor scratch = gelu_scratch_.view().slice(0, (int64_t)N * C);
     matmul_backward(scratch, dweight, dbias, dout, x, weight, N, C, OC);  // scratch = dout @ weight
     gelu_backward(dpre, pre, scratch, (int64_t)N * C);
@@ -134,7 +135,7 @@ class CpuOps final : public Ops {
     OpTimer t(times_, "attention");
     clear(dqkv);
     (fast_ ? cpu::attention_backward : ref::attention_backward<float>)(dqkv.f32(), dout.f32(), qkv.f32(), out.f32(),
-                                                                        lse.f32(), B, T, NH, HS);
+                                                                       lse.f32(), B, T, NH, HS);
   }
   void gelu_forward(const Tensor& out, const Tensor& x, int64_t n) override {
     OpTimer t(times_, "gelu");
@@ -148,8 +149,9 @@ class CpuOps final : public Ops {
   void cross_entropy(const Tensor& losses, const Tensor& logits, const Tensor& targets, int N, int V, int Vp,
                      bool with_grad, float dloss) override {
     OpTimer t(times_, "cross_entropy");
-    (fast_ ? cpu::cross_entropy_forward_backward : ref::cross_entropy_forward_backward<float>)(
-        losses.f32(), with_grad ? logits.f32() : nullptr, logits.f32(), targets.i32(), N, V, Vp, dloss);
+    (fast_ ? cpu::cross_entropy_forward_backward
+           : ref::cross_entropy_forward_backward<float>)(losses.f32(), with_grad ? logits.f32() : nullptr, logits.f32(),
+                                                         targets.i32(), N, V, Vp, dloss);
   }
   void cross_entropy_stats(const Tensor& row_max, const Tensor& row_sumexp, const Tensor& target_logit,
                            const Tensor& logits, const Tensor& targets, int N, int vocab_begin, int valid,
@@ -163,8 +165,9 @@ class CpuOps final : public Ops {
     ref::rescale_sumexp(row_sumexp.f32(), row_max.f32(), global_max.f32(), N);
   }
   void cross_entropy_from_stats(const Tensor& losses, const Tensor& logits, const Tensor& targets,
-                                const Tensor& global_max, const Tensor& global_sumexp, const Tensor& global_target_logit,
-                                int N, int vocab_begin, int valid, int Vp_local, bool with_grad, float dloss) override {
+                                const Tensor& global_max, const Tensor& global_sumexp,
+                                const Tensor& global_target_logit, int N, int vocab_begin, int valid, int Vp_local,
+                                bool with_grad, float dloss) override {
     OpTimer t(times_, "cross_entropy");
     ref::cross_entropy_from_stats(losses.f32(), with_grad ? logits.f32() : nullptr, logits.f32(), targets.i32(),
                                   global_max.f32(), global_sumexp.f32(), global_target_logit.f32(), N, vocab_begin,
@@ -182,7 +185,8 @@ class CpuOps final : public Ops {
   void adamw_update(const Tensor& master, const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v,
                     const Tensor& table, const ref::AdamWParams& hp) override {
     OpTimer t(times_, "adamw");
-    if (master.data != params.data) throw std::invalid_argument("cpu backend: the parameters are their own master copy");
+    if (master.data != params.data)
+      throw std::invalid_argument("cpu backend: the parameters are their own master copy");
     const std::span<const ref::AdamWRange> ranges(static_cast<const ref::AdamWRange*>(table.data),
                                                   (size_t)table.numel / sizeof(ref::AdamWRange));
     // The ranges and the gaps between them (no decay), in order.

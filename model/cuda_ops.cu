@@ -32,7 +32,8 @@ AttentionMode attention_mode(const CudaOpsOptions& o) {
 // The one scratch buffer the backward ops share (they run one after another on one stream).
 size_t scratch_floats(const OpsShape& s, const CudaOpsOptions& o) {
   const AttentionShape attention{s.batch, s.seq, s.heads, s.head_size, true};
-  return std::max({matmul_scratch_floats((int)s.rows, s.widest), layernorm_backward_scratch_floats((int)s.rows, s.channels),
+  return std::max({matmul_scratch_floats((int)s.rows, s.widest),
+                   layernorm_backward_scratch_floats((int)s.rows, s.channels),
                    attention_backward_scratch_floats(attention, AttentionKernel::tensor_core, attention_mode(o))});
 }
 
@@ -45,7 +46,9 @@ int64_t fixed_bytes(const OpsShape& s) {
 class CudaOps final : public Ops {
  public:
   explicit CudaOps(const CudaOpsOptions& options)
-      : options_(options), matmul_(MatmulOptions{.deterministic = options.deterministic}), norm_(1 + kGradNormPartials) {}
+      : options_(options),
+        matmul_(MatmulOptions{.deterministic = options.deterministic}),
+        norm_(1 + kGradNormPartials) {}
   ~CudaOps() override { stream_.synchronize(); }
 
 #ifdef KILN_EMU
@@ -108,7 +111,8 @@ class CudaOps final : public Ops {
 
   void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int B, int T,
                          int C, int vocab_begin, int vocab_rows) override {
-    kiln::KILN_NS::embedding_forward(stream_, bf(out), tokens.i32(), bf(wte), bf(wpe), B, T, C, vocab_begin, vocab_rows);
+    kiln::KILN_NS::embedding_forward(stream_, bf(out), tokens.i32(), bf(wte), bf(wpe), B, T, C, vocab_begin,
+                                     vocab_rows);
   }
   void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
                           std::span<const int32_t> host_tokens, int B, int T, int C, int vocab_begin,
@@ -128,9 +132,9 @@ class CudaOps final : public Ops {
                          const Tensor& weight, const Tensor& bias, int N, int C) override {
     kiln::KILN_NS::layernorm_forward(stream_, bf(out), mean.f32(), rstd.f32(), bf(x), bf(weight), bf(bias), N, C);
   }
-  void residual_layernorm_forward(const Tensor& residual_out, const Tensor& out, const Tensor& mean,
-                                  const Tensor& rstd, const Tensor& a, const Tensor& b, const Tensor& weight,
-                                  const Tensor& bias, int N, int C) override {
+  void residual_layernorm_forward(const Tensor& residual_out, const Tensor& out, const Tensor& mean, const Tensor& rstd,
+                                  const Tensor& a, const Tensor& b, const Tensor& weight, const Tensor& bias, int N,
+                                  int C) override {
     kiln::KILN_NS::residual_layernorm_forward(stream_, bf(residual_out), bf(out), mean.f32(), rstd.f32(), bf(a), bf(b),
                                               bf(weight), bf(bias), N, C);
   }
@@ -148,7 +152,8 @@ class CudaOps final : public Ops {
   void matmul_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                        const Tensor& x, const Tensor& weight, int N, int C, int OC) override {
     matmul_.backward_input(stream_, bf(dx), bf(dout), bf(weight), N, C, OC);
-    matmul_.backward_weight(stream_, dweight.f32(), dbias ? dbias.f32() : nullptr, scratch(), bf(dout), bf(x), N, C, OC);
+    matmul_.backward_weight(stream_, dweight.f32(), dbias ? dbias.f32() : nullptr, scratch(), bf(dout), bf(x), N, C,
+                            OC);
   }
 
   void matmul_gelu_forward(const Tensor& out, const Tensor& pre, const Tensor& x, const Tensor& weight,
@@ -157,9 +162,10 @@ class CudaOps final : public Ops {
   }
   // One GEMM for dweight, one with the DGELU_BGRAD epilogue for dpre and dbias_pre: no scratch.
   void matmul_gelu_backward(const Tensor& dpre, const Tensor& dbias_pre, const Tensor& dweight, const Tensor& dbias,
-                            const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& pre, int N,
-                            int C, int OC) override {
-    matmul_.backward_weight(stream_, dweight.f32(), dbias ? dbias.f32() : nullptr, scratch(), bf(dout), bf(x), N, C, OC);
+                            const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& pre, int N, int C,
+                            int OC) override {
+    matmul_.backward_weight(stream_, dweight.f32(), dbias ? dbias.f32() : nullptr, scratch(), bf(dout), bf(x), N, C,
+                            OC);
     matmul_.backward_input_gelu(stream_, bf(dpre), dbias_pre.f32(), scratch(), bf(dout), bf(weight), bf(pre), N, C, OC);
   }
   void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv, int B, int T, int NH,
@@ -193,8 +199,9 @@ class CudaOps final : public Ops {
     kiln::KILN_NS::rescale_sumexp(stream_, row_sumexp.f32(), row_max.f32(), global_max.f32(), N);
   }
   void cross_entropy_from_stats(const Tensor& losses, const Tensor& logits, const Tensor& targets,
-                                const Tensor& global_max, const Tensor& global_sumexp, const Tensor& global_target_logit,
-                                int N, int vocab_begin, int valid, int Vp_local, bool with_grad, float dloss) override {
+                                const Tensor& global_max, const Tensor& global_sumexp,
+                                const Tensor& global_target_logit, int N, int vocab_begin, int valid, int Vp_local,
+                                bool with_grad, float dloss) override {
     kiln::KILN_NS::cross_entropy_from_stats(stream_, losses.f32(), bf(logits), targets.i32(), global_max.f32(),
                                             global_sumexp.f32(), global_target_logit.f32(), N, vocab_begin, valid,
                                             Vp_local, dloss, with_grad);

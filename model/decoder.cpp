@@ -55,10 +55,11 @@ std::span<const float> Decoder::append(std::span<const int32_t> tokens) {
   const int n = (int)tokens.size(), C = cfg_.n_embd, C3 = 3 * C, C4 = 4 * C;
   if (n == 0) throw std::invalid_argument("Decoder::append: no tokens");
   if (length_ + n > cfg_.max_seq_len)
-    throw std::runtime_error("the context of " + std::to_string(length_ + n) + " tokens passes the model's max_seq_len " +
-                             std::to_string(cfg_.max_seq_len));
+    throw std::runtime_error("the context of " + std::to_string(length_ + n) +
+                             " tokens passes the model's max_seq_len " + std::to_string(cfg_.max_seq_len));
   x_.resize((size_t)n * C), ln_.resize(x_.size()), att_.resize(x_.size()), proj_.resize(x_.size());
-  mean_.resize(n), rstd_.resize(n), qkv_.resize((size_t)n * C3), fc_.resize((size_t)n * C4), fc_gelu_.resize(fc_.size());
+  mean_.resize(n), rstd_.resize(n), qkv_.resize((size_t)n * C3), fc_.resize((size_t)n * C4),
+      fc_gelu_.resize(fc_.size());
 
   // x = wte[token] + wpe[position]
   const float *wte = weight("wte"), *wpe = weight("wpe");
@@ -66,34 +67,39 @@ std::span<const float> Decoder::append(std::span<const int32_t> tokens) {
     if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
       throw std::runtime_error("token " + std::to_string(tokens[i]) + " is outside the vocabulary of " +
                                std::to_string(cfg_.vocab_size));
-    for (int c = 0; c < C; c++) x_[(size_t)i * C + c] = wte[(size_t)tokens[i] * C + c] + wpe[(size_t)(length_ + i) * C + c];
+    for (int c = 0; c < C; c++)
+      x_[(size_t)i * C + c] = wte[(size_t)tokens[i] * C + c] + wpe[(size_t)(length_ + i) * C + c];
   }
   for (int l = 0; l < cfg_.n_layer; l++) {
     const std::string p = "h." + std::to_string(l) + ".";
     cpu::layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), weight(p + "ln_1.weight"),
                            weight(p + "ln_1.bias"), n, C);
-    cpu::matmul_forward(qkv_.data(), ln_.data(), weight(p + "attn.c_attn.weight"), weight(p + "attn.c_attn.bias"), n, C, C3);
+    cpu::matmul_forward(qkv_.data(), ln_.data(), weight(p + "attn.c_attn.weight"), weight(p + "attn.c_attn.bias"), n, C,
+                        C3);
     // This step's keys and values join the cache, then every query attends to the cache.
-    float *k = k_cache_.data() + ((size_t)l * cfg_.max_seq_len + length_) * C;
-    float *v = v_cache_.data() + ((size_t)l * cfg_.max_seq_len + length_) * C;
+    float* k = k_cache_.data() + ((size_t)l * cfg_.max_seq_len + length_) * C;
+    float* v = v_cache_.data() + ((size_t)l * cfg_.max_seq_len + length_) * C;
     for (int i = 0; i < n; i++) {
       std::copy_n(qkv_.data() + (size_t)i * C3 + C, C, k + (size_t)i * C);
       std::copy_n(qkv_.data() + (size_t)i * C3 + 2 * C, C, v + (size_t)i * C);
     }
     attend(l, n);
-    cpu::matmul_forward(proj_.data(), att_.data(), weight(p + "attn.c_proj.weight"), weight(p + "attn.c_proj.bias"), n, C, C);
+    cpu::matmul_forward(proj_.data(), att_.data(), weight(p + "attn.c_proj.weight"), weight(p + "attn.c_proj.bias"), n,
+                        C, C);
     for (size_t i = 0; i < x_.size(); i++) x_[i] += proj_[i];
     cpu::layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), weight(p + "ln_2.weight"),
                            weight(p + "ln_2.bias"), n, C);
     cpu::matmul_forward(fc_.data(), ln_.data(), weight(p + "mlp.c_fc.weight"), weight(p + "mlp.c_fc.bias"), n, C, C4);
     cpu::gelu_forward(fc_gelu_.data(), fc_.data(), (int64_t)fc_.size());
-    cpu::matmul_forward(proj_.data(), fc_gelu_.data(), weight(p + "mlp.c_proj.weight"), weight(p + "mlp.c_proj.bias"), n, C4, C);
+    cpu::matmul_forward(proj_.data(), fc_gelu_.data(), weight(p + "mlp.c_proj.weight"), weight(p + "mlp.c_proj.bias"),
+                        n, C4, C);
     for (size_t i = 0; i < x_.size(); i++) x_[i] += proj_[i];
   }
   length_ += n;
   // Only the last row's logits are wanted: ln_f and the tied LM head on it alone.
   const float* last = x_.data() + (size_t)(n - 1) * C;
-  cpu::layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), last, weight("ln_f.weight"), weight("ln_f.bias"), 1, C);
+  cpu::layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), last, weight("ln_f.weight"), weight("ln_f.bias"), 1,
+                         C);
   cpu::matmul_forward(logits_.data(), ln_.data(), wte, nullptr, 1, C, cfg_.padded_vocab());
   return std::span<const float>(logits_).first(cfg_.vocab_size);
 }

@@ -64,10 +64,20 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
   encoded_ = act(N * C, wd);
   // A block's activations; residual3 and gelu(fc) left out where recompute shares them.
   auto block = [&](bool residual3, bool fc_gelu) {
-    return BlockActivations{act(N * C, wd),     act(N, f32),        act(N, f32),       act(N * 3 * A, wd),
-                            act(N * A, wd),     act(N * local_.heads, f32),            act(N * C, wd),
-                            act(N * C, wd),     act(N * C, wd),     act(N, f32),       act(N, f32),
-                            act(N * H, wd),     fc_gelu ? act(N * H, wd) : Buffer{},   act(N * C, wd),
+    return BlockActivations{act(N * C, wd),
+                            act(N, f32),
+                            act(N, f32),
+                            act(N * 3 * A, wd),
+                            act(N * A, wd),
+                            act(N * local_.heads, f32),
+                            act(N * C, wd),
+                            act(N * C, wd),
+                            act(N * C, wd),
+                            act(N, f32),
+                            act(N, f32),
+                            act(N * H, wd),
+                            fc_gelu ? act(N * H, wd) : Buffer{},
+                            act(N * C, wd),
                             residual3 ? act(N * C, wd) : Buffer{}};
   };
   // Block recompute keeps each block's output (the next one's input) and rebuilds the rest in one
@@ -97,8 +107,8 @@ GPT::GPT(const GPTConfig& cfg, Ops& ops, int max_batch, int max_seq, TensorParal
     ce_sums_ = alloc(memory_.logits, 2 * N, f32);
   }
   const int widest = (int)std::max({3 * A, H, C, Vp});
-  memory_.workspace += ops.reserve_workspace(
-      {N, max_batch, max_seq, (int)C, local_.heads, local_.head_size, widest, (int)H});
+  memory_.workspace +=
+      ops.reserve_workspace({N, max_batch, max_seq, (int)C, local_.heads, local_.head_size, widest, (int)H});
   host_losses_.resize(N);
   host_tokens_.resize(N);
 }
@@ -111,7 +121,6 @@ void GPT::tp_all_reduce(const Tensor& t) {
   else
     tp_comm_->all_reduce_sum(std::span<float>(t.f32(), (size_t)t.numel));
 }
-
 
 namespace {
 
@@ -177,8 +186,7 @@ void GPT::init_weights(uint64_t seed) {
 }
 
 void GPT::set_weights(std::span<const float> host) {
-  if (master_.view().data != params_view_.data)
-    ops_.upload(master_, host.subspan(master_first_, master_.view().numel));
+  if (master_.view().data != params_view_.data) ops_.upload(master_, host.subspan(master_first_, master_.view().numel));
   ops_.upload(params_view_, host);
 }
 
@@ -217,8 +225,8 @@ void GPT::block_forward(int l, int B, int T) {
   ops_.attention_forward(rows(a.att, A), rows(a.lse, local_.heads), rows(a.qkv, 3 * A), B, T, local_.heads,
                          local_.head_size);
   // Row-parallel: partial products over this rank's heads, summed; the bias added once.
-  ops_.matmul_forward(rows(a.att_proj, C), rows(a.att, A), w.attn_proj_w, first_rank ? w.attn_proj_b : Tensor{}, N,
-                      A, C);
+  ops_.matmul_forward(rows(a.att_proj, C), rows(a.att, A), w.attn_proj_w, first_rank ? w.attn_proj_b : Tensor{}, N, A,
+                      C);
   tp_all_reduce(rows(a.att_proj, C));
   ops_.residual_layernorm_forward(rows(a.residual2, C), rows(a.ln2, C), rows(a.ln2_mean, 1), rows(a.ln2_rstd, 1),
                                   residual, rows(a.att_proj, C), w.ln2_w, w.ln2_b, N, C);
@@ -230,16 +238,17 @@ void GPT::block_forward(int l, int B, int T) {
   } else {
     ops_.matmul_gelu_forward(rows(a.fc_gelu, H), rows(a.fc, H), rows(a.ln2, C), w.fc_w, w.fc_b, N, C, H);
   }
-  ops_.matmul_forward(rows(a.fc_proj, C), rows(a.fc_gelu, H), w.fc_proj_w, first_rank ? w.fc_proj_b : Tensor{}, N,
-                      H, C);
+  ops_.matmul_forward(rows(a.fc_proj, C), rows(a.fc_gelu, H), w.fc_proj_w, first_rank ? w.fc_proj_b : Tensor{}, N, H,
+                      C);
   tp_all_reduce(rows(a.fc_proj, C));
 }
 
-double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
-                        bool with_grad, float loss_scale) {
+double GPT::run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T, bool with_grad,
+                        float loss_scale) {
   if (B < 1 || B > max_batch_ || T < 1 || T > max_seq_)
     throw std::invalid_argument("batch " + std::to_string(B) + "x" + std::to_string(T) + " exceeds the " +
-                                std::to_string(max_batch_) + "x" + std::to_string(max_seq_) + " the model was built for");
+                                std::to_string(max_batch_) + "x" + std::to_string(max_seq_) +
+                                " the model was built for");
   const int64_t N = (int64_t)B * T;
   if ((int64_t)tokens.size() != N || (int64_t)targets.size() != N)
     throw std::invalid_argument("tokens/targets must hold B*T = " + std::to_string(N) + " entries");
@@ -344,8 +353,8 @@ void GPT::backward(int B, int T, const GradsReady& ready) {
                             local_.heads, local_.head_size);
     ops_.matmul_backward(d_ln, g.qkv_w, g.qkv_b, d_qkv, rows(a.ln1, C), w.qkv_w, N, C, 3 * A);
     tp_all_reduce(d_ln);
-    ops_.layernorm_backward(d_res, g.ln1_w, g.ln1_b, d_ln, residual, w.ln1_w, rows(a.ln1_mean, 1),
-                            rows(a.ln1_rstd, 1), N, C);
+    ops_.layernorm_backward(d_res, g.ln1_w, g.ln1_b, d_ln, residual, w.ln1_w, rows(a.ln1_mean, 1), rows(a.ln1_rstd, 1),
+                            N, C);
     done(block_ranges_[l]);
   }
   ops_.embedding_backward(g_.wte, g_.wpe, d_res, rows(tokens_, 1), std::span<const int32_t>(host_tokens_.data(), N), B,

@@ -95,8 +95,8 @@ class GPT {
     Buffer ln1, ln1_mean, ln1_rstd, qkv, att, lse, att_proj, residual2;
     Buffer ln2, ln2_mean, ln2_rstd, fc, fc_gelu, fc_proj, residual3;
   };
-  double run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T,
-                     bool with_grad, float loss_scale);
+  double run_forward(std::span<const int32_t> tokens, std::span<const int32_t> targets, int B, int T, bool with_grad,
+                     float loss_scale);
   // Block l from its ln_1 output to the MLP's projection (the residual add and the next layernorm
   // follow in run_forward); rerun by the backward under block recompute.
   void block_forward(int l, int B, int T);
@@ -120,7 +120,7 @@ class GPT {
   int max_batch_, max_seq_;
   Recompute recompute_;
   FlatShard shard_;
-  Buffer params_, master_, grads_;  // params_ and grads_ padded to whole shards
+  Buffer params_, master_, grads_;   // params_ and grads_ padded to whole shards
   Tensor params_view_, grads_view_;  // their first layout_.total() elements
   int64_t master_first_ = 0;
   ModelTensors w_, g_;

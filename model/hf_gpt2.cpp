@@ -54,8 +54,7 @@ GPTConfig config_from_json(const std::string& path) {
   c.n_embd = integer("n_embd");
   // What kiln's model is; anything else would load and silently compute another function.
   auto refuse_unless = [&](bool ok, const char* field, const char* expected) {
-    if (!ok)
-      throw std::runtime_error(path + ": " + field + " = " + j[field].dump() + ": kiln's GPT-2 has " + expected);
+    if (!ok) throw std::runtime_error(path + ": " + field + " = " + j[field].dump() + ": kiln's GPT-2 has " + expected);
   };
   if (j.contains("model_type")) refuse_unless(j["model_type"] == "gpt2", "model_type", "\"gpt2\"");
   if (j.contains("activation_function"))
@@ -87,7 +86,8 @@ HfGpt2 read_hf_gpt2(const std::string& dir) {
   if (!std::filesystem::exists(weights))
     for (const char* other : {"pytorch_model.bin", "model.safetensors.index.json", "tf_model.h5", "flax_model.msgpack"})
       if (std::filesystem::exists(dir + "/" + other))
-        throw std::runtime_error(dir + ": holds " + other + " but no model.safetensors; kiln reads only a single "
+        throw std::runtime_error(dir + ": holds " + other +
+                                 " but no model.safetensors; kiln reads only a single "
                                  "safetensors file. Convert it with transformers: GPT2LMHeadModel.from_pretrained(DIR)"
                                  ".save_pretrained(OUT, safe_serialization=True, max_shard_size=\"100GB\")");
   const SafetensorsFile file = SafetensorsFile::read(weights);
@@ -120,8 +120,7 @@ HfGpt2 read_hf_gpt2(const std::string& dir) {
   return out;
 }
 
-void write_hf_gpt2(const std::string& dir, const GPTConfig& config, std::span<const float> weights,
-                   int eos_token_id) {
+void write_hf_gpt2(const std::string& dir, const GPTConfig& config, std::span<const float> weights, int eos_token_id) {
   if (eos_token_id < 0 || eos_token_id >= config.vocab_size)
     throw std::invalid_argument("write_hf_gpt2: end-of-text id " + std::to_string(eos_token_id) +
                                 " is outside the vocabulary of " + std::to_string(config.vocab_size));

@@ -25,7 +25,6 @@ HfGpt2 read_hf_gpt2(const std::string& dir);
 
 // Writes dir/model.safetensors (F32, the padding rows stripped) and dir/config.json, loadable by
 // transformers' GPT2LMHeadModel.from_pretrained(dir).
-void write_hf_gpt2(const std::string& dir, const GPTConfig& config, std::span<const float> weights,
-                   int eos_token_id);
+void write_hf_gpt2(const std::string& dir, const GPTConfig& config, std::span<const float> weights, int eos_token_id);
 
 }  // namespace kiln

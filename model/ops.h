@@ -19,10 +19,10 @@ namespace kiln {
 // The largest batch the model will run, and the widths of its layers: what a backend sizes its
 // scratch for, once, before any step.
 struct OpsShape {
-  int64_t rows = 0;     // B * T
+  int64_t rows = 0;  // B * T
   int batch = 0, seq = 0, channels = 0, heads = 0, head_size = 0;
-  int widest = 0;       // the largest output width of any matmul (3A, H, C, padded vocabulary)
-  int hidden = 0;       // the MLP's width (H)
+  int widest = 0;  // the largest output width of any matmul (3A, H, C, padded vocabulary)
+  int hidden = 0;  // the MLP's width (H)
 };
 
 class Ops {
@@ -67,11 +67,11 @@ class Ops {
                                  const Tensor& weight, const Tensor& bias, int N, int C) = 0;
   // residual_out = a + b; out = layernorm(residual_out). One pass on the GPU.
   virtual void residual_layernorm_forward(const Tensor& residual_out, const Tensor& out, const Tensor& mean,
-                                          const Tensor& rstd, const Tensor& a, const Tensor& b,
-                                          const Tensor& weight, const Tensor& bias, int N, int C) = 0;
+                                          const Tensor& rstd, const Tensor& a, const Tensor& b, const Tensor& weight,
+                                          const Tensor& bias, int N, int C) = 0;
   virtual void layernorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
-                                  const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
-                                  int N, int C) = 0;
+                                  const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd, int N,
+                                  int C) = 0;
 
   // out[N,OC] = x[N,C] @ weight[OC,C]^T + bias (bias may be an empty Tensor).
   virtual void matmul_forward(const Tensor& out, const Tensor& x, const Tensor& weight, const Tensor& bias, int N,

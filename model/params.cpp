@@ -17,8 +17,8 @@ ParamLayout::ParamLayout(const GPTConfig& cfg, TensorParallel tp) {
     add(p + "ln_1.bias", {C}, true);
     add(p + "attn.c_attn.weight", {3 * local.attn_width, C});  // column-parallel: this rank's heads
     add(p + "attn.c_attn.bias", {3 * local.attn_width});
-    add(p + "attn.c_proj.weight", {C, local.attn_width});      // row-parallel
-    add(p + "attn.c_proj.bias", {C}, true);                     // replicated, added once
+    add(p + "attn.c_proj.weight", {C, local.attn_width});  // row-parallel
+    add(p + "attn.c_proj.bias", {C}, true);                // replicated, added once
     add(p + "ln_2.weight", {C}, true);
     add(p + "ln_2.bias", {C}, true);
     add(p + "mlp.c_fc.weight", {local.mlp_width, C});

@@ -17,8 +17,8 @@ struct ParamSpec {
   std::vector<int64_t> shape;  // this rank's shard; matrices in nn.Linear layout [out, in]
   int64_t offset = 0;          // in elements, into the flat buffer
   int64_t numel = 0;
-  bool decay = false;          // AdamW weight decay applies to matrices only
-  bool replicated = false;     // the same on every tensor-parallel rank (not sharded)
+  bool decay = false;       // AdamW weight decay applies to matrices only
+  bool replicated = false;  // the same on every tensor-parallel rank (not sharded)
 };
 
 class ParamLayout {
@@ -56,7 +56,7 @@ FlatShard flat_shard(int64_t total, int shards, int index);
 // only (a rank's padding rows are outside its box: its box may hold fewer rows than its tensor).
 struct TensorSlice {
   std::vector<int64_t> global_shape, start, count;
-  int64_t numel() const;          // of the box
+  int64_t numel() const;  // of the box
   int64_t global_numel() const;
 };
 TensorSlice tensor_slice(const GPTConfig& cfg, TensorParallel tp, const ParamSpec& local);

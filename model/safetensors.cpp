@@ -72,7 +72,8 @@ SafetensorsFile SafetensorsFile::read(const std::string& path) {
       e.dtype = value.at("dtype");
       e.shape = value.at("shape").get<std::vector<int64_t>>();
       const auto offsets = value.at("data_offsets").get<std::vector<int64_t>>();
-      if (offsets.size() != 2) throw std::runtime_error("data_offsets has " + std::to_string(offsets.size()) + " values, expected 2");
+      if (offsets.size() != 2)
+        throw std::runtime_error("data_offsets has " + std::to_string(offsets.size()) + " values, expected 2");
       e.begin = offsets[0];
       e.end = offsets[1];
     } catch (const json::exception& ex) {
@@ -136,8 +137,9 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsTen
     int64_t numel = 1;
     for (int64_t d : t->shape) numel *= d;
     if (numel != (int64_t)t->values.size())
-      throw std::invalid_argument("write_safetensors: tensor '" + t->name + "' has " + std::to_string(t->values.size()) +
-                                  " values for its shape's " + std::to_string(numel));
+      throw std::invalid_argument("write_safetensors: tensor '" + t->name + "' has " +
+                                  std::to_string(t->values.size()) + " values for its shape's " +
+                                  std::to_string(numel));
     const int64_t bytes = numel * (int64_t)sizeof(float);
     header[t->name] = {{"dtype", "F32"}, {"shape", t->shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;

@@ -50,8 +50,7 @@ ProcessInfo detect_process(const EnvLookup& getenv_fn) {
     const char* local = getenv_fn(vars.local_rank);
     info.local_rank = local ? parse_int(vars.local_rank, local) : 0;
     if (info.world_size < 1 || info.rank >= info.world_size)
-      throw std::runtime_error(std::string(vars.rank) + "=" + rank + " is not below " + vars.world_size + "=" +
-                               size);
+      throw std::runtime_error(std::string(vars.rank) + "=" + rank + " is not below " + vars.world_size + "=" + size);
     return info;
   }
   return ProcessInfo{};

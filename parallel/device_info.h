@@ -16,10 +16,10 @@ struct CudaDevice {
 };
 
 struct CudaInfo {
-  bool compiled = false;      // built with the CUDA backend
-  std::string status;         // "ok", or why no device can be used ("no CUDA device", ...)
-  int runtime_version = 0;    // e.g. 13000
-  int driver_version = 0;     // 0 when no driver is installed
+  bool compiled = false;    // built with the CUDA backend
+  std::string status;       // "ok", or why no device can be used ("no CUDA device", ...)
+  int runtime_version = 0;  // e.g. 13000
+  int driver_version = 0;   // 0 when no driver is installed
   size_t cublaslt_version = 0;
   int nccl_version = 0;
   std::vector<CudaDevice> devices;

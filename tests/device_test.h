@@ -97,7 +97,9 @@ void expect_same_under_all_orders(F run) {
     Order order;
     uint64_t seed;
     const char* name;
-  } others[] = {{Order::forward, 0, "forward (again)"}, {Order::reverse, 0, "reverse"}, {Order::random, 1, "random (seed 1)"},
+  } others[] = {{Order::forward, 0, "forward (again)"},
+                {Order::reverse, 0, "reverse"},
+                {Order::random, 1, "random (seed 1)"},
                 {Order::random, 7, "random (seed 7)"}};
   for (const auto& o : others) {
     s.order = o.order;
@@ -148,8 +150,9 @@ std::vector<double> to_double(const std::vector<T>& v) {
 
 // Against a double reference: max|got - want| / max|want| over the indices where `use(i)`;
 // infinity if a got value is NaN or inf, so that a blown-up kernel never passes.
-inline double rel_error(const std::vector<float>& got, const std::vector<double>& want,
-                        const std::function<bool(size_t)>& use = [](size_t) { return true; }) {
+inline double rel_error(
+    const std::vector<float>& got, const std::vector<double>& want,
+    const std::function<bool(size_t)>& use = [](size_t) { return true; }) {
   double diff = 0, scale = 0;
   for (size_t i = 0; i < got.size(); i++) {
     if (!use(i)) continue;

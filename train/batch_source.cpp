@@ -22,8 +22,9 @@ BatchSource::BatchSource(const TrainConfig& cfg, GPTConfig& model_cfg, bool voca
   const auto opened = std::chrono::steady_clock::now();
   data_.emplace(Dataset::open(cfg.data.path, cfg.data.verify ? DataCheck::checksums : DataCheck::sizes));
   if (cfg.data.verify)
-    verified_ = fmt::format(", checksums verified: {:.1f} MB in {:.2f} s", (data_->train.bytes + data_->val.bytes) / 1e6,
-                            std::chrono::duration<double>(std::chrono::steady_clock::now() - opened).count());
+    verified_ =
+        fmt::format(", checksums verified: {:.1f} MB in {:.2f} s", (data_->train.bytes + data_->val.bytes) / 1e6,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - opened).count());
   const bool own_files = !Gpt2Tokenizer::files_in(data_->dir).first.empty();
   tokenizer_record_ = {data_->tokenizer_name, data_->meta.tokenizer, own_files ? data_->dir : ""};
   // Only samples need the tokenizer: training reads token ids.
@@ -32,9 +33,10 @@ BatchSource::BatchSource(const TrainConfig& cfg, GPTConfig& model_cfg, bool voca
     // Checked now, not at the first sample, where a failure would end the run unsaved.
     const size_t prompt = tokenizer_->encode(cfg.train.sample_prompt).size();
     if (prompt >= (size_t)model_cfg.max_seq_len)
-      throw std::runtime_error(fmt::format("train.sample_prompt: {} tokens, but the model's context holds {} "
-                                           "(model.max_seq_len) and the sample needs room to grow",
-                                           prompt, model_cfg.max_seq_len));
+      throw std::runtime_error(
+          fmt::format("train.sample_prompt: {} tokens, but the model's context holds {} "
+                      "(model.max_seq_len) and the sample needs room to grow",
+                      prompt, model_cfg.max_seq_len));
   }
   if (!vocab_fixed) model_cfg.vocab_size = (int)data_->meta.vocab_size;
   if (model_cfg.vocab_size != data_->meta.vocab_size)

@@ -71,8 +71,11 @@ std::vector<CheckpointPiece> all_pieces(const GPTConfig& cfg, const CheckpointRa
 }
 
 json model_json(const GPTConfig& c) {
-  return {{"vocab_size", c.vocab_size}, {"max_seq_len", c.max_seq_len}, {"n_layer", c.n_layer},
-          {"n_head", c.n_head}, {"n_embd", c.n_embd}};
+  return {{"vocab_size", c.vocab_size},
+          {"max_seq_len", c.max_seq_len},
+          {"n_layer", c.n_layer},
+          {"n_head", c.n_head},
+          {"n_embd", c.n_embd}};
 }
 
 // The inverse of model_json: the saved model's sizes (the other fields their defaults).
@@ -166,7 +169,8 @@ json read_manifest(const std::string& dir) {
     require(m["loader"].is_object(), path, "loader", "an object");
     for (const char* field : {"seed", "epoch", "position"}) {
       require(m["loader"].contains(field), path, std::string("loader.") + field, "an integer");
-      integer(m["loader"][field], std::string("loader.") + field, 0, field == std::string("seed") ? std::numeric_limits<int64_t>::max() : kMax);
+      integer(m["loader"][field], std::string("loader.") + field, 0,
+              field == std::string("seed") ? std::numeric_limits<int64_t>::max() : kMax);
     }
   }
   require(m["files"].is_array(), path, "files", "an array");
@@ -230,8 +234,9 @@ std::vector<float> global_tensor(const std::string& dir, const json& tensor, con
     for (size_t d = 0; inside && d < p.start.size(); d++)
       inside = p.start[d] >= 0 && p.count[d] >= 0 && p.start[d] + p.count[d] <= whole.global_shape[d];
     if (!inside)
-      throw std::runtime_error(fmt::format("{}/manifest.json: tensor '{}': piece {} has a box outside its global_shape {}",
-                                           dir, p.tensor, p.dataset, tensor.at("global_shape").dump()));
+      throw std::runtime_error(
+          fmt::format("{}/manifest.json: tensor '{}': piece {} has a box outside its global_shape {}", dir, p.tensor,
+                      p.dataset, tensor.at("global_shape").dump()));
     std::vector<float>& values = boxes[p.start];
     if (values.empty()) values.assign(box.numel(), 0.0f), slices[p.start] = box;
     auto it = files.find(p.file);
@@ -240,7 +245,9 @@ std::vector<float> global_tensor(const std::string& dir, const json& tensor, con
       throw std::runtime_error(dir + "/manifest.json: " + p.dataset + ": range outside its box");
     it->second.read_range<float>(p.dataset, 0, std::span<float>(values.data() + p.begin, p.end - p.begin));
   }
-  if (!found) throw std::runtime_error(dir + "/manifest.json: tensor '" + std::string(tensor.at("name")) + "' has no " + kind + " pieces");
+  if (!found)
+    throw std::runtime_error(dir + "/manifest.json: tensor '" + std::string(tensor.at("name")) + "' has no " + kind +
+                             " pieces");
   for (const auto& [start, values] : boxes) copy_box_in(slices[start], values.data(), global.data());
   return global;
 }
@@ -260,9 +267,10 @@ void check_model(const std::string& dir, const json& saved, const GPTConfig& cfg
   const json now = model_json(cfg);
   for (const auto& [field, value] : now.items())
     if (saved.at("model").at(field) != value)
-      throw std::runtime_error(fmt::format("{}: saved with model.{} = {}; the config says {} (the model's shape "
-                                           "cannot change on resume)",
-                                           dir, field, saved.at("model").at(field).dump(), value.dump()));
+      throw std::runtime_error(
+          fmt::format("{}: saved with model.{} = {}; the config says {} (the model's shape "
+                      "cannot change on resume)",
+                      dir, field, saved.at("model").at(field).dump(), value.dump()));
 }
 
 const json& tensor_entry(const std::string& dir, const json& manifest, const std::string& name) {
@@ -296,7 +304,8 @@ int64_t snapshot_bytes(const GPTConfig& config, const CheckpointRank& rank) {
 
 CheckpointSnapshot snapshot_checkpoint(const std::string& settings, GPT& model, AdamW& optimizer,
                                        const CheckpointRank& rank, const TrainingState& state) {
-  CheckpointSnapshot snap{model.config(), rank, state, settings, optimizer.steps_taken(), all_pieces(model.config(), rank), {}};
+  CheckpointSnapshot snap{
+      model.config(), rank, state, settings, optimizer.steps_taken(), all_pieces(model.config(), rank), {}};
   const std::string mine = rank_file(rank.world_rank());
   snap.values.resize(snap.pieces.size());
   // Each piece straight from the backend's buffer (a GPU's memory, or the host's) into its own.
@@ -330,8 +339,8 @@ FileChecksum write_rank_file(const std::string& tmp, const CheckpointSnapshot& s
   for (size_t i = 0; i < snap.pieces.size(); i++) {
     const CheckpointPiece& p = snap.pieces[i];
     if (p.file != mine) continue;
-    if (const auto bad = std::count_if(snap.values[i].begin(), snap.values[i].end(),
-                                       [](float x) { return !std::isfinite(x); }))
+    if (const auto bad =
+            std::count_if(snap.values[i].begin(), snap.values[i].end(), [](float x) { return !std::isfinite(x); }))
       throw std::runtime_error(
           fmt::format("tensor '{}' ({}) holds {} non-finite value(s): not saved", p.tensor, p.kind, bad));
     if (!file) file.emplace(h5::File::create(tmp + "/" + mine));
@@ -371,19 +380,32 @@ json make_manifest(const CheckpointSnapshot& snap, const std::vector<RankWrite>&
       files.push_back({{"name", rank_file((int)r)}, {"bytes", writes[r].file.bytes}, {"fnv1a", writes[r].file.hex()}});
   std::map<std::string, json> pieces_by_tensor;  // one pass: a job has pieces per rank and tensor
   for (const CheckpointPiece& p : snap.pieces)
-    pieces_by_tensor[p.tensor].push_back({{"kind", p.kind}, {"start", p.start}, {"count", p.count}, {"begin", p.begin},
-                                          {"end", p.end}, {"file", p.file}, {"dataset", p.dataset}});
+    pieces_by_tensor[p.tensor].push_back({{"kind", p.kind},
+                                          {"start", p.start},
+                                          {"count", p.count},
+                                          {"begin", p.begin},
+                                          {"end", p.end},
+                                          {"file", p.file},
+                                          {"dataset", p.dataset}});
   json tensors = json::array();
   const ParamLayout full(cfg, {1, 0});
   for (const ParamSpec& s : full.specs())
-    tensors.push_back({{"name", s.name}, {"global_shape", tensor_slice(cfg, {1, 0}, s).global_shape},
-                       {"dtype", "f32"}, {"pieces", pieces_by_tensor[s.name]}});
-  json manifest = {{"format", kCheckpointFormat}, {"step", snap.state.step}, {"model", model_json(cfg)},
+    tensors.push_back({{"name", s.name},
+                       {"global_shape", tensor_slice(cfg, {1, 0}, s).global_shape},
+                       {"dtype", "f32"},
+                       {"pieces", pieces_by_tensor[s.name]}});
+  json manifest = {{"format", kCheckpointFormat},
+                   {"step", snap.state.step},
+                   {"model", model_json(cfg)},
                    {"layout", {{"tp", snap.rank.tp}, {"dp", snap.rank.dp}, {"zero1", snap.rank.zero1}}},
-                   {"settings", snap.settings}, {"adamw_step", snap.adamw_step},
-                   {"random_tokens", snap.state.random_tokens}, {"files", files}, {"tensors", tensors}};
+                   {"settings", snap.settings},
+                   {"adamw_step", snap.adamw_step},
+                   {"random_tokens", snap.state.random_tokens},
+                   {"files", files},
+                   {"tensors", tensors}};
   if (snap.state.loader)
-    manifest["loader"] = {{"seed", snap.state.loader->seed}, {"epoch", snap.state.loader->epoch},
+    manifest["loader"] = {{"seed", snap.state.loader->seed},
+                          {"epoch", snap.state.loader->epoch},
                           {"position", snap.state.loader->position}};
   const TokenizerRecord& tok = snap.state.tokenizer;
   if (!tok.name.empty()) manifest["tokenizer"] = {{"name", tok.name}, {"fingerprint", tok.fingerprint}};
@@ -398,7 +420,8 @@ void commit_checkpoint(const std::string& run_dir, const std::string& tmp, const
                        const json& manifest, const TokenizerRecord& tokenizer) {
   if (!tokenizer.name.empty() && !tokenizer.files_dir.empty()) {
     const auto [encoder, merges] = Gpt2Tokenizer::files_in(tokenizer.files_dir);
-    for (const std::string& file : {encoder, merges}) fs::copy_file(file, tmp + "/" + fs::path(file).filename().string());
+    for (const std::string& file : {encoder, merges})
+      fs::copy_file(file, tmp + "/" + fs::path(file).filename().string());
   }
   maybe_stop_at("save-files");
   write_atomically(tmp + "/manifest.json", manifest.dump(1));
@@ -474,7 +497,6 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapsho
   }
   return final_dir;
 }
-
 
 std::string save_checkpoint(const std::string& run_dir, const std::string& settings, GPT& model, AdamW& optimizer,
                             const CheckpointRank& rank, const TrainingState& state, Comm& world, int keep) {
@@ -559,15 +581,16 @@ TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimiz
   maybe_stop_at("load");
   const GPTConfig& cfg = model.config();
   std::vector<float> m(optimizer.count()), v(optimizer.count()), local;
-  model.layout().for_each_overlap(optimizer.first(), optimizer.count(), [&](const ParamSpec& s, int64_t begin, int64_t end) {
-    const json& entry = tensor_entry(dir, manifest, s.name);
-    for (auto [kind, out] : {std::pair{"m", &m}, std::pair{"v", &v}}) {
-      local.resize(s.numel);
-      local_from_global(cfg, model.tensor_parallel(), s, global_tensor(dir, entry, kind, files), local.data());
-      std::copy(local.begin() + (begin - s.offset), local.begin() + (end - s.offset),
-                out->begin() + (begin - optimizer.first()));
-    }
-  });
+  model.layout().for_each_overlap(
+      optimizer.first(), optimizer.count(), [&](const ParamSpec& s, int64_t begin, int64_t end) {
+        const json& entry = tensor_entry(dir, manifest, s.name);
+        for (auto [kind, out] : {std::pair{"m", &m}, std::pair{"v", &v}}) {
+          local.resize(s.numel);
+          local_from_global(cfg, model.tensor_parallel(), s, global_tensor(dir, entry, kind, files), local.data());
+          std::copy(local.begin() + (begin - s.offset), local.begin() + (end - s.offset),
+                    out->begin() + (begin - optimizer.first()));
+        }
+      });
   model.ops().upload(optimizer.m(), m);
   model.ops().upload(optimizer.v(), v);
   optimizer.set_steps_taken(manifest.at("adamw_step"));
@@ -575,8 +598,8 @@ TrainingState load_checkpoint(const std::string& dir, GPT& model, AdamW& optimiz
   state.step = manifest.at("step");
   state.random_tokens = manifest.value("random_tokens", "");
   if (manifest.contains("loader"))
-    state.loader = LoaderState{manifest["loader"].at("seed"), manifest["loader"].at("epoch"),
-                               manifest["loader"].at("position")};
+    state.loader =
+        LoaderState{manifest["loader"].at("seed"), manifest["loader"].at("epoch"), manifest["loader"].at("position")};
   state.tokenizer = tokenizer_record(dir, manifest);
   return state;
 }
@@ -597,8 +620,8 @@ CheckpointInfo checkpoint_info(const std::string& dir) {
 CheckpointWeights read_checkpoint_weights(const std::string& dir) {
   const json manifest = read_manifest(dir);
   check_files(dir, manifest);
-  CheckpointWeights out{model_from_json(manifest.at("model")), {}, manifest.value("settings", ""),
-                        tokenizer_record(dir, manifest)};
+  CheckpointWeights out{
+      model_from_json(manifest.at("model")), {}, manifest.value("settings", ""), tokenizer_record(dir, manifest)};
   std::map<std::string, h5::File> files;
   out.weights = master_weights(dir, manifest, out.config, {1, 0}, files);
   return out;
@@ -660,9 +683,9 @@ std::vector<TensorDifference> compare_checkpoints(const std::string& a, const st
     for (const char* kind : {"master", "m", "v"}) {
       const std::vector<float> x = global_tensor(a, tensor_entry(a, ma, s.name), kind, files_a);
       const std::vector<float> y = global_tensor(b, tensor_entry(b, mb, s.name), kind, files_b);
-      const std::vector<float> r = reference.empty() ? std::vector<float>()
-                                                     : global_tensor(reference, tensor_entry(reference, mr, s.name),
-                                                                     kind, files_r);
+      const std::vector<float> r = reference.empty()
+                                       ? std::vector<float>()
+                                       : global_tensor(reference, tensor_entry(reference, mr, s.name), kind, files_r);
       TensorDifference d{s.name, kind};
       for (size_t i = 0; i < x.size(); i++) {
         const double diff = std::abs((double)x[i] - (double)y[i]);

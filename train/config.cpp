@@ -184,9 +184,9 @@ int64_t parse_memory_size(const std::string& text) {
   std::string unit = text.substr(used);
   for (char& c : unit) c = (char)std::toupper((unsigned char)c);
   static const std::map<std::string, double> units = {
-      {"", 1}, {"B", 1}, {"K", 1 << 10}, {"KB", 1 << 10}, {"KIB", 1 << 10}, {"M", 1 << 20}, {"MB", 1 << 20},
-      {"MIB", 1 << 20}, {"G", 1 << 30}, {"GB", 1 << 30}, {"GIB", 1 << 30}, {"T", 1ull << 40}, {"TB", 1ull << 40},
-      {"TIB", 1ull << 40}};
+      {"", 1},          {"B", 1},          {"K", 1 << 10},     {"KB", 1 << 10},    {"KIB", 1 << 10},
+      {"M", 1 << 20},   {"MB", 1 << 20},   {"MIB", 1 << 20},   {"G", 1 << 30},     {"GB", 1 << 30},
+      {"GIB", 1 << 30}, {"T", 1ull << 40}, {"TB", 1ull << 40}, {"TIB", 1ull << 40}};
   const auto it = units.find(unit);
   if (it == units.end() || !(value > 0)) return -1;
   return (int64_t)(value * it->second);
@@ -199,17 +199,60 @@ const char* device_name(Device d) {
 }
 
 const std::vector<std::string>& config_keys() {
-  static const std::vector<std::string> keys = {
-      "model.preset", "model.vocab_size", "model.max_seq_len", "model.n_layer", "model.n_head", "model.n_embd",
-      "model.vocab_multiple", "data.path", "data.verify", "train.batch_size", "train.seq_len", "train.grad_accum", "train.steps",
-      "train.seed", "train.log_every", "train.eval_every", "train.eval_batches", "train.eval_only", "train.peak_tflops",
-      "train.recompute", "train.nonfinite", "train.sample_every", "train.sample_tokens", "train.sample_prompt",
-      "optim.lr", "optim.min_lr_ratio", "optim.warmup_steps", "optim.schedule", "optim.decay_fraction",
-      "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.grad_clip", "parallel.tp",
-      "parallel.zero", "parallel.timeout_s", "parallel.bucket_mb", "parallel.rendezvous", "checkpoint.every",
-      "checkpoint.keep", "checkpoint.async", "checkpoint.async_max_mb", "checkpoint.resume", "checkpoint.init_from",
-      "checkpoint.on_error", "run.dir", "run.device", "run.threads", "run.deterministic", "run.dry_run", "run.force", "run.gpu",
-      "run.gpu_memory"};
+  static const std::vector<std::string> keys = {"model.preset",
+                                                "model.vocab_size",
+                                                "model.max_seq_len",
+                                                "model.n_layer",
+                                                "model.n_head",
+                                                "model.n_embd",
+                                                "model.vocab_multiple",
+                                                "data.path",
+                                                "data.verify",
+                                                "train.batch_size",
+                                                "train.seq_len",
+                                                "train.grad_accum",
+                                                "train.steps",
+                                                "train.seed",
+                                                "train.log_every",
+                                                "train.eval_every",
+                                                "train.eval_batches",
+                                                "train.eval_only",
+                                                "train.peak_tflops",
+                                                "train.recompute",
+                                                "train.nonfinite",
+                                                "train.sample_every",
+                                                "train.sample_tokens",
+                                                "train.sample_prompt",
+                                                "optim.lr",
+                                                "optim.min_lr_ratio",
+                                                "optim.warmup_steps",
+                                                "optim.schedule",
+                                                "optim.decay_fraction",
+                                                "optim.weight_decay",
+                                                "optim.beta1",
+                                                "optim.beta2",
+                                                "optim.eps",
+                                                "optim.grad_clip",
+                                                "parallel.tp",
+                                                "parallel.zero",
+                                                "parallel.timeout_s",
+                                                "parallel.bucket_mb",
+                                                "parallel.rendezvous",
+                                                "checkpoint.every",
+                                                "checkpoint.keep",
+                                                "checkpoint.async",
+                                                "checkpoint.async_max_mb",
+                                                "checkpoint.resume",
+                                                "checkpoint.init_from",
+                                                "checkpoint.on_error",
+                                                "run.dir",
+                                                "run.device",
+                                                "run.threads",
+                                                "run.deterministic",
+                                                "run.dry_run",
+                                                "run.force",
+                                                "run.gpu",
+                                                "run.gpu_memory"};
   return keys;
 }
 
@@ -315,10 +358,11 @@ void check_settings(TrainConfig& cfg, const SettingTexts& text, const Origins& o
   // A number in [lo, hi] (or the open ends the flags say); NaN never is.
   auto in_range = [&](const std::string& key, double v, double lo, double hi, bool lo_open, bool hi_open,
                       const std::string& expected) {
-    if (!(lo_open ? v > lo : v >= lo) || !(hi_open ? v < hi : v <= hi)) bad(key, fmt_number(v) + ": expected " + expected);
+    if (!(lo_open ? v > lo : v >= lo) || !(hi_open ? v < hi : v <= hi))
+      bad(key, fmt_number(v) + ": expected " + expected);
   };
   // One of a setting's names, as its enum value ("'x': expected a, b or c" otherwise).
-  auto choose = [&]<class E, size_t N>(const std::string& key, const std::string& name, const Named<E> (&choices)[N]) {
+  auto choose = [&]<class E, size_t N>(const std::string& key, const std::string& name, const Named<E>(&choices)[N]) {
     std::string expected;
     for (size_t i = 0; i < N; i++) {
       if (name == choices[i].name) return choices[i].value;
@@ -342,7 +386,8 @@ void check_settings(TrainConfig& cfg, const SettingTexts& text, const Origins& o
   if (cfg.train.log_every < 1) bad("train.log_every", "expected >= 1");
   if (cfg.train.eval_every < 0) bad("train.eval_every", "expected >= 0 (0 disables evaluation)");
   if (cfg.train.eval_batches < 0) bad("train.eval_batches", "expected >= 0 (0 = the whole validation split)");
-  if (cfg.train.peak_tflops != 0) in_range("train.peak_tflops", cfg.train.peak_tflops, 0, kInf, true, true, "> 0 TFLOP/s, or 0 for the GPU's own");
+  if (cfg.train.peak_tflops != 0)
+    in_range("train.peak_tflops", cfg.train.peak_tflops, 0, kInf, true, true, "> 0 TFLOP/s, or 0 for the GPU's own");
   in_range("optim.lr", cfg.optim.lr, 0, kInf, true, true, "a finite number > 0");
   in_range("optim.min_lr_ratio", cfg.optim.min_lr_ratio, 0, 1, false, false, "0 <= ratio <= 1");
   if (cfg.optim.warmup_steps < 0) bad("optim.warmup_steps", "expected >= 0");
@@ -355,14 +400,15 @@ void check_settings(TrainConfig& cfg, const SettingTexts& text, const Origins& o
   cfg.optim.schedule = choose("optim.schedule", text.schedule, kSchedules);
   if (cfg.parallel.tp < 1) bad("parallel.tp", "expected >= 1");
   if (cfg.parallel.zero != 0 && cfg.parallel.zero != 1) bad("parallel.zero", "expected 0 or 1 (ZeRO-1)");
-  if (!(cfg.parallel.timeout_s > 0) || std::isinf(cfg.parallel.timeout_s)) bad("parallel.timeout_s", "expected > 0 seconds");
+  if (!(cfg.parallel.timeout_s > 0) || std::isinf(cfg.parallel.timeout_s))
+    bad("parallel.timeout_s", "expected > 0 seconds");
   if (!(cfg.parallel.bucket_mb >= 0) || std::isinf(cfg.parallel.bucket_mb))
     bad("parallel.bucket_mb", "expected >= 0 (0: one all-reduce after the backward pass)");
   // More threads than a few per core only slows OpenMP down, and libgomp fails on huge counts.
   const int max_threads = 4 * (int)std::max(1u, std::thread::hardware_concurrency());
   if (cfg.threads < 0 || cfg.threads > max_threads)
-    bad("run.threads", std::to_string(cfg.threads) + ": expected 0 (all cores) to " + std::to_string(max_threads) +
-                           " (4 per core)");
+    bad("run.threads",
+        std::to_string(cfg.threads) + ": expected 0 (all cores) to " + std::to_string(max_threads) + " (4 per core)");
   cfg.device = choose("run.device", text.device, kDevices);
   try {
     cfg.train.recompute = parse_recompute(text.recompute);
@@ -374,13 +420,15 @@ void check_settings(TrainConfig& cfg, const SettingTexts& text, const Origins& o
   if (cfg.checkpoint.async_max_mb < 0) bad("checkpoint.async_max_mb", "expected >= 0 (0: always save in place)");
   cfg.checkpoint.on_error = choose("checkpoint.on_error", text.on_error, kOnSaveErrors);
   if (!cfg.checkpoint.resume.empty() && !cfg.checkpoint.init_from.empty())
-    bad("checkpoint.init_from", "cannot be combined with checkpoint.resume (resume continues a run, init_from starts one)");
+    bad("checkpoint.init_from",
+        "cannot be combined with checkpoint.resume (resume continues a run, init_from starts one)");
   cfg.train.nonfinite = choose("train.nonfinite", text.nonfinite, kNonFinite);
   if (cfg.train.sample_every < 0) bad("train.sample_every", "expected >= 0 (0 disables sampling)");
   if (cfg.train.sample_tokens < 1) bad("train.sample_tokens", "expected >= 1");
   if (!text.gpu_memory.empty()) {
     cfg.gpu_memory_bytes = parse_memory_size(text.gpu_memory);
-    if (cfg.gpu_memory_bytes <= 0) bad("run.gpu_memory", "'" + text.gpu_memory + "': expected a size such as 80GB or 512MiB");
+    if (cfg.gpu_memory_bytes <= 0)
+      bad("run.gpu_memory", "'" + text.gpu_memory + "': expected a size such as 80GB or 512MiB");
   }
   if (!cfg.gpu.empty()) {  // a plan for another machine: its name alone does not say its memory
     if (!cfg.dry_run || cfg.device != Device::cuda)

@@ -13,28 +13,28 @@
 namespace kiln {
 
 struct DataConfig {
-  std::string path;  // a dataset directory written by `kiln prepare`
+  std::string path;     // a dataset directory written by `kiln prepare`
   bool verify = false;  // read every shard and check its checksum at start-up (`--verify-data`)
 };
 
 // Settings that are choices among names, parsed once by load_train_config.
-enum class NonFinite { stop, skip };                   // train.nonfinite: a NaN/inf loss or gradient norm
-enum class LrSchedule { cosine, wsd, constant };       // optim.schedule
-enum class OnSaveError { stop, go_on };                // checkpoint.on_error: "stop" or "continue"
-enum class Device { automatic, cpu, cuda, emu };       // run.device: "auto", "cpu", "cuda", "emu"
-const char* device_name(Device d);                     // as run.device spells it
+enum class NonFinite { stop, skip };              // train.nonfinite: a NaN/inf loss or gradient norm
+enum class LrSchedule { cosine, wsd, constant };  // optim.schedule
+enum class OnSaveError { stop, go_on };           // checkpoint.on_error: "stop" or "continue"
+enum class Device { automatic, cpu, cuda, emu };  // run.device: "auto", "cpu", "cuda", "emu"
+const char* device_name(Device d);                // as run.device spells it
 
 struct TrainLoopConfig {
   int batch_size = 8;
   int seq_len = 64;
-  int grad_accum = 1;        // micro-batches per optimizer step
+  int grad_accum = 1;  // micro-batches per optimizer step
   int64_t steps = 100;
   uint64_t seed = 1337;
   int log_every = 1;
-  int eval_every = 50;        // 0 disables evaluation
-  int eval_batches = 0;       // batches per evaluation; 0 = the whole validation split
-  bool eval_only = false;     // evaluate the resumed (or initial) model on the validation split, train nothing
-  double peak_tflops = 0;     // for MFU; 0 = the GPU's dense bf16 peak by its name (none on cpu/emu)
+  int eval_every = 50;     // 0 disables evaluation
+  int eval_batches = 0;    // batches per evaluation; 0 = the whole validation split
+  bool eval_only = false;  // evaluate the resumed (or initial) model on the validation split, train nothing
+  double peak_tflops = 0;  // for MFU; 0 = the GPU's dense bf16 peak by its name (none on cpu/emu)
   Recompute recompute = Recompute::none;  // activations rebuilt in the backward: none, mlp, block
   NonFinite nonfinite = NonFinite::stop;  // a NaN/inf loss or gradient norm: stop, or skip the step
   int sample_every = 0;                   // steps between samples of text (prepared data only); 0 = never
@@ -47,32 +47,32 @@ struct OptimConfig {
   double min_lr_ratio = 0.1;  // final lr = lr * min_lr_ratio
   int64_t warmup_steps = 10;
   LrSchedule schedule = LrSchedule::cosine;
-  double decay_fraction = 0.2;      // wsd: share of steps spent decaying
+  double decay_fraction = 0.2;  // wsd: share of steps spent decaying
   double weight_decay = 0.1;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
-  double grad_clip = 1.0;     // global-norm clipping; 0 disables
+  double grad_clip = 1.0;  // global-norm clipping; 0 disables
 };
 
 struct ParallelConfig {
-  int tp = 1;    // tensor-parallel size: groups of consecutive ranks; data parallel = ranks / tp
-  int zero = 0;  // 1: ZeRO-1, the optimizer state sharded over the data-parallel ranks
+  int tp = 1;              // tensor-parallel size: groups of consecutive ranks; data parallel = ranks / tp
+  int zero = 0;            // 1: ZeRO-1, the optimizer state sharded over the data-parallel ranks
   double timeout_s = 600;  // a collective unfinished after this long aborts the job
   double bucket_mb = 25;   // gradient all-reduce buckets, started during backward; 0: one after it
   std::string rendezvous;  // RANK/WORLD_SIZE launches: the file the ranks meet through; "": RUN_DIR/rendezvous
 };
 
 struct CheckpointConfig {
-  int every = 0;             // steps between saves (and at the end); 0: never
-  int keep = 3;              // newest checkpoints kept; 0: all
-  bool async = true;         // write on a background thread while training goes on
-  int64_t async_max_mb = 8192;  // host memory a background save may take; larger ones save in place
-  std::string resume;        // a checkpoint directory; empty: run.dir's latest, if any
-  std::string init_from;     // fine-tuning: a checkpoint's parameters only (new optimizer and data)
+  int every = 0;                             // steps between saves (and at the end); 0: never
+  int keep = 3;                              // newest checkpoints kept; 0: all
+  bool async = true;                         // write on a background thread while training goes on
+  int64_t async_max_mb = 8192;               // host memory a background save may take; larger ones save in place
+  std::string resume;                        // a checkpoint directory; empty: run.dir's latest, if any
+  std::string init_from;                     // fine-tuning: a checkpoint's parameters only (new optimizer and data)
   OnSaveError on_error = OnSaveError::stop;  // a failed save: stop, or go on training (the previous one stays)
 };
 
 struct TrainConfig {
-  std::string source;  // where it came from, for messages
+  std::string source;    // where it came from, for messages
   std::string settings;  // every key set by the file or an override, "section.key = value" per line, sorted
   std::set<std::string> command_line_keys;  // the keys an override set
   std::string preset = "tiny";
@@ -86,12 +86,12 @@ struct TrainConfig {
   CheckpointConfig checkpoint;
   std::string run_dir = "runs/default";
   Device device = Device::automatic;  // auto: cuda when a GPU is present, else cpu; emu: CUDA backend on the emulator
-  int threads = 0;  // 0 = all cores
-  bool deterministic = false;  // bitwise-identical runs for a seed on one device (slower kernels)
-  bool dry_run = false;        // print the memory plan and exit, allocating nothing
-  bool force = false;          // start afresh in a run directory holding another run's metrics or checkpoints
+  int threads = 0;                    // 0 = all cores
+  bool deterministic = false;         // bitwise-identical runs for a seed on one device (slower kernels)
+  bool dry_run = false;               // print the memory plan and exit, allocating nothing
+  bool force = false;                 // start afresh in a run directory holding another run's metrics or checkpoints
   int64_t gpu_memory_bytes = 0;  // run.gpu_memory: the device size to plan for (and the emulator's); 0 = the device's
-  std::string gpu;  // run.gpu: the GPU model a dry run plans for (e.g. H100), instead of this machine's
+  std::string gpu;               // run.gpu: the GPU model a dry run plans for (e.g. H100), instead of this machine's
 };
 
 // "80GB", "80GiB", "512M", "1048576": binary units (GPU memory is quoted in GiB); -1 if malformed.
@@ -120,6 +120,5 @@ const std::vector<std::string>& config_keys();
 // The candidate nearest to `word` by edit distance, when it is near enough to be a likely typo
 // (or one contains the other, as "steps" and "max-steps"); "" otherwise.
 std::string nearest_name(const std::string& word, const std::vector<std::string>& candidates);
-
 
 }  // namespace kiln

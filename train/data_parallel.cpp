@@ -41,8 +41,9 @@ GPT::GradsReady DataParallel::grads_ready() {
   started_ = buckets_ = 0;
   return [this](int64_t offset, int64_t count) {
     if (offset + count != pending_first_)
-      throw std::logic_error("DataParallel: gradients [" + std::to_string(offset) + ", " + std::to_string(offset + count) +
-                             ") are not adjacent to the bucket being filled at " + std::to_string(pending_first_));
+      throw std::logic_error("DataParallel: gradients [" + std::to_string(offset) + ", " +
+                             std::to_string(offset + count) + ") are not adjacent to the bucket being filled at " +
+                             std::to_string(pending_first_));
     pending_first_ = offset;
     if ((double)(pending_end_ - pending_first_) * sizeof(float) >= bucket_bytes_) start_pending();
   };
@@ -51,7 +52,8 @@ GPT::GradsReady DataParallel::grads_ready() {
 void DataParallel::start_pending() {
   if (pending_end_ == pending_first_) return;
   make_ready_for(model_.ops(), comm_);  // after the backward has written the bucket, without a host wait on NCCL
-  comm_.all_reduce_sum_start(std::span<float>(model_.grads().f32() + pending_first_, (size_t)(pending_end_ - pending_first_)));
+  comm_.all_reduce_sum_start(
+      std::span<float>(model_.grads().f32() + pending_first_, (size_t)(pending_end_ - pending_first_)));
   started_ += pending_end_ - pending_first_;
   buckets_++;
   pending_end_ = pending_first_;

@@ -42,7 +42,8 @@ EvalResult evaluate_checkpoint(const std::string& checkpoint, const EvalOptions&
     throw std::runtime_error("--seq-len " + std::to_string(T) + ": longer than the model's context of " +
                              std::to_string(ckpt.config.max_seq_len));
   if (o.batch_size < 1) throw std::runtime_error("--batch-size: expected >= 1");
-  if (o.split != "val" && o.split != "train") throw std::runtime_error("--split '" + o.split + "': expected val or train");
+  if (o.split != "val" && o.split != "train")
+    throw std::runtime_error("--split '" + o.split + "': expected val or train");
 
   // A text file is tokenized here, with the checkpoint's own tokenizer, into a dataset that lives
   // as long as the evaluation.
@@ -50,7 +51,8 @@ EvalResult evaluate_checkpoint(const std::string& checkpoint, const EvalOptions&
   std::string split_name = o.split;
   if (fs::is_regular_file(o.data)) {
     if (ckpt.tokenizer.name.empty())
-      throw std::runtime_error(dir + ": no tokenizer recorded (trained on random tokens, or imported), so the text in " +
+      throw std::runtime_error(dir +
+                               ": no tokenizer recorded (trained on random tokens, or imported), so the text in " +
                                o.data + " cannot be tokenized for it; evaluate on a prepared dataset instead");
     scratch = (fs::temp_directory_path() / ("kiln-eval-" + std::to_string(::getpid()))).string();
     PrepareOptions prepare;
@@ -82,9 +84,9 @@ EvalResult evaluate_checkpoint(const std::string& checkpoint, const EvalOptions&
                              ") is larger than the model's (" + std::to_string(ckpt.config.vocab_size) + ")");
   const Split& split = split_name == "val" ? data.val : data.train;
   if (split.num_tokens == 0)
-    throw std::runtime_error(dataset_dir + ": its " + split_name + " split is empty" +
-                             (split_name == "val" ? " (prepare with --val-fraction or --val-docs, or pass --split train)"
-                                                  : ""));
+    throw std::runtime_error(
+        dataset_dir + ": its " + split_name + " split is empty" +
+        (split_name == "val" ? " (prepare with --val-fraction or --val-docs, or pass --split train)" : ""));
   DataLoader loader(split, LoaderOptions{o.batch_size, T, 0, 0, 1, false, 2});
   if (loader.num_sequences() == 0)
     throw std::runtime_error(dataset_dir + ": its " + split_name + " split (" + std::to_string(split.num_tokens) +
@@ -98,8 +100,9 @@ EvalResult evaluate_checkpoint(const std::string& checkpoint, const EvalOptions&
   r.loss = evaluate(model, loader, o.max_batches);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   r.perplexity = std::exp(r.loss);
-  const int64_t sequences = o.max_batches > 0 ? std::min<int64_t>(loader.num_sequences(), (int64_t)o.max_batches * o.batch_size)
-                                              : loader.num_sequences();
+  const int64_t sequences = o.max_batches > 0
+                                ? std::min<int64_t>(loader.num_sequences(), (int64_t)o.max_batches * o.batch_size)
+                                : loader.num_sequences();
   r.tokens = sequences * T;
   r.split = dataset_dir == scratch ? o.data : dataset_dir + " (" + split_name + ")";
   return r;

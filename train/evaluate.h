@@ -18,17 +18,17 @@ void apply_loss_mask(Batch& batch);
 double evaluate(GPT& model, DataLoader& split, int max_batches);
 
 struct EvalOptions {
-  std::string data;            // a prepared dataset directory, or a text file (tokenized here)
-  std::string split = "val";   // val or train (a text file has only its whole text)
+  std::string data;           // a prepared dataset directory, or a text file (tokenized here)
+  std::string split = "val";  // val or train (a text file has only its whole text)
   int batch_size = 8;
-  int seq_len = 0;             // 0: the model's context
-  int max_batches = 0;         // 0: the whole split
+  int seq_len = 0;      // 0: the model's context
+  int max_batches = 0;  // 0: the whole split
 };
 struct EvalResult {
   double loss = 0, perplexity = 0;
   int64_t tokens = 0;  // predicted tokens
   double seconds = 0;
-  std::string split;   // what was evaluated, for the report
+  std::string split;  // what was evaluated, for the report
 };
 
 // Evaluates a checkpoint on the CPU with nothing but the checkpoint: its model, and the tokenizer

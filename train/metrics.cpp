@@ -26,9 +26,10 @@ MetricsWriter::MetricsWriter(const std::string& run_dir, int64_t last_kept_step)
       if (lines.eof()) break;
       const nlohmann::json row = nlohmann::json::parse(line, nullptr, false);
       if (row.is_discarded() || !row.is_object() || !row.contains("step") || !row["step"].is_number_integer())
-        throw std::runtime_error(fmt::format("{}:{}: not a metrics row (expected a JSON object with an integer "
-                                             "\"step\"); fix or remove the line to resume",
-                                             path_, line_no));
+        throw std::runtime_error(
+            fmt::format("{}:{}: not a metrics row (expected a JSON object with an integer "
+                        "\"step\"); fix or remove the line to resume",
+                        path_, line_no));
       if (row["step"].get<int64_t>() <= last_kept_step) kept += line + "\n";
     }
     // The history is replaced only by a complete copy: a failed write leaves the old file.

@@ -35,8 +35,7 @@ void AdamW::step(double lr, double grad_scale, const Tensor& shard_grads) {
   const Tensor grads = shard_grads ? shard_grads : model_.grads().slice(first_, count_);
   const ref::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, step_, grad_scale};
   model_.ops().adamw_update(model_.master().slice(first_ - model_.master_first(), count_),
-                            model_.params().slice(first_, count_), grads, m_,
-                            v_, table_, hp);
+                            model_.params().slice(first_, count_), grads, m_, v_, table_, hp);
 }
 
 double grad_norm(Ops& ops, const Tensor& grads) { return std::sqrt(ops.sum_squares(grads)); }

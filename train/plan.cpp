@@ -35,7 +35,7 @@ MemoryPlan plan_memory(const PlanInput& in) {
   const int64_t w = cpu ? kFp32 : kBf16;  // parameters and activations
   const LocalShape s(in.model, {in.tp, 0});
   const ParamLayout layout(in.model, {in.tp, 0});
-  const int64_t P = layout.total();  // this rank's parameters
+  const int64_t P = layout.total();                                  // this rank's parameters
   const int64_t share = in.zero1 && dp > 1 ? (P + dp - 1) / dp : P;  // rank 0's optimizer shard
   const int64_t N = (int64_t)in.micro_batch * in.seq_len, C = in.model.n_embd, A = s.attn_width, H = s.mlp_width;
   const int64_t L = in.model.n_layer, Vp = s.vocab_rows;
@@ -65,8 +65,8 @@ MemoryPlan plan_memory(const PlanInput& in) {
   // Backward scratch (d_residual, d_ln: C; d_qkv: 3A; d_att: A; d_fc: H), TP's zero wpe, and the
   // backend's: on the CPU one [N, H] buffer, on CUDA its scratch and the cuBLASLt workspace.
   m.workspace = N * w * (2 * C + 4 * A + H) + (in.tp > 1 ? w * in.model.max_seq_len * C : 0);
-  const OpsShape shape{N, in.micro_batch, in.seq_len, (int)C, s.heads, s.head_size, (int)std::max({3 * A, H, C, Vp}),
-                       (int)H};
+  const OpsShape shape{
+      N, in.micro_batch, in.seq_len, (int)C, s.heads, s.head_size, (int)std::max({3 * A, H, C, Vp}), (int)H};
   // (the emulator's and the GPU's backend are the same source: the same sizes)
   m.workspace += cpu ? kFp32 * N * H : emu::cuda_ops_workspace_bytes(shape, {in.deterministic});
   // ZeRO-1's reduced gradient shard (train/data_parallel.cpp).

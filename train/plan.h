@@ -16,14 +16,13 @@ namespace kiln {
 // What the estimate assumes of the hardware; H100 SXM defaults.
 struct GpuSpec {
   double memory_bytes = 80.0 * (1ull << 30);
-  double peak_tflops = 989;          // dense bf16 tensor-core peak
-  double kernel_efficiency = 0.5;    // of that peak, reached by the model's GEMMs and attention
-  double nvlink_gb_per_s = 450;      // per direction, within a node (NVLink 4: 900 GB/s both ways)
-  double network_gb_per_s = 50;      // per GPU across nodes (one 400 Gb/s InfiniBand NIC a GPU)
+  double peak_tflops = 989;        // dense bf16 tensor-core peak
+  double kernel_efficiency = 0.5;  // of that peak, reached by the model's GEMMs and attention
+  double nvlink_gb_per_s = 450;    // per direction, within a node (NVLink 4: 900 GB/s both ways)
+  double network_gb_per_s = 50;    // per GPU across nodes (one 400 Gb/s InfiniBand NIC a GPU)
   int gpus_per_node = 8;
   double reserved_bytes = 1.5 * (1ull << 30);  // CUDA context, cuBLASLt and allocator slack
 };
-
 
 enum class PlanBackend { cuda, cpu };
 
@@ -31,7 +30,7 @@ struct PlanInput {
   GPTConfig model;
   PlanBackend backend = PlanBackend::cuda;
   bool deterministic = false;  // the deterministic attention backward needs less scratch
-  int micro_batch = 1;  // sequences per GPU per micro-batch
+  int micro_batch = 1;         // sequences per GPU per micro-batch
   int seq_len = 1024;
   int gpus = 1, tp = 1;  // data-parallel size = gpus / tp
   bool zero1 = false;
@@ -50,17 +49,19 @@ struct MemoryPlan {
   int64_t logits = 0;       // logits (the gradient overwrites them), losses
   int64_t workspace = 0;    // backward scratch, attention and matmul scratch, cuBLASLt workspace
   int64_t reserved = 0;     // CUDA context and allocator slack (not kiln's allocations)
-  int64_t total() const { return parameters + gradients + master + moments + activations + logits + workspace + reserved; }
+  int64_t total() const {
+    return parameters + gradients + master + moments + activations + logits + workspace + reserved;
+  }
 };
 
 struct StepEstimate {
-  double compute_s = 0;      // per GPU at kernel_efficiency of the peak
-  double tp_comm_s = 0;      // the row-parallel all-reduces, not overlapped
-  double dp_comm_s = 0;      // the gradient reduction (and ZeRO-1's all-gather)
-  double exposed_dp_s = 0;   // the part the backward pass does not hide
+  double compute_s = 0;     // per GPU at kernel_efficiency of the peak
+  double tp_comm_s = 0;     // the row-parallel all-reduces, not overlapped
+  double dp_comm_s = 0;     // the gradient reduction (and ZeRO-1's all-gather)
+  double exposed_dp_s = 0;  // the part the backward pass does not hide
   double step_s = 0;
-  double tokens_per_s = 0;   // the whole job's
-  double mfu = 0;            // model FLOPs / (step time x GPUs x peak)
+  double tokens_per_s = 0;  // the whole job's
+  double mfu = 0;           // model FLOPs / (step time x GPUs x peak)
 };
 
 // Throws std::invalid_argument for a layout that does not divide (gpus by tp, heads by tp).

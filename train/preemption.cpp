@@ -21,7 +21,7 @@ void on_signal(int signal) {
 
 PreemptionSignals::PreemptionSignals() {
   received_signal = 0;
-  struct sigaction action{};
+  struct sigaction action {};
   action.sa_handler = on_signal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // system calls in flight (file writes, MPI) carry on

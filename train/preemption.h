@@ -20,7 +20,8 @@ class PreemptionSignals {
   int received() const;
 
  private:
-  struct sigaction previous_usr1_{}, previous_term_{}, previous_int_{};
+  struct sigaction previous_usr1_ {
+  }, previous_term_{}, previous_int_{};
 };
 
 }  // namespace kiln

@@ -107,10 +107,10 @@ void check_fresh_start(const std::string& run_dir, const std::string& settings, 
   if (!fs::exists(metrics) || fs::file_size(metrics, ec) == 0) return;
   const std::string recorded = run_dir + "/settings.toml";
   if (fs::exists(recorded) && read_text(recorded) == settings) return;  // the same run, started again
-  throw std::runtime_error(fmt::format(
-      "{}: holds the metrics of an earlier run {}and no checkpoint; pass --force to start over in it (its "
-      "metrics.jsonl is then replaced), or choose another --run-dir",
-      run_dir, fs::exists(recorded) ? "with other settings (" + recorded + ") " : ""));
+  throw std::runtime_error(
+      fmt::format("{}: holds the metrics of an earlier run {}and no checkpoint; pass --force to start over in it (its "
+                  "metrics.jsonl is then replaced), or choose another --run-dir",
+                  run_dir, fs::exists(recorded) ? "with other settings (" + recorded + ") " : ""));
 }
 
 void record_settings(const std::string& run_dir, const std::string& settings) {
@@ -139,7 +139,8 @@ std::string describe_changed_settings(const std::string& saved, const std::strin
     // run.* and checkpoint.* say where and how a run goes, not what it trains.
     if (key.starts_with("run.") || key.starts_with("checkpoint.")) continue;
     const auto b = before.find(key), a = after.find(key);
-    const std::string was = b == before.end() ? "(default)" : b->second, is = a == after.end() ? "(default)" : a->second;
+    const std::string was = b == before.end() ? "(default)" : b->second,
+                      is = a == after.end() ? "(default)" : a->second;
     if (was == is) continue;
     out += fmt::format("  {}: {} -> {}", key, was, is);
     if (const auto m = meaning.find(key); m != meaning.end()) out += " (" + m->second + ")";

@@ -12,7 +12,8 @@ void SamplingOptions::validate() const {
   if (!(temperature >= 0) || !std::isfinite(temperature))
     throw std::invalid_argument("temperature: expected a number >= 0, got " + std::to_string(temperature));
   if (top_k < 0) throw std::invalid_argument("top-k: expected >= 0 (0: no limit), got " + std::to_string(top_k));
-  if (!(top_p > 0 && top_p <= 1)) throw std::invalid_argument("top-p: expected a number in (0, 1], got " + std::to_string(top_p));
+  if (!(top_p > 0 && top_p <= 1))
+    throw std::invalid_argument("top-p: expected a number in (0, 1], got " + std::to_string(top_p));
 }
 
 int32_t sample_token(std::span<const float> logits, const SamplingOptions& options, std::mt19937_64& rng) {
@@ -25,7 +26,8 @@ int32_t sample_token(std::span<const float> logits, const SamplingOptions& optio
   const int keep_k = options.top_k > 0 ? std::min(options.top_k, V) : V;
   std::vector<double> weight(keep_k);
   double total = 0;
-  for (int i = 0; i < keep_k; i++) total += (weight[i] = std::exp((logits[order[i]] - logits[order[0]]) / options.temperature));
+  for (int i = 0; i < keep_k; i++)
+    total += (weight[i] = std::exp((logits[order[i]] - logits[order[0]]) / options.temperature));
   // Nucleus: the shortest prefix whose probability reaches top_p.
   int keep = keep_k;
   if (options.top_p < 1) {

@@ -110,11 +110,12 @@ std::unique_ptr<Ops> make_ops(const TrainConfig& cfg, Device device, const Devic
 }
 
 std::string describe(const MemoryPlan& m) {
-  return fmt::format("parameters {}, master weights {}, gradients {}, AdamW moments {}, activations {}, logits {}, "
-                     "workspace {}, reserved {}: total {}",
-                     format_bytes(m.parameters), format_bytes(m.master), format_bytes(m.gradients),
-                     format_bytes(m.moments), format_bytes(m.activations), format_bytes(m.logits),
-                     format_bytes(m.workspace), format_bytes(m.reserved), format_bytes(m.total()));
+  return fmt::format(
+      "parameters {}, master weights {}, gradients {}, AdamW moments {}, activations {}, logits {}, "
+      "workspace {}, reserved {}: total {}",
+      format_bytes(m.parameters), format_bytes(m.master), format_bytes(m.gradients), format_bytes(m.moments),
+      format_bytes(m.activations), format_bytes(m.logits), format_bytes(m.workspace), format_bytes(m.reserved),
+      format_bytes(m.total()));
 }
 
 // --dry-run: the plan against the device, and the largest micro-batch each recompute setting fits.
@@ -250,11 +251,11 @@ class TrainingRun {
   void allocate() {
     const int B = cfg_.train.batch_size, T = cfg_.train.seq_len;
     if (target_.memory_bytes > 0 && plan_.total() > target_.memory_bytes)
-      throw std::runtime_error(fmt::format(
-          "the model does not fit: {} x {} tokens with recompute {} needs {} ({}) but {} has {}; try "
-          "--train.recompute=block or a smaller --batch-size (kiln train --dry-run shows what fits)",
-          B, T, recompute_name(cfg_.train.recompute), format_bytes(plan_.total()), describe(plan_), target_.name,
-          format_bytes(target_.memory_bytes)));
+      throw std::runtime_error(
+          fmt::format("the model does not fit: {} x {} tokens with recompute {} needs {} ({}) but {} has {}; try "
+                      "--train.recompute=block or a smaller --batch-size (kiln train --dry-run shows what fits)",
+                      B, T, recompute_name(cfg_.train.recompute), format_bytes(plan_.total()), describe(plan_),
+                      target_.name, format_bytes(target_.memory_bytes)));
     // One run at a time in a run directory: rank 0 holds its lock for the job, and under it clears
     // what killed saves left behind.
     if (comm_.rank() == 0) {
@@ -268,7 +269,8 @@ class TrainingRun {
     // A GPU's activations and gradients are reduced over NCCL; host scalars (loss, token counts)
     // stay on MPI. The emulator's device memory is the host's: MPI reaches it.
 #ifdef KILN_HAVE_CUDA
-    if (device_ == Device::cuda && dp_comm.size() > 1) gradient_comm_ = make_nccl_comm(dp_comm, cfg_.parallel.timeout_s);
+    if (device_ == Device::cuda && dp_comm.size() > 1)
+      gradient_comm_ = make_nccl_comm(dp_comm, cfg_.parallel.timeout_s);
     if (device_ == Device::cuda && groups_.tp > 1) activation_comm_ = make_nccl_comm(tp_comm, cfg_.parallel.timeout_s);
 #endif
     // ZeRO-1 shards the flat buffers over the data-parallel ranks (the master weights too).
@@ -319,12 +321,13 @@ class TrainingRun {
   // --eval-only: the resumed (or initial) model on the validation split.
   StepRecord evaluate_only() {
     if (!data_.validation())
-      throw std::runtime_error(cfg_.data.path + ": no validation split to evaluate (prepare it with --val-fraction or "
+      throw std::runtime_error(cfg_.data.path +
+                               ": no validation split to evaluate (prepare it with --val-fraction or "
                                "--val-docs)");
     const auto eval_start = Clock::now();
     const double val_loss = evaluate(*model_, *data_.validation(), cfg_.train.eval_batches);
-    log_ << fmt::format("eval only, at step {}: val loss {:.4f}, perplexity {:.2f} ({:.2f} s)\n", first_step_,
-                        val_loss, std::exp(val_loss), seconds_since(eval_start));
+    log_ << fmt::format("eval only, at step {}: val loss {:.4f}, perplexity {:.2f} ({:.2f} s)\n", first_step_, val_loss,
+                        std::exp(val_loss), seconds_since(eval_start));
     return StepRecord{first_step_, val_loss, 0, 0, 0, 0, val_loss};
   }
 
@@ -332,9 +335,10 @@ class TrainingRun {
   bool preempted_during_start_up() {
     if (!signal_on_any_rank()) return false;
     if (comm_.rank() == 0) std::ofstream(preempted_marker_) << first_step_ << "\n";
-    log_ << fmt::format("preempted (a signal) before the first step: nothing new to save, stopping at step {}; {} "
-                        "tells the launcher to requeue\n",
-                        first_step_, preempted_marker_);
+    log_ << fmt::format(
+        "preempted (a signal) before the first step: nothing new to save, stopping at step {}; {} "
+        "tells the launcher to requeue\n",
+        first_step_, preempted_marker_);
     return true;
   }
 
@@ -382,9 +386,9 @@ class TrainingRun {
       dp_comm.all_reduce_sum(std::span<int64_t>(&global_tokens, 1));
       const double share = global_tokens > 0 ? (double)local_tokens / (double)global_tokens : 0.0;
       const bool last_micro = micro + 1 == cfg_.train.grad_accum;  // its backward finishes the gradients
-      r.loss += share * model_->forward_backward(batch.inputs, batch.targets, B, T,
-                                                 (float)(share / cfg_.train.grad_accum),
-                                                 last_micro ? data_parallel_->grads_ready() : GPT::GradsReady{});
+      r.loss +=
+          share * model_->forward_backward(batch.inputs, batch.targets, B, T, (float)(share / cfg_.train.grad_accum),
+                                           last_micro ? data_parallel_->grads_ready() : GPT::GradsReady{});
     }
     r.loss /= cfg_.train.grad_accum;
     dp_comm.all_reduce_sum(std::span<double>(&r.loss, 1));  // the tensor-parallel ranks have the same
@@ -393,9 +397,10 @@ class TrainingRun {
     // Every rank sees the same loss and norm, so all stop or skip together.
     r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
     if (!r.finite && cfg_.train.nonfinite == NonFinite::stop)
-      throw std::runtime_error(fmt::format("step {}: the loss is {} and the gradient norm {}: stopping "
-                                           "(train.nonfinite = skip would skip such steps)",
-                                           step + 1, r.loss, r.grad_norm));
+      throw std::runtime_error(
+          fmt::format("step {}: the loss is {} and the gradient norm {}: stopping "
+                      "(train.nonfinite = skip would skip such steps)",
+                      step + 1, r.loss, r.grad_norm));
     if (r.finite) {
       optimizer_->step(r.lr, ref::clip_factor(r.grad_norm, cfg_.optim.grad_clip), data_parallel_->optimizer_grads());
       data_parallel_->gather_parameters();
@@ -423,8 +428,8 @@ class TrainingRun {
     op_span_s_ += seconds_since(eval_start);
 
     const double flops = step_flops_ / r.seconds;
-    nlohmann::json row = {{"step", rec.step}, {"loss", rec.loss}, {"lr", rec.lr}, {"grad_norm", rec.grad_norm},
-                          {"ms", rec.ms}, {"tokens_per_s", rec.tokens_per_s}};
+    nlohmann::json row = {{"step", rec.step},           {"loss", rec.loss}, {"lr", rec.lr},
+                          {"grad_norm", rec.grad_norm}, {"ms", rec.ms},     {"tokens_per_s", rec.tokens_per_s}};
     const std::string mfu = peak_flops_ > 0 ? fmt::format("{:.1f}%", 100.0 * flops / peak_flops_) : "-";
     if (peak_flops_ > 0) row["mfu"] = flops / peak_flops_;
     if (!r.finite) row["skipped"] = true;
@@ -443,10 +448,11 @@ class TrainingRun {
 
     if ((step + 1) % cfg_.train.log_every == 0 || last || rec.val_loss) {
       const double eta = elapsed_s_ / (double)(step + 1 - first_step_) * (double)(cfg_.train.steps - step - 1);
-      log_ << fmt::format("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.1f} ms | {:.0f} tok/s | "
-                          "{:.2f} GFLOP/s | MFU {} | ETA {}",
-                          rec.step, std::to_string(cfg_.train.steps).size(), cfg_.train.steps, r.loss, r.lr,
-                          r.grad_norm, rec.ms, rec.tokens_per_s, flops / 1e9, mfu, format_duration(eta));
+      log_ << fmt::format(
+          "step {:>{}}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.1f} ms | {:.0f} tok/s | "
+          "{:.2f} GFLOP/s | MFU {} | ETA {}",
+          rec.step, std::to_string(cfg_.train.steps).size(), cfg_.train.steps, r.loss, r.lr, r.grad_norm, rec.ms,
+          rec.tokens_per_s, flops / 1e9, mfu, format_duration(eta));
       if (rec.val_loss) log_ << fmt::format(" | val loss {:.4f}", *rec.val_loss);
       log_ << std::endl;
     }
@@ -507,18 +513,21 @@ class TrainingRun {
       TrainingState state;
       state.step = first_step_;
       data_.save_position(state);
-      log_ << fmt::format("no steps left: saved {}\n", save_checkpoint(cfg_.run_dir, cfg_.settings, *model_, *optimizer_,
-                                                                        ckpt_rank_, state, comm_, cfg_.checkpoint.keep));
+      log_ << fmt::format("no steps left: saved {}\n",
+                          save_checkpoint(cfg_.run_dir, cfg_.settings, *model_, *optimizer_, ckpt_rank_, state, comm_,
+                                          cfg_.checkpoint.keep));
     }
     if (skipped_ > 0) log_ << fmt::format("{} step(s) skipped for a non-finite loss or gradient norm\n", skipped_);
     if (cfg_.train.steps > first_step_)
       log_ << fmt::format("done: {} steps in {}, {:.0f} tokens/s\n", cfg_.train.steps - first_step_,
-                          format_duration(elapsed_s_), tokens_per_step_ * (cfg_.train.steps - first_step_) / elapsed_s_);
+                          format_duration(elapsed_s_),
+                          tokens_per_step_ * (cfg_.train.steps - first_step_) / elapsed_s_);
     if (groups_.tp > 1) {
       check_replicas_agree(*model_, *groups_.tp_comm);
-      log_ << fmt::format("tensor parallel over {} ranks: {} collectives ({} bytes) per step; replicated parameters "
-                          "bitwise equal\n",
-                          groups_.tp, tp_step_.collectives, tp_step_.bytes);
+      log_ << fmt::format(
+          "tensor parallel over {} ranks: {} collectives ({} bytes) per step; replicated parameters "
+          "bitwise equal\n",
+          groups_.tp, tp_step_.collectives, tp_step_.bytes);
     }
     if (groups_.dp_comm->size() > 1)
       log_ << fmt::format("gradient reduction over {} ranks: {}; {} collectives ({} bytes) per step\n",
@@ -570,25 +579,27 @@ class TrainingRun {
   void log_banner() {
     const int B = cfg_.train.batch_size, T = cfg_.train.seq_len;
     const int64_t params = model_->layout().total();  // this tensor-parallel rank's
-    log_ << fmt::format("kiln train: model {} ({} layers, {} heads, width {}, vocab {} padded to {}), {:.2f}M parameters\n",
-                        cfg_.preset, model_cfg_.n_layer, model_cfg_.n_head, model_cfg_.n_embd, model_cfg_.vocab_size,
-                        model_cfg_.padded_vocab(), model_->layout().trained() / 1e6);
+    log_ << fmt::format(
+        "kiln train: model {} ({} layers, {} heads, width {}, vocab {} padded to {}), {:.2f}M parameters\n",
+        cfg_.preset, model_cfg_.n_layer, model_cfg_.n_head, model_cfg_.n_embd, model_cfg_.vocab_size,
+        model_cfg_.padded_vocab(), model_->layout().trained() / 1e6);
     log_ << fmt::format("data: {}; batch {}x{} x{} accum x{} data-parallel ranks (TP {}) = {} tokens/step, {}\n",
-                        data_.describe(cfg_.data.path), B, T, cfg_.train.grad_accum, groups_.dp_comm->size(), groups_.tp,
-                        tokens_per_step_,
+                        data_.describe(cfg_.data.path), B, T, cfg_.train.grad_accum, groups_.dp_comm->size(),
+                        groups_.tp, tokens_per_step_,
                         ops_->name() == "cpu" ? fmt::format("{} threads, {}", omp_get_max_threads(), cpu::blas_name())
                                               : fmt::format("{} backend on {}{}", ops_->name(), target_.name,
                                                             cfg_.deterministic ? ", deterministic" : ""));
     if (cfg_.train.eval_every > 0 && !data_.validation())
-      log_ << fmt::format("note: train.eval_every = {}, but {} has no validation split, so nothing is evaluated "
-                          "(prepare the data with --val-fraction or --val-docs)\n",
-                          cfg_.train.eval_every, cfg_.data.path == "random" ? "random data" : cfg_.data.path);
+      log_ << fmt::format(
+          "note: train.eval_every = {}, but {} has no validation split, so nothing is evaluated "
+          "(prepare the data with --val-fraction or --val-docs)\n",
+          cfg_.train.eval_every, cfg_.data.path == "random" ? "random data" : cfg_.data.path);
     const int64_t allocated = model_->memory().total() + optimizer_->state_bytes() + data_parallel_->staging_bytes();
     const int64_t planned = plan_.total() - plan_.reserved;
     log_ << fmt::format("allocated {} on rank 0 ({})\n", format_bytes(allocated),
-                        allocated == planned ? "the plan, to the byte"
-                                             : fmt::format("the plan said {}: {:+} bytes", format_bytes(planned),
-                                                           allocated - planned));
+                        allocated == planned
+                            ? "the plan, to the byte"
+                            : fmt::format("the plan said {}: {:+} bytes", format_bytes(planned), allocated - planned));
     log_ << fmt::format("optimizer state floats on rank 0: {}\n", optimizer_->state_floats());
     log_ << fmt::format("MFU: model FLOPs 6 N + 12 L T C per token (N = {} parameters) against {}\n", model_params_,
                         peak_flops_ > 0 ? fmt::format("a peak of {} TFLOP/s per device", target_.peak_tflops)
@@ -629,8 +640,8 @@ class TrainingRun {
   int64_t snapshot_mb_ = 0, model_params_ = 0, tokens_per_step_ = 0;
   double step_flops_ = 0, peak_flops_ = 0;
   // the steps
-  double elapsed_s_ = 0;  // training steps only (for tokens/s)
-  double op_span_s_ = 0;  // what the op timers cover: steps, evaluations and samples, not saves
+  double elapsed_s_ = 0;       // training steps only (for tokens/s)
+  double op_span_s_ = 0;       // what the op timers cover: steps, evaluations and samples, not saves
   Traffic tp_step_, dp_step_;  // each group's traffic in the last step
   int64_t skipped_ = 0;
 };

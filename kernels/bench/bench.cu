@@ -37,8 +37,8 @@ constexpr ModelShape kModels[] = {{"124m", 768, 12, 1024, 50257, 50304},
 constexpr ModelShape kTiny{"tiny", 64, 2, 32, 500, 512};
 constexpr int kTinyTokens = 64;
 
-constexpr size_t kCopyBytes = size_t(1) << 30;      // the copy-bandwidth reference
-constexpr size_t kL2FlushBytes = size_t(256) << 20;  // several times an H100's 50 MB L2
+constexpr size_t kCopyBytes = size_t(1) << 30;        // the copy-bandwidth reference
+constexpr size_t kL2FlushBytes = size_t(256) << 20;   // several times an H100's 50 MB L2
 constexpr size_t kTinyBufferBytes = size_t(1) << 20;  // both, on the emulator
 
 // A linear layer of the block or the LM head: x[N, in] @ W[out, in]^T (+ bias[out]).
@@ -275,8 +275,8 @@ void bench_embedding(Bench& b, const ModelShape& m, int N) {
   // S rows of dwte and all of dwpe read and written (8SC + 8TC, fp32).
   const double backward_bytes = 2.0 * N * C + 8.0 * N + 4.0 * (S + 1) + 8.0 * S * C + 8.0 * T * C;
   b.measure("embedding_backward", m, N, shape, backward_bytes, [&] {
-    embedding_backward(b.stream(), dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C, 0, m.Vp,
-                       order.data(), segment_starts.data(), S);
+    embedding_backward(b.stream(), dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C, 0, m.Vp, order.data(),
+                       segment_starts.data(), S);
   });
 }
 
@@ -334,8 +334,8 @@ void bench_linear(Bench& b, Matmul& matmul, const ModelShape& m, int N, const Li
   const double bias_bytes = l.bias ? 2.0 * l.out : 0;
   const std::string shape = std::string(l.name) + " " + std::to_string(l.in) + "->" + std::to_string(l.out);
 
-  const double plain_ms = b.time_ms(
-      [&] { matmul.forward(b.stream(), out.data(), x.data(), weight.data(), nullptr, N, l.in, l.out); });
+  const double plain_ms =
+      b.time_ms([&] { matmul.forward(b.stream(), out.data(), x.data(), weight.data(), nullptr, N, l.in, l.out); });
   auto measure = [&](const char* kernel, double bytes, auto&& work) {
     b.add(kernel, m, N, shape, bytes, b.time_ms(work), flops, plain_ms);
   };
@@ -346,9 +346,8 @@ void bench_linear(Bench& b, Matmul& matmul, const ModelShape& m, int N, const Li
     });
   } else if (l.bias) {
     // x, W, bias read, out written.
-    measure("matmul_forward", 2.0 * NI + 2.0 * W + bias_bytes + 2.0 * NO, [&] {
-      matmul.forward(b.stream(), out.data(), x.data(), weight.data(), bias.data(), N, l.in, l.out);
-    });
+    measure("matmul_forward", 2.0 * NI + 2.0 * W + bias_bytes + 2.0 * NO,
+            [&] { matmul.forward(b.stream(), out.data(), x.data(), weight.data(), bias.data(), N, l.in, l.out); });
   } else {
     // Without a bias the forward is the plain GEMM itself: x, W read, out written.
     b.add("matmul_forward", m, N, shape, 2.0 * NI + 2.0 * W + 2.0 * NO, plain_ms, flops, plain_ms);
@@ -362,9 +361,8 @@ void bench_linear(Bench& b, Matmul& matmul, const ModelShape& m, int N, const Li
     });
   } else {
     // dout, W read, dx written.
-    measure("matmul_backward_input", 2.0 * NO + 2.0 * W + 2.0 * NI, [&] {
-      matmul.backward_input(b.stream(), dx.data(), dout.data(), weight.data(), N, l.in, l.out);
-    });
+    measure("matmul_backward_input", 2.0 * NO + 2.0 * W + 2.0 * NI,
+            [&] { matmul.backward_input(b.stream(), dx.data(), dout.data(), weight.data(), N, l.in, l.out); });
   }
   // dout, x read; dW read and written (8 out in, fp32), and the bias gradient (8 out).
   measure("matmul_backward_weight", 2.0 * NO + 2.0 * NI + 8.0 * W + (l.bias ? 8.0 * l.out : 0), [&] {
@@ -395,8 +393,8 @@ void bench_attention(Bench& b, const ModelShape& m, const AttentionShape& s) {
   for (const AttentionMode mode : {AttentionMode::fast, AttentionMode::deterministic})
     b.add(mode == AttentionMode::fast ? "attention_backward" : "attention_backward_deterministic", m, (int64_t)rows,
           shape, backward_bytes, b.time_ms([&] {
-            attention_backward(b.stream(), dqkv.data(), scratch.data(), dout.data(), qkv.data(), out.data(),
-                               lse.data(), s, AttentionKernel::tensor_core, mode);
+            attention_backward(b.stream(), dqkv.data(), scratch.data(), dout.data(), qkv.data(), out.data(), lse.data(),
+                               s, AttentionKernel::tensor_core, mode);
           }),
           2.5 * forward_flops);
 }
@@ -455,7 +453,8 @@ KernelBenchReport run_kernel_benchmarks(const KernelBenchOptions& o) {
   if (o.tiny) {
     bench_attention(b, kTiny, {1, 2 * kTiny.T, 1, 128});
   } else {
-    for (const int T : kLongContexts) bench_attention(b, kLongContextRows, {kLongContextTokens / T, T, kLongContextHeads, 128});
+    for (const int T : kLongContexts)
+      bench_attention(b, kLongContextRows, {kLongContextTokens / T, T, kLongContextHeads, 128});
   }
   report.rows = std::move(b.rows());
   return report;

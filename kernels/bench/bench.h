@@ -29,7 +29,7 @@ struct KernelBenchRow {
   int64_t tokens = 0;  // 0 for the optimizer, which runs over the parameters
   std::string shape;
   double median_ms = 0, bytes = 0, gb_per_s = 0;
-  double copy_fraction = 0;  // gb_per_s / the copy bandwidth measured in the same run
+  double copy_fraction = 0;                        // gb_per_s / the copy bandwidth measured in the same run
   double flops = 0, tflops = 0, plain_tflops = 0;  // matmuls only (0 otherwise)
 };
 

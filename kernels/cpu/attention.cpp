@@ -20,7 +20,9 @@ struct Heads {
   int T, NH, HS;
   int64_t qkv_row() const { return 3LL * NH * HS; }
   int64_t out_row() const { return (int64_t)NH * HS; }
-  int64_t qkv(int b, int part, int h) const { return (int64_t)b * T * qkv_row() + (int64_t)part * NH * HS + (int64_t)h * HS; }
+  int64_t qkv(int b, int part, int h) const {
+    return (int64_t)b * T * qkv_row() + (int64_t)part * NH * HS + (int64_t)h * HS;
+  }
   int64_t out(int b, int h) const { return (int64_t)b * T * out_row() + (int64_t)h * HS; }
 };
 
@@ -45,8 +47,8 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
       float* s = scratch((size_t)kBlock * T).data();
       for (int r0 = 0; r0 < T; r0 += kBlock) {
         const int rows = std::min(kBlock, T - r0), cols = r0 + rows;  // keys 0 .. last row of the block
-        sgemm(false, true, rows, cols, HS, scale, q + r0 * at.qkv_row(), (int)at.qkv_row(), k, (int)at.qkv_row(),
-              0.0f, s, cols);
+        sgemm(false, true, rows, cols, HS, scale, q + r0 * at.qkv_row(), (int)at.qkv_row(), k, (int)at.qkv_row(), 0.0f,
+              s, cols);
         for (int i = 0; i < rows; i++) {
           float* p = s + (int64_t)i * cols;
           const int valid = r0 + i + 1;  // causal: keys 0..t

@@ -10,8 +10,10 @@ namespace kiln::cpu {
 // 0.3.21's sgemm with M = 1 took 104 ms for GPT-2 124M's decoding products, its sgemv 42 ms.
 void matmul_forward(float* out, const float* x, const float* weight, const float* bias, int N, int C, int OC) {
   if (N == 1) {
-    if (bias) std::copy(bias, bias + OC, out);
-    else std::fill(out, out + OC, 0.0f);  // beta = 1 either way: out is never scaled by 0 (NaN * 0)
+    if (bias)
+      std::copy(bias, bias + OC, out);
+    else
+      std::fill(out, out + OC, 0.0f);  // beta = 1 either way: out is never scaled by 0 (NaN * 0)
     sgemv(OC, C, 1.0f, weight, C, x, 1.0f, out);
     return;
   }
@@ -24,8 +26,8 @@ void matmul_forward(float* out, const float* x, const float* weight, const float
 
 void matmul_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x, const float* weight,
                      int N, int C, int OC) {
-  sgemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dx, C);      // dx += dout W
-  sgemm(true, false, OC, C, N, 1.0f, dout, OC, x, C, 1.0f, dweight, C);       // dW += dout^T x
+  sgemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dx, C);  // dx += dout W
+  sgemm(true, false, OC, C, N, 1.0f, dout, OC, x, C, 1.0f, dweight, C);   // dW += dout^T x
   if (dbias) bias_backward(dbias, dout, N, OC);
 }
 

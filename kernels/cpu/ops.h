@@ -22,8 +22,8 @@ void residual_layernorm_forward(float* residual_out, float* out, float* mean, fl
                                 const float* b, const float* weight, const float* bias, int N, int C);
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight, const float* bias,
                        int N, int C);
-void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
-                        const float* weight, const float* mean, const float* rstd, int N, int C);
+void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x, const float* weight,
+                        const float* mean, const float* rstd, int N, int C);
 
 void gelu_forward(float* out, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* x, const float* dout, int64_t n);

@@ -54,8 +54,8 @@ void residual_layernorm_forward(float* residual_out, float* out, float* mean, fl
 
 // dx as in kernels/ref/layernorm_ref.cpp. dweight and dbias are summed per chunk of rows into
 // partials, then the chunks are added in order: threaded, and the same bits for any thread count.
-void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
-                        const float* weight, const float* mean, const float* rstd, int N, int C) {
+void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x, const float* weight,
+                        const float* mean, const float* rstd, int N, int C) {
   constexpr int kChunks = 16;
   const int chunk_rows = (N + kChunks - 1) / kChunks;
   thread_local std::vector<float> partial;

@@ -104,8 +104,8 @@ __device__ __forceinline__ float block_sum(float x) {
 namespace detail {
 
 __global__ void __launch_bounds__(kAdamWThreads)
-    adamw_kernel(float* master, __nv_bfloat16* params, const float* grads, float* m, float* v,
-                 const AdamWRange* ranges, int num_ranges, int64_t n, AdamWStepConstants c) {
+    adamw_kernel(float* master, __nv_bfloat16* params, const float* grads, float* m, float* v, const AdamWRange* ranges,
+                 int num_ranges, int64_t n, AdamWStepConstants c) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x * 4;
   for (int64_t i0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4; i0 < n; i0 += stride) {
     float decay[4];
@@ -141,7 +141,8 @@ __global__ void __launch_bounds__(kAdamWThreads)
 // partials[block] = sum of squares of this block's share: thread t of block b takes the packs
 // b * blockDim + t + j * (gridDim * blockDim), j = 0, 1, ...; the n % 4 tail goes to the first
 // threads of block 0.
-__global__ void __launch_bounds__(kNormThreads) grad_norm_partials_kernel(float* partials, const float* grads, int64_t n) {
+__global__ void __launch_bounds__(kNormThreads)
+    grad_norm_partials_kernel(float* partials, const float* grads, int64_t n) {
   const int64_t packs = n / 4, thread = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   float sum = 0.0f;
   for (int64_t p = thread; p < packs; p += (int64_t)gridDim.x * blockDim.x) {
@@ -169,11 +170,12 @@ void check_adamw_ranges(std::span<const AdamWRange> ranges, int64_t n) {
   int64_t end = 0;  // of the previous range
   for (size_t r = 0; r < ranges.size(); r++) {
     const AdamWRange& range = ranges[r];
-    const std::string which = "range " + std::to_string(r) + " [" + std::to_string(range.offset) + ", +" +
-                              std::to_string(range.count) + ")";
+    const std::string which =
+        "range " + std::to_string(r) + " [" + std::to_string(range.offset) + ", +" + std::to_string(range.count) + ")";
     require(range.count >= 0, kName, which + " has a negative count");
-    require(range.offset >= end, kName, which + " starts before the end of the previous range (" + std::to_string(end) +
-                                            "): ranges must be sorted and must not overlap");
+    require(range.offset >= end, kName,
+            which + " starts before the end of the previous range (" + std::to_string(end) +
+                "): ranges must be sorted and must not overlap");
     require(range.count <= n - range.offset, kName, which + " ends beyond n = " + std::to_string(n));
     end = range.offset + range.count;
   }

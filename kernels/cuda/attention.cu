@@ -30,7 +30,7 @@ struct QkvIndex {
     return (int64_t)b * T * row_stride() + ((int64_t)p * H + h) * D;
   }
   __host__ __device__ int64_t out(int b, int h) const { return (int64_t)b * T * H * D + (int64_t)h * D; }  // out, dout
-  __host__ __device__ int64_t rows(int b, int h) const { return ((int64_t)b * H + h) * T; }  // lse, Delta
+  __host__ __device__ int64_t rows(int b, int h) const { return ((int64_t)b * H + h) * T; }                // lse, Delta
 };
 
 }  // namespace detail
@@ -77,7 +77,8 @@ __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf1
   if (t >= ix.T) return;
   const int64_t row = ix.out(b, h) + (int64_t)t * ix.H * kD;
   float s = 0;
-  for (int i = 0; i < kPer; i++) s += __bfloat162float(dout[row + i * 32 + lane]) * __bfloat162float(out[row + i * 32 + lane]);
+  for (int i = 0; i < kPer; i++)
+    s += __bfloat162float(dout[row + i * 32 + lane]) * __bfloat162float(out[row + i * 32 + lane]);
   s = warp_sum(s);
   if (lane == 0) delta[ix.rows(b, h) + t] = s;
 }
@@ -201,7 +202,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // acc[16 x 8 kN] += A[16 x kD] B^T, where A is 16 rows of a swizzled tile (from row a_row) and B
 // the first 8 kN rows of another: S = Q K^T, dP = dO V^T, S^T = K Q^T, dP^T = V dO^T.
 template <int kD, int kN>
-__device__ __forceinline__ void mma_rows_by_rows(float (&acc)[kN][4], const bf16* a_tile, int a_row, const bf16* b_tile) {
+__device__ __forceinline__ void mma_rows_by_rows(float (&acc)[kN][4], const bf16* a_tile, int a_row,
+                                                 const bf16* b_tile) {
   const int lane = threadIdx.x % 32;
   for (int kk = 0; kk < kD / 16; kk++) {
     uint32_t a[4];
@@ -220,11 +222,13 @@ __device__ __forceinline__ void mma_rows_by_rows(float (&acc)[kN][4], const bf16
 // fragment of n-tiles 2i and 2i + 1 is the A fragment of k-step i) and B the first 8 kN rows of a
 // swizzled tile: O = P V, dQ = dS K, dV = P^T dO, dK = dS^T Q.
 template <int kD, int kN>
-__device__ __forceinline__ void mma_scores_by_rows(float (&acc)[kD / 8][4], const float (&p)[kN][4], const bf16* b_tile) {
+__device__ __forceinline__ void mma_scores_by_rows(float (&acc)[kD / 8][4], const float (&p)[kN][4],
+                                                   const bf16* b_tile) {
   const int lane = threadIdx.x % 32;
   for (int ks = 0; ks < kN / 2; ks++) {
     const uint32_t a[4] = {pack_bf16(p[2 * ks][0], p[2 * ks][1]), pack_bf16(p[2 * ks][2], p[2 * ks][3]),
-                           pack_bf16(p[2 * ks + 1][0], p[2 * ks + 1][1]), pack_bf16(p[2 * ks + 1][2], p[2 * ks + 1][3])};
+                           pack_bf16(p[2 * ks + 1][0], p[2 * ks + 1][1]),
+                           pack_bf16(p[2 * ks + 1][2], p[2 * ks + 1][3])};
     for (int dp = 0; dp < kD / 16; dp++) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, b_tile + swizzle<kD>(ks * 16 + lane % 16, dp * 16 + 8 * (lane / 16)));
@@ -272,8 +276,8 @@ __device__ __forceinline__ float quad_max(float v) {
 // Stores this lane's part of a warp's 16 x kD fp32 block, times `scale`, as bf16 rows
 // [first_row, first_row + 16) of a [T, stride] matrix.
 template <int kD>
-__device__ __forceinline__ void store_rows(bf16* dst, int64_t stride, int first_row, int T, const float (&acc)[kD / 8][4],
-                                           const float (&scale)[2]) {
+__device__ __forceinline__ void store_rows(bf16* dst, int64_t stride, int first_row, int T,
+                                           const float (&acc)[kD / 8][4], const float (&scale)[2]) {
   for (int n = 0; n < kD / 8; n++)
     for (int half = 0; half < 2; half++) {
       const int row = first_row + fragment_row(2 * half);
@@ -291,10 +295,10 @@ namespace detail {
 // one's copies in flight while the current one is used. Causal blocks stop at the diagonal tile;
 // heavy (late) query tiles are started first.
 template <int kD>
-__global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, float* lse, const bf16* qkv, QkvIndex ix,
-                                                                     bool causal) {
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(bf16* out, float* lse, const bf16* qkv, QkvIndex ix, bool causal) {
   bf16* q_tile = dynamic_shared<bf16>();
-  bf16* k_tiles = q_tile + kTile * kD;      // [2][kTile][kD]
+  bf16* k_tiles = q_tile + kTile * kD;       // [2][kTile][kD]
   bf16* v_tiles = k_tiles + 2 * kTile * kD;  // [2][kTile][kD]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -357,9 +361,9 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(bf16* out, 
 // dq for 64 query rows (16 per warp), over the key tiles they see: S = Q K^T and P from the saved
 // lse, dP = dO V^T, dS = P (dP - Delta), dQ += dS K.
 template <int kD>
-__global__ void __launch_bounds__(kThreads) attention_dq_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv,
-                                                                const float* lse, const float* delta, QkvIndex ix,
-                                                                bool causal) {
+__global__ void __launch_bounds__(kThreads)
+    attention_dq_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta,
+                        QkvIndex ix, bool causal) {
   bf16* q_tile = dynamic_shared<bf16>();
   bf16* do_tile = q_tile + kTile * kD;
   bf16* k_tiles = do_tile + kTile * kD;      // [2][kTile][kD]
@@ -414,16 +418,16 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(bf16* dqkv, cons
 // kAccumulateDq (the fast mode): also dQ += dS K for the query tile, from dS^T staged in shared
 // memory, added into the fp32 dq_accum [B, T, H, D] with atomics, in an order that varies.
 template <int kD, int kQueries, bool kAccumulateDq>
-__global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(bf16* dqkv, float* dq_accum, const bf16* dout,
-                                                                  const bf16* qkv, const float* lse, const float* delta,
-                                                                  QkvIndex ix, bool causal) {
+__global__ void __launch_bounds__(kThreads)
+    attention_dkdv_kernel(bf16* dqkv, float* dq_accum, const bf16* dout, const bf16* qkv, const float* lse,
+                          const float* delta, QkvIndex ix, bool causal) {
   bf16* k_tile = dynamic_shared<bf16>();
   bf16* v_tile = k_tile + kTile * kD;
-  bf16* q_tiles = v_tile + kTile * kD;           // [2][kQueries][kD]
-  bf16* do_tiles = q_tiles + 2 * kQueries * kD;  // [2][kQueries][kD]
+  bf16* q_tiles = v_tile + kTile * kD;                                       // [2][kQueries][kD]
+  bf16* do_tiles = q_tiles + 2 * kQueries * kD;                              // [2][kQueries][kD]
   float* lse_rows = reinterpret_cast<float*>(do_tiles + 2 * kQueries * kD);  // [2][kQueries], log2 units
-  float* delta_rows = lse_rows + 2 * kQueries;                                // [2][kQueries]
-  bf16* ds_tile = reinterpret_cast<bf16*>(delta_rows + 2 * kQueries);         // [kTile][kQueries]: dS^T
+  float* delta_rows = lse_rows + 2 * kQueries;                               // [2][kQueries]
+  bf16* ds_tile = reinterpret_cast<bf16*>(delta_rows + 2 * kQueries);        // [kTile][kQueries]: dS^T
   const int warp = threadIdx.x / 32;
   const int tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t stride = ix.row_stride(), out_stride = (int64_t)ix.H * kD;
@@ -481,8 +485,8 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(bf16* dqkv, fl
     if constexpr (kAccumulateDq) {
       for (int n = 0; n < kQueries / 8; n++)
         for (int half = 0; half < 2; half++)
-          *reinterpret_cast<__nv_bfloat162*>(ds_tile + swizzle<kQueries>(16 * warp + fragment_row(2 * half),
-                                                                          fragment_col(n, 0))) =
+          *reinterpret_cast<__nv_bfloat162*>(
+              ds_tile + swizzle<kQueries>(16 * warp + fragment_row(2 * half), fragment_col(n, 0))) =
               __floats2bfloat162_rn(p[n][2 * half], p[n][2 * half + 1]);
       __syncthreads();
       // The query tile's dQ [kQueries x kD] in slabs of 16 queries, each slab's columns split
@@ -554,7 +558,8 @@ dim3 row_grid(const AttentionShape& s, int rows_per_block) {
 }
 
 template <int kD>
-void forward(const Stream& stream, bf16* out, float* lse, const bf16* qkv, const AttentionShape& s, AttentionKernel kernel) {
+void forward(const Stream& stream, bf16* out, float* lse, const bf16* qkv, const AttentionShape& s,
+             AttentionKernel kernel) {
   const detail::QkvIndex ix{s.T, s.H, kD};
   if (kernel == AttentionKernel::reference) {
     launch(detail::attention_forward_reference_kernel<kD>, row_grid(s, detail::kReferenceWarps),
@@ -596,8 +601,9 @@ void backward(const Stream& stream, bf16* dqkv, float* scratch, const bf16* dout
     KILN_CHECK(KILN_RT cudaMemsetAsync(dq_accum, 0, tokens * s.H * kD * sizeof(float), stream.get()));
     launch_dkdv<kD, true>(stream, dqkv, dq_accum, delta, dout, qkv, lse, s);
     constexpr int64_t kMaxBlocks = 4096;
-    launch(detail::attention_dq_convert_kernel, (unsigned)std::min<int64_t>((tokens * s.H * kD + 255) / 256, kMaxBlocks),
-           256, 0, stream, dqkv, dq_accum, tokens, s.H * kD, 1.0f / std::sqrt((float)kD));
+    launch(detail::attention_dq_convert_kernel,
+           (unsigned)std::min<int64_t>((tokens * s.H * kD + 255) / 256, kMaxBlocks), 256, 0, stream, dqkv, dq_accum,
+           tokens, s.H * kD, 1.0f / std::sqrt((float)kD));
     return;
   }
   set_max_dynamic_shared(detail::attention_dq_kernel<kD>, dq_shared_bytes<kD>());

@@ -156,9 +156,10 @@ __global__ void __launch_bounds__(kThreads)
 
 template <int W>
 __global__ void __launch_bounds__(kThreads)
-    cross_entropy_from_stats_kernel(float* losses, __nv_bfloat16* logits, const int32_t* targets, const float* global_max,
-                                    const float* global_sumexp, const float* global_target_logit, int vocab_begin,
-                                    int V_local_valid, int Vp_local, float dloss, bool with_grad) {
+    cross_entropy_from_stats_kernel(float* losses, __nv_bfloat16* logits, const int32_t* targets,
+                                    const float* global_max, const float* global_sumexp,
+                                    const float* global_target_logit, int vocab_begin, int V_local_valid, int Vp_local,
+                                    float dloss, bool with_grad) {
   const int n = blockIdx.x;
   __nv_bfloat16* row = logits + (int64_t)n * Vp_local;
   const int target = targets[n];
@@ -215,15 +216,15 @@ void check_slice(const char* name, int N, int vocab_begin, int V_local_valid, in
   require(vocab_begin >= 0, name, "vocab_begin = " + std::to_string(vocab_begin) + " must be >= 0");
   require(Vp_local >= 1, name, "Vp_local = " + std::to_string(Vp_local) + " must be >= 1");
   require(V_local_valid >= 0 && V_local_valid <= Vp_local, name,
-          "V_local_valid = " + std::to_string(V_local_valid) + " must be in [0, Vp_local = " +
-              std::to_string(Vp_local) + "]");
+          "V_local_valid = " + std::to_string(V_local_valid) +
+              " must be in [0, Vp_local = " + std::to_string(Vp_local) + "]");
 }
 
 }  // namespace
 
 void cross_entropy_stats(const Stream& stream, float* row_max, float* row_sumexp, float* target_logit,
-                         const __nv_bfloat16* logits, const int32_t* targets, int N, int vocab_begin,
-                         int V_local_valid, int Vp_local) {
+                         const __nv_bfloat16* logits, const int32_t* targets, int N, int vocab_begin, int V_local_valid,
+                         int Vp_local) {
   constexpr const char* kName = "cross_entropy_stats";
   require_pointer(row_max, kName, "row_max");
   require_pointer(row_sumexp, kName, "row_sumexp");
@@ -251,8 +252,8 @@ void rescale_sumexp(const Stream& stream, float* row_sumexp, const float* row_ma
 
 void cross_entropy_from_stats(const Stream& stream, float* losses, __nv_bfloat16* logits_and_dlogits,
                               const int32_t* targets, const float* global_max, const float* global_sumexp,
-                              const float* global_target_logit, int N, int vocab_begin, int V_local_valid,
-                              int Vp_local, float dloss, bool with_grad) {
+                              const float* global_target_logit, int N, int vocab_begin, int V_local_valid, int Vp_local,
+                              float dloss, bool with_grad) {
   constexpr const char* kName = "cross_entropy_from_stats";
   require_pointer(losses, kName, "losses");
   require_pointer(logits_and_dlogits, kName, "logits_and_dlogits");

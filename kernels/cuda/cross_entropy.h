@@ -41,14 +41,14 @@ void cross_entropy_forward_backward(const Stream& stream, float* losses, __nv_bf
 // With one slice (vocab_begin 0, V_local_valid = V, Vp_local = Vp) both steps give bitwise the
 // fused kernel's losses and gradients.
 void cross_entropy_stats(const Stream& stream, float* row_max, float* row_sumexp, float* target_logit,
-                         const __nv_bfloat16* logits, const int32_t* targets, int N, int vocab_begin,
-                         int V_local_valid, int Vp_local);
+                         const __nv_bfloat16* logits, const int32_t* targets, int N, int vocab_begin, int V_local_valid,
+                         int Vp_local);
 // Step 2's rescaling on each rank, before the sum over ranks:
 //   row_sumexp[n] *= exp(row_max[n] - global_max[n])   (a slice without valid logits stays 0).
 void rescale_sumexp(const Stream& stream, float* row_sumexp, const float* row_max, const float* global_max, int N);
 void cross_entropy_from_stats(const Stream& stream, float* losses, __nv_bfloat16* logits_and_dlogits,
                               const int32_t* targets, const float* global_max, const float* global_sumexp,
-                              const float* global_target_logit, int N, int vocab_begin, int V_local_valid,
-                              int Vp_local, float dloss, bool with_grad);
+                              const float* global_target_logit, int N, int vocab_begin, int V_local_valid, int Vp_local,
+                              float dloss, bool with_grad);
 
 }  // namespace kiln::KILN_NS

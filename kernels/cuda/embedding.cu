@@ -129,7 +129,8 @@ void check_shape(const char* launcher, int B, int T, int vocab_begin, int vocab_
   require_positive(T, launcher, "T");
   require_positive(vocab_rows, launcher, "vocab_rows");
   require(vocab_begin >= 0, launcher, "vocab_begin must be >= 0, got " + std::to_string(vocab_begin));
-  require((int64_t)vocab_begin + vocab_rows <= INT_MAX, launcher, "vocab_begin + vocab_rows exceeds the int32 token range");
+  require((int64_t)vocab_begin + vocab_rows <= INT_MAX, launcher,
+          "vocab_begin + vocab_rows exceeds the int32 token range");
 }
 
 dim3 grid_for(int64_t work) { return dim3((unsigned)std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks)); }
@@ -152,8 +153,8 @@ void embedding_forward(const Stream& stream, __nv_bfloat16* out, const int32_t* 
     launch(detail::embedding_forward_kernel<8>, grid_for(positions * (C / 8)), kThreads, 0, stream, out, tokens, wte,
            wpe, B, T, C, vocab_begin, vocab_rows);
   else
-    launch(detail::embedding_forward_kernel<1>, grid_for(positions * C), kThreads, 0, stream, out, tokens, wte, wpe,
-           B, T, C, vocab_begin, vocab_rows);
+    launch(detail::embedding_forward_kernel<1>, grid_for(positions * C), kThreads, 0, stream, out, tokens, wte, wpe, B,
+           T, C, vocab_begin, vocab_rows);
 }
 
 EmbeddingBackwardPlan make_embedding_backward_plan(const int32_t* host_tokens, int B, int T, int vocab_begin,
@@ -202,8 +203,8 @@ void embedding_backward(const Stream& stream, float* dwte, float* dwpe, const __
   // dwpe: one thread per (t, channel group).
   const bool wpe_vector = C % 8 == 0 && aligned(dwpe, 16) && aligned(dout, 16);
   if (wpe_vector)
-    launch(detail::embedding_backward_wpe_kernel<8>, grid_for((int64_t)T * (C / 8)), kThreads, 0, stream, dwpe, dout,
-           B, T, C);
+    launch(detail::embedding_backward_wpe_kernel<8>, grid_for((int64_t)T * (C / 8)), kThreads, 0, stream, dwpe, dout, B,
+           T, C);
   else
     launch(detail::embedding_backward_wpe_kernel<1>, grid_for((int64_t)T * C), kThreads, 0, stream, dwpe, dout, B, T,
            C);

@@ -54,8 +54,7 @@ __global__ void gelu_forward_kernel(__nv_bfloat16* out, const __nv_bfloat16* x, 
 
 // dx = dout * gelu'(x), written (not accumulated); the same layout of work as the forward.
 template <bool kVector>
-__global__ void gelu_backward_kernel(__nv_bfloat16* dx, const __nv_bfloat16* x, const __nv_bfloat16* dout,
-                                     int64_t n) {
+__global__ void gelu_backward_kernel(__nv_bfloat16* dx, const __nv_bfloat16* x, const __nv_bfloat16* dout, int64_t n) {
   const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   int64_t scalar_begin = 0;

@@ -270,8 +270,9 @@ void forward(const char* launcher, const Stream& stream, bf16* residual_out, bf1
   require_array(weight, launcher, "weight", align);
   require_array(bias, launcher, "bias", align);
 
-  auto kernel = residual ? (vector ? detail::layernorm_forward_kernel<true, 8> : detail::layernorm_forward_kernel<true, 1>)
-                         : (vector ? detail::layernorm_forward_kernel<false, 8> : detail::layernorm_forward_kernel<false, 1>);
+  auto kernel =
+      residual ? (vector ? detail::layernorm_forward_kernel<true, 8> : detail::layernorm_forward_kernel<true, 1>)
+               : (vector ? detail::layernorm_forward_kernel<false, 8> : detail::layernorm_forward_kernel<false, 1>);
   const size_t shared = (size_t)detail::kWarps * C * sizeof(bf16);  // the row cache
   prepare_shared(kernel, shared, launcher, C);
   launch(kernel, ceil_div(N, detail::kWarps), detail::kThreads, shared, stream, residual_out, out, mean, rstd, x_or_a,

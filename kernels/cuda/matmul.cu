@@ -147,8 +147,23 @@ struct Matmul::Problem {
   int64_t ld_aux = 0;
 
   MatmulKey key() const {
-    return {m, n, k, lda, ldb, ldd, ld_aux, (int)transa, (int)transb, (int)d_type, (int)epilogue, (int)accumulate,
-            alignment_of(a), alignment_of(b), alignment_of(d), alignment_of(bias), alignment_of(aux)};
+    return {m,
+            n,
+            k,
+            lda,
+            ldb,
+            ldd,
+            ld_aux,
+            (int)transa,
+            (int)transb,
+            (int)d_type,
+            (int)epilogue,
+            (int)accumulate,
+            alignment_of(a),
+            alignment_of(b),
+            alignment_of(d),
+            alignment_of(bias),
+            alignment_of(aux)};
   }
 };
 
@@ -178,9 +193,9 @@ Matmul::Matmul(MatmulOptions options) : options_(options), workspace_(options.wo
 
 void Matmul::enqueue(const Problem& p, const Call& call, const cublasLtMatmulAlgo_t& algo, const Stream& stream) {
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
-  KILN_CUBLAS_CHECK(KILN_RT cublasLtMatmul(handle_.get(), call.desc.get(), &alpha, p.a, call.a.get(), p.b,
-                                           call.b.get(), &beta, p.d, call.d.get(), p.d, call.d.get(), &algo,
-                                           workspace_.data(), workspace_.size(), stream.get()));
+  KILN_CUBLAS_CHECK(KILN_RT cublasLtMatmul(handle_.get(), call.desc.get(), &alpha, p.a, call.a.get(), p.b, call.b.get(),
+                                           &beta, p.d, call.d.get(), p.d, call.d.get(), &algo, workspace_.data(),
+                                           workspace_.size(), stream.get()));
   stats_.gemms++;
 }
 
@@ -196,9 +211,9 @@ std::optional<Matmul::Algorithm> Matmul::choose(const Problem& p, const Call& ca
   const bool timed = !options_.deterministic && !p.accumulate;
   cublasLtMatmulHeuristicResult_t results[kMaxCandidates] = {};
   int returned = 0;
-  const cublasStatus_t status =
-      KILN_RT cublasLtMatmulAlgoGetHeuristic(handle_.get(), call.desc.get(), call.a.get(), call.b.get(), call.d.get(),
-                                             call.d.get(), pref.get(), timed ? options_.candidates : 1, results, &returned);
+  const cublasStatus_t status = KILN_RT cublasLtMatmulAlgoGetHeuristic(
+      handle_.get(), call.desc.get(), call.a.get(), call.b.get(), call.d.get(), call.d.get(), pref.get(),
+      timed ? options_.candidates : 1, results, &returned);
   stats_.cache_misses++;
   if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && returned == 0)) return std::nullopt;
   KILN_CUBLAS_CHECK(status);
@@ -228,8 +243,8 @@ bool Matmul::run(const Problem& p, const Stream& stream) {
   return true;
 }
 
-void Matmul::forward(const Stream& stream, bf16* out, const bf16* x, const bf16* weight, const bf16* bias, int N,
-                     int C, int OC) {
+void Matmul::forward(const Stream& stream, bf16* out, const bf16* x, const bf16* weight, const bf16* bias, int N, int C,
+                     int OC) {
   check_bf16("Matmul::forward", "out", out);
   check_bf16("Matmul::forward", "x", x);
   check_bf16("Matmul::forward", "weight", weight);

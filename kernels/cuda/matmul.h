@@ -105,7 +105,7 @@ class Matmul {
   struct Problem;  // one cuBLASLt call, described (kernels/cuda/matmul.cu)
   // Runs p with its cached algorithm; false (nothing launched) if cuBLASLt has none for it.
   bool run(const Problem& p, const Stream& stream);
-  struct Call;     // its descriptors
+  struct Call;  // its descriptors
   // A named wrapper: nvcc 13's front end fails on std::optional of cuBLASLt's anonymous structs.
   struct Algorithm {
     cublasLtMatmulAlgo_t algo;

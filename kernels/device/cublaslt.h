@@ -20,10 +20,10 @@ namespace kiln::KILN_NS {
                            KILN_RT cublasLtGetStatusString(status));
 }
 
-#define KILN_CUBLAS_CHECK(call)                                                         \
-  do {                                                                                  \
+#define KILN_CUBLAS_CHECK(call)                                                            \
+  do {                                                                                     \
     if (const cublasStatus_t kiln_status_ = (call); kiln_status_ != CUBLAS_STATUS_SUCCESS) \
-      ::kiln::KILN_NS::fail_cublas(kiln_status_, #call, __FILE__, __LINE__);            \
+      ::kiln::KILN_NS::fail_cublas(kiln_status_, #call, __FILE__, __LINE__);               \
   } while (0)
 
 class LtHandle {

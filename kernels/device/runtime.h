@@ -20,17 +20,18 @@ namespace kiln::KILN_NS {
 
 // Throws naming the call, file and line, and (on the emulator) the kernel, block and thread.
 [[noreturn]] inline void fail_call(cudaError_t error, const char* call, const char* file, int line) {
-  std::string message = std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + KILN_RT cudaGetErrorString(error);
+  std::string message =
+      std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + KILN_RT cudaGetErrorString(error);
 #ifdef KILN_EMU
   if (const std::string detail = KILN_RT last_error_message(); !detail.empty()) message += "\n  " + detail;
 #endif
   throw std::runtime_error(message);
 }
 
-#define KILN_CHECK(call)                                                                  \
-  do {                                                                                    \
-    if (const cudaError_t kiln_error_ = (call); kiln_error_ != cudaSuccess)              \
-      ::kiln::KILN_NS::fail_call(kiln_error_, #call, __FILE__, __LINE__);                 \
+#define KILN_CHECK(call)                                                    \
+  do {                                                                      \
+    if (const cudaError_t kiln_error_ = (call); kiln_error_ != cudaSuccess) \
+      ::kiln::KILN_NS::fail_call(kiln_error_, #call, __FILE__, __LINE__);   \
   } while (0)
 
 class Stream {
@@ -116,7 +117,9 @@ class DeviceBuffer {
     check_size(host.size());
     KILN_CHECK(KILN_RT cudaMemcpyAsync(host.data(), data(), host.size_bytes(), cudaMemcpyDeviceToHost, s.get()));
   }
-  void fill_bytes(int value, const Stream& s) { KILN_CHECK(KILN_RT cudaMemsetAsync(data(), value, size_ * sizeof(T), s.get())); }
+  void fill_bytes(int value, const Stream& s) {
+    KILN_CHECK(KILN_RT cudaMemsetAsync(data(), value, size_ * sizeof(T), s.get()));
+  }
   // Convenience for tests and set-up: a synchronous copy to a new host vector.
   std::vector<T> to_host(const Stream& s) const {
     std::vector<T> out(size_);
@@ -127,7 +130,9 @@ class DeviceBuffer {
 
  private:
   void check_size(size_t n) const {
-    if (n != size_) throw std::invalid_argument("copy of " + std::to_string(n) + " elements into a buffer of " + std::to_string(size_));
+    if (n != size_)
+      throw std::invalid_argument("copy of " + std::to_string(n) + " elements into a buffer of " +
+                                  std::to_string(size_));
   }
   struct Free {
     void operator()(T* p) const { KILN_RT cudaFree(p); }
@@ -167,7 +172,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
 #ifdef KILN_EMU
   auto packed = std::make_shared<std::tuple<std::decay_t<Params>...>>(static_cast<std::decay_t<Params>>(args)...);
   KILN_CHECK(KILN_RT launch_kernel(reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, stream.get(),
-                           [kernel, packed] { std::apply(kernel, *packed); }));
+                                   [kernel, packed] { std::apply(kernel, *packed); }));
 #else
   kernel<<<grid, block, shared_bytes, stream.get()>>>(static_cast<std::decay_t<Params>>(args)...);
   KILN_CHECK(KILN_RT cudaGetLastError());
@@ -177,8 +182,8 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
 // Raises a kernel's dynamic shared memory limit above the default 48 KB (up to 227 KB on H100).
 template <class... Params>
 void set_max_dynamic_shared(void (*kernel)(Params...), size_t bytes) {
-  KILN_CHECK(KILN_RT cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)bytes));
+  KILN_CHECK(KILN_RT cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
 }  // namespace kiln::KILN_NS

@@ -34,7 +34,9 @@ std::string device_self_check() {
     for (int b = 0; b < kBlocks; b++) {
       const int first = b * kThreads, last = first + kThreads - 1;
       const int want = (first + last) * kThreads;  // 2 * arithmetic series
-      if (out[b] != want) return "block " + std::to_string(b) + " summed to " + std::to_string(out[b]) + ", expected " + std::to_string(want);
+      if (out[b] != want)
+        return "block " + std::to_string(b) + " summed to " + std::to_string(out[b]) + ", expected " +
+               std::to_string(want);
     }
     return "ok";
   } catch (const std::exception& e) {

@@ -61,8 +61,8 @@ struct Shape {
 
 // What the library checks before choosing an algorithm: INVALID_VALUE for layouts that cannot
 // describe the product, NOT_SUPPORTED for what it does not implement.
-cublasStatus_t check_problem(const MatmulDesc& op, const Layout& a, const Layout& b, const Layout& c,
-                             const Layout& d, Shape& shape) {
+cublasStatus_t check_problem(const MatmulDesc& op, const Layout& a, const Layout& b, const Layout& c, const Layout& d,
+                             Shape& shape) {
   const bool ta = op.transa != CUBLAS_OP_N, tb = op.transb != CUBLAS_OP_N;
   shape = {ta ? a.cols : a.rows, tb ? b.rows : b.cols, ta ? a.rows : a.cols};
   for (const Layout* l : {&a, &b, &c, &d})
@@ -160,19 +160,26 @@ void compute(const Job& job) {
       store(job.D, out, i + j * job.d.ld, v);
     }
   }
-  for (int64_t i = 0; i < (int64_t)bias_gradient.size(); i++) store(const_cast<void*>(op.bias), out, i, bias_gradient[i]);
+  for (int64_t i = 0; i < (int64_t)bias_gradient.size(); i++)
+    store(const_cast<void*>(op.bias), out, i, bias_gradient[i]);
 }
 
 }  // namespace
 
 const char* cublasLtGetStatusString(cublasStatus_t status) {
   switch (status) {
-    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
-    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
-    default: return "CUBLAS_STATUS_UNKNOWN";
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    default:
+      return "CUBLAS_STATUS_UNKNOWN";
   }
 }
 
@@ -200,15 +207,24 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasL
   if (!desc) return CUBLAS_STATUS_NOT_INITIALIZED;
   MatmulDesc& d = *desc_of(desc);
   switch (attr) {
-    case CUBLASLT_MATMUL_DESC_TRANSA: return read_attribute(d.transa, buf, size);
-    case CUBLASLT_MATMUL_DESC_TRANSB: return read_attribute(d.transb, buf, size);
-    case CUBLASLT_MATMUL_DESC_EPILOGUE: return read_attribute(d.epilogue, buf, size);
-    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return read_attribute(d.bias, buf, size);
-    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: return read_attribute(d.aux, buf, size);
-    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: return read_attribute(d.ld_aux, buf, size);
-    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return read_attribute(d.bias_type, buf, size);
-    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE: return read_attribute(d.aux_type, buf, size);
-    default: return CUBLAS_STATUS_NOT_SUPPORTED;  // not emulated
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+      return read_attribute(d.transa, buf, size);
+    case CUBLASLT_MATMUL_DESC_TRANSB:
+      return read_attribute(d.transb, buf, size);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE:
+      return read_attribute(d.epilogue, buf, size);
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+      return read_attribute(d.bias, buf, size);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER:
+      return read_attribute(d.aux, buf, size);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
+      return read_attribute(d.ld_aux, buf, size);
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE:
+      return read_attribute(d.bias_type, buf, size);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE:
+      return read_attribute(d.aux_type, buf, size);
+    default:
+      return CUBLAS_STATUS_NOT_SUPPORTED;  // not emulated
   }
 }
 
@@ -238,12 +254,18 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
   if (!pref) return CUBLAS_STATUS_NOT_INITIALIZED;
   Preference& p = *pref_of(pref);
   switch (attr) {
-    case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: return read_attribute(p.max_workspace, buf, size);
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: return read_attribute(p.min_alignment[0], buf, size);
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES: return read_attribute(p.min_alignment[1], buf, size);
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES: return read_attribute(p.min_alignment[2], buf, size);
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES: return read_attribute(p.min_alignment[3], buf, size);
-    default: return CUBLAS_STATUS_NOT_SUPPORTED;  // not emulated
+    case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES:
+      return read_attribute(p.max_workspace, buf, size);
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES:
+      return read_attribute(p.min_alignment[0], buf, size);
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES:
+      return read_attribute(p.min_alignment[1], buf, size);
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES:
+      return read_attribute(p.min_alignment[2], buf, size);
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES:
+      return read_attribute(p.min_alignment[3], buf, size);
+    default:
+      return CUBLAS_STATUS_NOT_SUPPORTED;  // not emulated
   }
 }
 
@@ -256,7 +278,8 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
   if (requested < 1 || !results || !returned) return CUBLAS_STATUS_INVALID_VALUE;
   *returned = 0;
   Shape shape;
-  if (const cublasStatus_t s = check_problem(*desc_of(desc), *layout_of(a), *layout_of(b), *layout_of(c), *layout_of(d), shape);
+  if (const cublasStatus_t s =
+          check_problem(*desc_of(desc), *layout_of(a), *layout_of(b), *layout_of(c), *layout_of(d), shape);
       s != CUBLAS_STATUS_SUCCESS)
     return s;
   const Preference& p = *pref_of(pref);

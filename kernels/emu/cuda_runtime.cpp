@@ -152,13 +152,20 @@ std::map<const void*, size_t> max_dynamic_shared;  // per kernel, raised by cuda
 
 const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorNotReady:
+      return "device not ready";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
   }
   return "unknown error";
 }
@@ -239,7 +246,8 @@ cudaError_t cudaFree(void* ptr) {
   }
   std::lock_guard lock(memory_mutex);
   const auto it = allocations.find(ptr);
-  if (it == allocations.end()) return set_error(cudaErrorInvalidValue, "emu: cudaFree of a pointer cudaMalloc did not return");
+  if (it == allocations.end())
+    return set_error(cudaErrorInvalidValue, "emu: cudaFree of a pointer cudaMalloc did not return");
   memory_used -= it->second;
   allocations.erase(it);
   std::free(ptr);
@@ -248,7 +256,8 @@ cudaError_t cudaFree(void* ptr) {
 // Pinned host memory is host memory: it does not count against the device's.
 cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
   *ptr = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-  return *ptr ? cudaSuccess : set_error(cudaErrorMemoryAllocation, "emu: cudaMallocHost of " + std::to_string(bytes) + " bytes");
+  return *ptr ? cudaSuccess
+              : set_error(cudaErrorMemoryAllocation, "emu: cudaMallocHost of " + std::to_string(bytes) + " bytes");
 }
 cudaError_t cudaFreeHost(void* ptr) {
   std::free(ptr);
@@ -316,9 +325,11 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e) {
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   if (!start->timing || !end->timing)
-    return set_error(cudaErrorInvalidResourceHandle, "emu: cudaEventElapsedTime: an event was created with cudaEventDisableTiming");
+    return set_error(cudaErrorInvalidResourceHandle,
+                     "emu: cudaEventElapsedTime: an event was created with cudaEventDisableTiming");
   std::scoped_lock lock(start->mutex, end->mutex);
-  if (start->completed == 0 || end->completed == 0 || start->completed < start->recorded || end->completed < end->recorded)
+  if (start->completed == 0 || end->completed == 0 || start->completed < start->recorded ||
+      end->completed < end->recorded)
     return set_error(cudaErrorNotReady, "emu: cudaEventElapsedTime: an event has not completed");
   *ms = std::chrono::duration<float, std::milli>(end->completed_at - start->completed_at).count();
   return cudaSuccess;
@@ -336,7 +347,8 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || (size_t)value > kMaxDynamicShared)
     return set_error(cudaErrorInvalidValue, "emu: cudaFuncSetAttribute: max dynamic shared memory " +
-                                                std::to_string(value) + " outside 0.." + std::to_string(kMaxDynamicShared));
+                                                std::to_string(value) + " outside 0.." +
+                                                std::to_string(kMaxDynamicShared));
   std::lock_guard lock(attribute_mutex);
   max_dynamic_shared[func] = value;
   return cudaSuccess;

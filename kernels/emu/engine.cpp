@@ -44,18 +44,22 @@ enum class State { runnable, at_barrier, at_collective, exited };
 
 const char* state_name(State s) {
   switch (s) {
-    case State::runnable: return "running";
-    case State::at_barrier: return "waiting at __syncthreads";
-    case State::at_collective: return "waiting in a warp collective";
-    case State::exited: return "exited";
+    case State::runnable:
+      return "running";
+    case State::at_barrier:
+      return "waiting at __syncthreads";
+    case State::at_collective:
+      return "waiting in a warp collective";
+    case State::exited:
+      return "exited";
   }
   return "?";
 }
 
 // One thread of the block being run: its fiber, its coordinates and what it waits on.
 struct Lane {
-  ctx::fiber fiber;   // resumed by the scheduler
-  ctx::fiber caller;  // the scheduler, resumed by the lane to yield
+  ctx::fiber fiber;          // resumed by the scheduler
+  ctx::fiber caller;         // the scheduler, resumed by the lane to yield
   ctx::stack_context stack;  // the fiber's stack, for AddressSanitizer's switch annotations
   ThreadContext coords;
   State state = State::exited;
@@ -74,7 +78,9 @@ struct KernelError : std::runtime_error {
 // Thrown at a suspended thread's yield point to unwind it on its own stack when its block failed.
 struct Abandoned {};
 
-std::string coords(const uint3& v) { return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")"; }
+std::string coords(const uint3& v) {
+  return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+}
 std::string where(const std::source_location& s) { return std::string(s.file_name()) + ":" + std::to_string(s.line()); }
 
 // An OS thread that runs blocks. Its fibers are created once, each looping over
@@ -92,7 +98,7 @@ class BlockRunner {
   void arrive_at_barrier(Lane& lane, const std::source_location& site);
   bool abandoning() const { return abandoning_; }
 
-  Lane* current = nullptr;  // lane whose fiber is running on this OS thread
+  Lane* current = nullptr;        // lane whose fiber is running on this OS thread
   std::vector<std::byte> shared;  // dynamic shared memory
   size_t shared_bytes = 0;
 
@@ -169,26 +175,25 @@ void BlockRunner::ensure_lanes(size_t n) {
   lanes_ = std::vector<Lane>(n);
   for (Lane& lane : lanes_) {
     Lane* me = &lane;
-    me->fiber = ctx::fiber(std::allocator_arg, RecordingStack{me},
-                           [this, me](ctx::fiber&& caller) {
-                             me->caller = std::move(caller);
-                             SwitchAnnotation().end();  // arrived on this fiber's stack
-                             while (!quitting_) {
-                               if (!abandoning_) {
-                                 try {
-                                   grid_->body();
-                                 } catch (const Abandoned&) {
-                                 } catch (...) {
-                                   if (!kernel_exception_) kernel_exception_ = std::current_exception();
-                                 }
-                               }
-                               me->state = State::exited;
-                               exited_++;
-                               yield_to_scheduler(*me);
-                             }
-                             SwitchAnnotation().begin(scheduler_stack.bottom, scheduler_stack.size);
-                             return std::move(me->caller);
-                           });
+    me->fiber = ctx::fiber(std::allocator_arg, RecordingStack{me}, [this, me](ctx::fiber&& caller) {
+      me->caller = std::move(caller);
+      SwitchAnnotation().end();  // arrived on this fiber's stack
+      while (!quitting_) {
+        if (!abandoning_) {
+          try {
+            grid_->body();
+          } catch (const Abandoned&) {
+          } catch (...) {
+            if (!kernel_exception_) kernel_exception_ = std::current_exception();
+          }
+        }
+        me->state = State::exited;
+        exited_++;
+        yield_to_scheduler(*me);
+      }
+      SwitchAnnotation().begin(scheduler_stack.bottom, scheduler_stack.size);
+      return std::move(me->caller);
+    });
   }
 }
 
@@ -208,16 +213,18 @@ std::string BlockRunner::describe_lanes() const {
     const Lane& l = lanes_[i];
     std::string what = state_name(l.state);
     if (l.state == State::at_barrier) what += " at " + where(l.site);
-    if (l.state == State::at_collective) what += std::string(" ") + l.op + " mask 0x" + [&] {
-      char b[16];
-      std::snprintf(b, sizeof b, "%08x", l.mask);
-      return std::string(b);
-    }();
+    if (l.state == State::at_collective)
+      what += std::string(" ") + l.op + " mask 0x" + [&] {
+        char b[16];
+        std::snprintf(b, sizeof b, "%08x", l.mask);
+        return std::string(b);
+      }();
     groups[what].push_back(i);
   }
   std::string out;
   for (const auto& [what, ids] : groups) {
-    out += "\n    " + std::to_string(ids.size()) + " thread(s), first " + coords(lanes_[ids.front()].coords.thread_idx) + ": " + what;
+    out += "\n    " + std::to_string(ids.size()) + " thread(s), first " +
+           coords(lanes_[ids.front()].coords.thread_idx) + ": " + what;
   }
   return out;
 }
@@ -282,8 +289,11 @@ void BlockRunner::run_block_lanes(const GridLaunch& g, uint3 block_idx, uint64_t
   if (shared_bytes) std::memset(shared.data(), 0xff, shared_bytes);  // uninitialised reads show up as NaN
   for (size_t i = 0; i < n; i++) {
     Lane& l = lanes_[i];
-    l.coords = {{(unsigned)(i % g.block.x), (unsigned)(i / g.block.x % g.block.y), (unsigned)(i / ((size_t)g.block.x * g.block.y))},
-                block_idx, g.block, g.grid};
+    l.coords = {{(unsigned)(i % g.block.x), (unsigned)(i / g.block.x % g.block.y),
+                 (unsigned)(i / ((size_t)g.block.x * g.block.y))},
+                block_idx,
+                g.block,
+                g.grid};
     l.state = State::runnable;
     l.copies = {};
   }
@@ -314,8 +324,9 @@ void BlockRunner::run_block_lanes(const GridLaunch& g, uint3 block_idx, uint64_t
   for (size_t i = 0; i < n; i++) {
     const AsyncCopyGroups& c = lanes_[i].copies;
     const bool pending = !c.open.empty() || std::any_of(c.committed.begin(), c.committed.end(),
-                                                         [](const auto& group) { return !group.empty(); });
-    if (pending) fail("thread " + coords(lanes_[i].coords.thread_idx) + " exited with cp.async copies never waited for");
+                                                        [](const auto& group) { return !group.empty(); });
+    if (pending)
+      fail("thread " + coords(lanes_[i].coords.thread_idx) + " exited with cp.async copies never waited for");
   }
 }
 
@@ -374,7 +385,8 @@ void Pool::worker() {
     lock.unlock();
     for (size_t i; (i = next_block_.fetch_add(1)) < block_order_.size();) {
       const uint64_t b = block_order_[i];
-      const uint3 idx{(unsigned)(b % g.grid.x), (unsigned)(b / g.grid.x % g.grid.y), (unsigned)(b / ((uint64_t)g.grid.x * g.grid.y))};
+      const uint3 idx{(unsigned)(b % g.grid.x), (unsigned)(b / g.grid.x % g.grid.y),
+                      (unsigned)(b / ((uint64_t)g.grid.x * g.grid.y))};
       try {
         runner_here.run_block(g, idx, b);
       } catch (const std::exception& e) {
@@ -399,7 +411,8 @@ void Pool::run(const GridLaunch& g) {
   block_order_.resize(blocks);
   std::iota(block_order_.begin(), block_order_.end(), 0);
   if (settings().order == Order::reverse) std::reverse(block_order_.begin(), block_order_.end());
-  if (settings().order == Order::random) std::shuffle(block_order_.begin(), block_order_.end(), std::mt19937_64(settings().seed));
+  if (settings().order == Order::random)
+    std::shuffle(block_order_.begin(), block_order_.end(), std::mt19937_64(settings().seed));
   grid_ = &g;
   next_block_ = 0;
   error_.clear();
@@ -434,7 +447,8 @@ void warp_collective(const char* op, unsigned mask, const void* in, size_t in_by
   BlockRunner& r = runner();
   Lane& me = *r.current;
   const ThreadContext& c = me.coords;
-  const size_t linear = c.thread_idx.x + (size_t)c.block_dim.x * (c.thread_idx.y + (size_t)c.block_dim.y * c.thread_idx.z);
+  const size_t linear =
+      c.thread_idx.x + (size_t)c.block_dim.x * (c.thread_idx.y + (size_t)c.block_dim.y * c.thread_idx.z);
   const unsigned lane_id = linear % kWarp;
   Lane* warp = &me - lane_id;
   const size_t block_threads = (size_t)c.block_dim.x * c.block_dim.y * c.block_dim.z;

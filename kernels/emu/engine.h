@@ -21,9 +21,9 @@ enum class Order { forward, reverse, random };
 
 struct Settings {
   Order order = Order::forward;
-  uint64_t seed = 0;         // for Order::random and the stream delay mode
-  int workers = 0;           // OS threads running blocks; 0 = hardware threads
-  double watchdog_s = 120;   // a launch running longer is reported and the process stops
+  uint64_t seed = 0;           // for Order::random and the stream delay mode
+  int workers = 0;             // OS threads running blocks; 0 = hardware threads
+  double watchdog_s = 120;     // a launch running longer is reported and the process stops
   bool stream_delays = false;  // random delays before each stream operation
 };
 // The emulated device's configuration: set by tests and `--device emu` before launching.
@@ -37,7 +37,7 @@ struct ThreadContext {
 const ThreadContext& current_thread();
 
 struct GridLaunch {
-  std::string kernel;     // for messages
+  std::string kernel;  // for messages
   dim3 grid, block;
   size_t dynamic_smem = 0;
   std::function<void()> body;  // runs the kernel for the current thread

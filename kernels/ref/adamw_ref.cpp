@@ -20,8 +20,7 @@ void adamw_update(T* params, const T* grads, T* m, T* v, int64_t n, const AdamWP
   }
 }
 
-#define KILN_INSTANTIATE(T) \
-  template void adamw_update<T>(T*, const T*, T*, T*, int64_t, const AdamWParams&);
+#define KILN_INSTANTIATE(T) template void adamw_update<T>(T*, const T*, T*, T*, int64_t, const AdamWParams&);
 KILN_INSTANTIATE(float)
 KILN_INSTANTIATE(double)
 

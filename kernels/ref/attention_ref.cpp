@@ -101,8 +101,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
   }
 }
 
-#define KILN_INSTANTIATE(T)                                                                          \
-  template void attention_forward<T>(T*, T*, const T*, int, int, int, int);                           \
+#define KILN_INSTANTIATE(T)                                                 \
+  template void attention_forward<T>(T*, T*, const T*, int, int, int, int); \
   template void attention_backward<T>(T*, const T*, const T*, const T*, const T*, int, int, int, int);
 KILN_INSTANTIATE(float)
 KILN_INSTANTIATE(double)

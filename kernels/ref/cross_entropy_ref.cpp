@@ -79,18 +79,16 @@ void cross_entropy_from_stats(T* losses, T* dlogits, const T* logits, const int3
   }
 }
 
-template void cross_entropy_forward_backward<float>(float*, float*, const float*, const int32_t*, int, int, int,
-                                                    float);
-template void cross_entropy_forward_backward<double>(double*, double*, const double*, const int32_t*, int, int,
-                                                     int, double);
+template void cross_entropy_forward_backward<float>(float*, float*, const float*, const int32_t*, int, int, int, float);
+template void cross_entropy_forward_backward<double>(double*, double*, const double*, const int32_t*, int, int, int,
+                                                     double);
 
 template void rescale_sumexp<float>(float*, const float*, const float*, int);
 template void rescale_sumexp<double>(double*, const double*, const double*, int);
 template void cross_entropy_stats<float>(float*, float*, float*, const float*, const int32_t*, int, int, int, int);
-template void cross_entropy_stats<double>(double*, double*, double*, const double*, const int32_t*, int, int, int,
-                                          int);
-template void cross_entropy_from_stats<float>(float*, float*, const float*, const int32_t*, const float*,
-                                              const float*, const float*, int, int, int, int, float);
+template void cross_entropy_stats<double>(double*, double*, double*, const double*, const int32_t*, int, int, int, int);
+template void cross_entropy_from_stats<float>(float*, float*, const float*, const int32_t*, const float*, const float*,
+                                              const float*, int, int, int, int, float);
 template void cross_entropy_from_stats<double>(double*, double*, const double*, const int32_t*, const double*,
                                                const double*, const double*, int, int, int, int, double);
 

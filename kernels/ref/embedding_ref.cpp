@@ -3,8 +3,8 @@
 namespace kiln::ref {
 
 template <class T>
-void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn, int C,
-                       int vocab_begin, int vocab_rows) {
+void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn, int C, int vocab_begin,
+                       int vocab_rows) {
 #pragma omp parallel for collapse(2)
   for (int b = 0; b < B; b++) {
     for (int t = 0; t < Tn; t++) {
@@ -22,8 +22,8 @@ void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe
 }
 
 template <class T>
-void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C,
-                        int vocab_begin, int vocab_rows) {
+void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C, int vocab_begin,
+                        int vocab_rows) {
   // Parallel over channels: several positions may share a token row, so rows would race.
 #pragma omp parallel for
   for (int c = 0; c < C; c++) {
@@ -38,8 +38,8 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, 
   }
 }
 
-#define KILN_INSTANTIATE(T)                                                                                  \
-  template void embedding_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int, int, int);        \
+#define KILN_INSTANTIATE(T)                                                                            \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int, int, int); \
   template void embedding_backward<T>(T*, T*, const T*, const int32_t*, int, int, int, int, int);
 KILN_INSTANTIATE(float)
 KILN_INSTANTIATE(double)

@@ -29,8 +29,8 @@ void gelu_backward(T* dx, const T* x, const T* dout, int64_t n) {
   }
 }
 
-#define KILN_INSTANTIATE(T)                                                   \
-  template void gelu_forward<T>(T*, const T*, int64_t);                       \
+#define KILN_INSTANTIATE(T)                             \
+  template void gelu_forward<T>(T*, const T*, int64_t); \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t);
 KILN_INSTANTIATE(float)
 KILN_INSTANTIATE(double)

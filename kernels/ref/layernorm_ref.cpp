@@ -64,8 +64,8 @@ void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, 
   }
 }
 
-#define KILN_INSTANTIATE(T)                                                                                    \
-  template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int);                       \
+#define KILN_INSTANTIATE(T)                                                               \
+  template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int); \
   template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int, int);
 KILN_INSTANTIATE(float)
 KILN_INSTANTIATE(double)

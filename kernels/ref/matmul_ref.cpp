@@ -78,24 +78,23 @@ void matmul_forward(T* out, const T* x, const T* weight, const T* bias, int N, i
   for (int n = 0; n < N; n++)
     for (int o = 0; o < OC; o++) out[(int64_t)n * OC + o] = bias ? bias[o] : T(0);
   if (OC >= 8 * N) {
-    const std::vector<T> x_t = transposed(x, N, C);                                  // [C, N]
-    gemm_accumulate(OC, N, C, weight, C, x_t.data(), N, out, 1, OC);                 // out^T += W x^T
+    const std::vector<T> x_t = transposed(x, N, C);                   // [C, N]
+    gemm_accumulate(OC, N, C, weight, C, x_t.data(), N, out, 1, OC);  // out^T += W x^T
   } else {
-    const std::vector<T> weight_t = transposed(weight, OC, C);                       // [C, OC]
-    gemm_accumulate(N, OC, C, x, C, weight_t.data(), OC, out, OC, 1);                // out += x W^T
+    const std::vector<T> weight_t = transposed(weight, OC, C);         // [C, OC]
+    gemm_accumulate(N, OC, C, x, C, weight_t.data(), OC, out, OC, 1);  // out += x W^T
   }
 }
 
 template <class T>
-void matmul_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight, int N, int C,
-                     int OC) {
-  gemm_accumulate(N, C, OC, dout, OC, weight, C, dx, C, 1);                          // dx += dout W
+void matmul_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight, int N, int C, int OC) {
+  gemm_accumulate(N, C, OC, dout, OC, weight, C, dx, C, 1);  // dx += dout W
   if (OC >= 8 * C) {
-    const std::vector<T> x_t = transposed(x, N, C);                                  // [C, N]
-    gemm_accumulate(C, OC, N, x_t.data(), N, dout, OC, dweight, 1, C);               // dW^T += x^T dout
+    const std::vector<T> x_t = transposed(x, N, C);                     // [C, N]
+    gemm_accumulate(C, OC, N, x_t.data(), N, dout, OC, dweight, 1, C);  // dW^T += x^T dout
   } else {
-    const std::vector<T> dout_t = transposed(dout, N, OC);                           // [OC, N]
-    gemm_accumulate(OC, C, N, dout_t.data(), N, x, C, dweight, C, 1);                // dW += dout^T x
+    const std::vector<T> dout_t = transposed(dout, N, OC);             // [OC, N]
+    gemm_accumulate(OC, C, N, dout_t.data(), N, x, C, dweight, C, 1);  // dW += dout^T x
   }
   if (dbias) {
 #pragma omp parallel for
@@ -107,8 +106,8 @@ void matmul_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, con
   }
 }
 
-#define KILN_INSTANTIATE(T)                                                                          \
-  template void matmul_forward<T>(T*, const T*, const T*, const T*, int, int, int);                   \
+#define KILN_INSTANTIATE(T)                                                         \
+  template void matmul_forward<T>(T*, const T*, const T*, const T*, int, int, int); \
   template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);
 KILN_INSTANTIATE(float)
 KILN_INSTANTIATE(double)

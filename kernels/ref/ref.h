@@ -14,27 +14,26 @@ namespace kiln::ref {
 // wte holds rows [vocab_begin, vocab_begin + vocab_rows) of the vocabulary (its tensor-parallel
 // shard); a token outside that range contributes no token embedding on this shard.
 template <class T>
-void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn, int C,
-                       int vocab_begin, int vocab_rows);
+void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn, int C, int vocab_begin,
+                       int vocab_rows);
 template <class T>
-void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C,
-                        int vocab_begin, int vocab_rows);
+void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C, int vocab_begin,
+                        int vocab_rows);
 
 // out = (x - mean) * rstd * weight + bias over the last axis, eps = 1e-5 as GPT-2.
 // Saves mean[N] and rstd[N] for the backward pass.
 template <class T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias, int N, int C);
 template <class T>
-void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight,
-                        const T* mean, const T* rstd, int N, int C);
+void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight, const T* mean,
+                        const T* rstd, int N, int C);
 
 // out[N,OC] = x[N,C] @ weight[OC,C]^T + bias[OC] (bias may be null). weight is in nn.Linear layout.
 template <class T>
 void matmul_forward(T* out, const T* x, const T* weight, const T* bias, int N, int C, int OC);
 // dx[N,C] += dout @ weight; dweight[OC,C] += dout^T @ x; dbias[OC] += sum_n dout (dbias may be null).
 template <class T>
-void matmul_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight, int N, int C,
-                     int OC);
+void matmul_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight, int N, int C, int OC);
 
 // Causal multi-head self-attention. qkv[B,T,3*NH*HS] holds q, k, v in that order, head h at
 // columns h*HS..(h+1)*HS of each. out[B,T,NH*HS]. lse[B,NH,T] saves each row's log-sum-exp of

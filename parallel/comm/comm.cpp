@@ -156,9 +156,10 @@ class Watchdog {
       if (!op_ || std::chrono::duration<double>(Clock::now() - since_).count() < timeout_) continue;
       const Whereabouts mine = whereabouts();
       lock.unlock();
-      std::string report = fmt_line("rank %d: %s (%s) did not finish within %g s: another rank has died or hangs; "
-                                    "aborting the job\n",
-                                    world_rank_[rank_], mine.op, mine.context, timeout_);
+      std::string report = fmt_line(
+          "rank %d: %s (%s) did not finish within %g s: another rank has died or hangs; "
+          "aborting the job\n",
+          world_rank_[rank_], mine.op, mine.context, timeout_);
       report += ask_the_others(mine);
       std::fputs(report.c_str(), stderr);
       std::fflush(stderr);
@@ -196,8 +197,10 @@ class Watchdog {
       for (int r = 0; r < size_; r++) {
         if (r == rank_ || heard[r]) continue;
         int done = 0;
-        if (MPI_Test(&answered[r], &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && done) heard[r] = true;
-        else waiting++;
+        if (MPI_Test(&answered[r], &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && done)
+          heard[r] = true;
+        else
+          waiting++;
       }
       if (waiting == 0) break;
       {
@@ -217,23 +220,25 @@ class Watchdog {
                            world_rank_[rank_], who, patience);
         silent += (silent.empty() ? "" : ", ") + std::to_string(who);
       } else if (!w.in_collective && w.entered < mine.entered) {
-        report += fmt_line("rank %d: rank %d has not reached this collective (number %lld here): it has finished "
-                           "%lld, and has been outside MPI for %.1f s (%s)\n",
-                           world_rank_[rank_], who, (long long)mine.entered, (long long)w.entered, w.seconds,
-                           w.context);
+        report += fmt_line(
+            "rank %d: rank %d has not reached this collective (number %lld here): it has finished "
+            "%lld, and has been outside MPI for %.1f s (%s)\n",
+            world_rank_[rank_], who, (long long)mine.entered, (long long)w.entered, w.seconds, w.context);
         absent += (absent.empty() ? "" : ", ") + std::to_string(who);
       } else if (w.in_collective && w.entered == mine.entered) {
         report += fmt_line("rank %d: rank %d waits in %s (%s) too, for %.1f s\n", world_rank_[rank_], who, w.op,
                            w.context, w.seconds);
       } else {
-        report += fmt_line("rank %d: rank %d has begun %lld collectives and is %s%s (%s); this is number %lld here: "
-                           "the ranks disagree on the order of collectives\n",
-                           world_rank_[rank_], who, (long long)w.entered, w.in_collective ? "in " : "in none, ",
-                           w.in_collective ? w.op : "past this one", w.context, (long long)mine.entered);
+        report += fmt_line(
+            "rank %d: rank %d has begun %lld collectives and is %s%s (%s); this is number %lld here: "
+            "the ranks disagree on the order of collectives\n",
+            world_rank_[rank_], who, (long long)w.entered, w.in_collective ? "in " : "in none, ",
+            w.in_collective ? w.op : "past this one", w.context, (long long)mine.entered);
         absent += (absent.empty() ? "" : ", ") + std::to_string(who);
       }
     }
-    if (!silent.empty()) report += fmt_line("rank %d: stopped answering: rank %s\n", world_rank_[rank_], silent.c_str());
+    if (!silent.empty())
+      report += fmt_line("rank %d: stopped answering: rank %s\n", world_rank_[rank_], silent.c_str());
     if (!absent.empty())
       report += fmt_line("rank %d: not in this collective: rank %s\n", world_rank_[rank_], absent.c_str());
     return report;
@@ -292,9 +297,7 @@ class MpiComm final : public Comm {
   void all_reduce_sum(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT, MPI_SUM); }
   void all_reduce_max(std::span<float> data) override { all_reduce(data.data(), data.size(), MPI_FLOAT, MPI_MAX); }
   void all_reduce_sum(std::span<double> data) override { all_reduce(data.data(), data.size(), MPI_DOUBLE, MPI_SUM); }
-  void all_reduce_sum(std::span<int64_t> data) override {
-    all_reduce(data.data(), data.size(), MPI_INT64_T, MPI_SUM);
-  }
+  void all_reduce_sum(std::span<int64_t> data) override { all_reduce(data.data(), data.size(), MPI_INT64_T, MPI_SUM); }
   void all_reduce_sum_start(std::span<float> data) override {
     collectives_++;
     bytes_ += (int64_t)data.size_bytes();
@@ -369,14 +372,14 @@ class MpiComm final : public Comm {
     KILN_MPI_CHECK(MPI_Type_size(type, &bytes));
     const Watched w = collective(op == MPI_MAX ? "all_reduce_max" : "all_reduce_sum", count * bytes);
     for (size_t at = 0; at < count; at += kMaxCount)
-      KILN_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + at * bytes, (int)std::min(kMaxCount, count - at),
-                                   type, op, comm_));
+      KILN_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + at * bytes,
+                                   (int)std::min(kMaxCount, count - at), type, op, comm_));
   }
   double timeout_s_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   int64_t collectives_ = 0, bytes_ = 0;
-  std::vector<float> widened_;  // all_reduce_sum_bf16's fp32 copy
+  std::vector<float> widened_;        // all_reduce_sum_bf16's fp32 copy
   std::vector<MPI_Request> pending_;  // started by all_reduce_sum_start; completed requests become null
   std::unique_ptr<Watchdog> watchdog_;
 };

@@ -12,15 +12,15 @@
 namespace kiln {
 namespace {
 
-#define KILN_NCCL_CHECK(call)                                                                                 \
-  do {                                                                                                        \
-    if (const ncclResult_t kiln_nccl_ = (call); kiln_nccl_ != ncclSuccess)                                   \
-      throw std::runtime_error(std::string(#call) + ": " + ncclGetErrorString(kiln_nccl_));                 \
+#define KILN_NCCL_CHECK(call)                                                               \
+  do {                                                                                      \
+    if (const ncclResult_t kiln_nccl_ = (call); kiln_nccl_ != ncclSuccess)                  \
+      throw std::runtime_error(std::string(#call) + ": " + ncclGetErrorString(kiln_nccl_)); \
   } while (0)
-#define KILN_CUDA_CHECK(call)                                                                                 \
-  do {                                                                                                        \
-    if (const cudaError_t kiln_cuda_ = (call); kiln_cuda_ != cudaSuccess)                                    \
-      throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(kiln_cuda_));                 \
+#define KILN_CUDA_CHECK(call)                                                               \
+  do {                                                                                      \
+    if (const cudaError_t kiln_cuda_ = (call); kiln_cuda_ != cudaSuccess)                   \
+      throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(kiln_cuda_)); \
   } while (0)
 
 class NcclComm final : public Comm {
@@ -77,8 +77,11 @@ class NcclComm final : public Comm {
   void wait_all() override { wait("all_reduce_sum (bucketed)"); }
   void reduce_scatter_sum(std::span<const float> in, std::span<float> out) override {
     if (in.size() != out.size() * size_) throw std::invalid_argument("reduce_scatter_sum: in is not size() x out");
-    blocking([&] { KILN_NCCL_CHECK(ncclReduceScatter(in.data(), out.data(), out.size(), ncclFloat, ncclSum, comm_, stream_)); },
-             "reduce_scatter_sum", in.size_bytes());
+    blocking(
+        [&] {
+          KILN_NCCL_CHECK(ncclReduceScatter(in.data(), out.data(), out.size(), ncclFloat, ncclSum, comm_, stream_));
+        },
+        "reduce_scatter_sum", in.size_bytes());
   }
   void all_gather(std::span<const float> in, std::span<float> out) override {
     if (out.size() != in.size() * size_) throw std::invalid_argument("all_gather: out is not size() x in");
@@ -91,11 +94,13 @@ class NcclComm final : public Comm {
              "all_gather", in.size());
   }
   void broadcast(std::span<std::byte> data, int root) override {
-    blocking([&] { KILN_NCCL_CHECK(ncclBroadcast(data.data(), data.data(), data.size(), ncclUint8, root, comm_, stream_)); },
-             "broadcast", data.size());
+    blocking(
+        [&] { KILN_NCCL_CHECK(ncclBroadcast(data.data(), data.data(), data.size(), ncclUint8, root, comm_, stream_)); },
+        "broadcast", data.size());
   }
   void barrier() override {
-    blocking([&] { KILN_NCCL_CHECK(ncclAllReduce(token_, token_, 1, ncclFloat, ncclSum, comm_, stream_)); }, "barrier", 0);
+    blocking([&] { KILN_NCCL_CHECK(ncclAllReduce(token_, token_, 1, ncclFloat, ncclSum, comm_, stream_)); }, "barrier",
+             0);
   }
   void set_context(const std::string& where) override { context_ = where; }
 
@@ -136,7 +141,7 @@ class NcclComm final : public Comm {
   std::string context_;
   int rank_ = 0, size_ = 1;
   int64_t collectives_ = 0, bytes_ = 0;
-  float* token_ = nullptr;  // one device float, all-reduced by barrier()
+  float* token_ = nullptr;       // one device float, all-reduced by barrier()
   cudaEvent_t ready_ = nullptr;  // order_after's: recorded on the compute stream, waited for on ours
 };
 

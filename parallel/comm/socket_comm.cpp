@@ -55,8 +55,8 @@ class Fd {
 // issue different collectives are caught instead of mixing their bytes.
 enum class Op : uint32_t { hello, ack, sum, max, reduce_scatter, gather, broadcast, barrier };
 const char* op_name(Op op) {
-  constexpr const char* names[] = {"hello", "ack", "all_reduce", "all_reduce_max", "reduce_scatter",
-                                   "all_gather", "broadcast", "barrier"};
+  constexpr const char* names[] = {"hello",          "ack",        "all_reduce", "all_reduce_max",
+                                   "reduce_scatter", "all_gather", "broadcast",  "barrier"};
   return names[(int)op];
 }
 constexpr uint32_t kMagic = 0x4e4c494b;  // "KILN"
@@ -89,7 +89,8 @@ std::pair<Fd, int> listen_any(int backlog) {
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_ANY);
   addr.sin_port = 0;
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) throw std::runtime_error(os_error("bind"));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+    throw std::runtime_error(os_error("bind"));
   if (::listen(fd.get(), backlog) != 0) throw std::runtime_error(os_error("listen"));
   socklen_t len = sizeof(addr);
   if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0)
@@ -138,10 +139,18 @@ class SocketComm final : public Comm {
 
   std::unique_ptr<Comm> split(int color, int key) override;
 
-  void all_reduce_sum(std::span<float> d) override { reduce(d, Op::sum, [](float a, float b) { return a + b; }); }
-  void all_reduce_max(std::span<float> d) override { reduce(d, Op::max, [](float a, float b) { return std::max(a, b); }); }
-  void all_reduce_sum(std::span<double> d) override { reduce(d, Op::sum, [](double a, double b) { return a + b; }); }
-  void all_reduce_sum(std::span<int64_t> d) override { reduce(d, Op::sum, [](int64_t a, int64_t b) { return a + b; }); }
+  void all_reduce_sum(std::span<float> d) override {
+    reduce(d, Op::sum, [](float a, float b) { return a + b; });
+  }
+  void all_reduce_max(std::span<float> d) override {
+    reduce(d, Op::max, [](float a, float b) { return std::max(a, b); });
+  }
+  void all_reduce_sum(std::span<double> d) override {
+    reduce(d, Op::sum, [](double a, double b) { return a + b; });
+  }
+  void all_reduce_sum(std::span<int64_t> d) override {
+    reduce(d, Op::sum, [](int64_t a, int64_t b) { return a + b; });
+  }
   void all_reduce_sum_bf16(std::span<uint16_t> data) override {
     widened_.resize(data.size());
     for (size_t i = 0; i < data.size(); i++) widened_[i] = bf16_to_float(data[i]);
@@ -182,7 +191,8 @@ class SocketComm final : public Comm {
     for (int r = 1; r < size_; r++) send(r, Op::gather, out.data(), out.size());
   }
   void broadcast(std::span<std::byte> data, int root) override {
-    if (root < 0 || root >= size_) throw std::invalid_argument("broadcast: root " + std::to_string(root) + " of " + std::to_string(size_));
+    if (root < 0 || root >= size_)
+      throw std::invalid_argument("broadcast: root " + std::to_string(root) + " of " + std::to_string(size_));
     begin(Op::broadcast, data.size());
     if (root != 0 && rank_ == root) send(0, Op::broadcast, data.data(), data.size());
     if (root != 0 && rank_ == 0) recv(root, Op::broadcast, data.data(), data.size());
@@ -260,9 +270,11 @@ class SocketComm final : public Comm {
     Header h;
     read_all(peer, &h, sizeof(h));
     if (h.magic != kMagic || h.op != op || h.bytes != bytes)
-      throw std::runtime_error(where(peer) + ": it sent " + (h.magic == kMagic && (uint32_t)h.op <= (uint32_t)Op::barrier ? op_name(h.op) : "garbage") +
-                               " of " + std::to_string(h.bytes) + " bytes where " + std::to_string(bytes) +
-                               " were expected: the ranks issue different collectives");
+      throw std::runtime_error(
+          where(peer) + ": it sent " +
+          (h.magic == kMagic && (uint32_t)h.op <= (uint32_t)Op::barrier ? op_name(h.op) : "garbage") + " of " +
+          std::to_string(h.bytes) + " bytes where " + std::to_string(bytes) +
+          " were expected: the ranks issue different collectives");
     read_all(peer, data, bytes);
   }
 
@@ -288,8 +300,8 @@ std::vector<Fd> accept_ranks(const Fd& listener, int size, uint64_t nonce, Clock
     Fd fd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (fd.get() < 0) continue;
     Hello hello;
-    if (!wait_for(fd.get(), POLLIN, deadline) || ::recv(fd.get(), &hello, sizeof(hello), MSG_WAITALL) != sizeof(hello) ||
-        hello.nonce != nonce)
+    if (!wait_for(fd.get(), POLLIN, deadline) ||
+        ::recv(fd.get(), &hello, sizeof(hello), MSG_WAITALL) != sizeof(hello) || hello.nonce != nonce)
       continue;  // not one of ours (a stale file's reader, a port scan)
     if (hello.size != size)
       throw std::runtime_error(what + ": rank " + std::to_string(hello.rank) + " has WORLD_SIZE=" +
@@ -378,7 +390,8 @@ std::unique_ptr<Comm> rendezvous_comm(const ProcessInfo& process, const std::str
       std::ofstream out(tmp, std::ios::trunc);
       out << this_host() << " " << port << " " << size << " " << nonce << "\n";
       out.flush();
-      if (!out) throw std::runtime_error(tmp + ": cannot write the rendezvous file (is its directory there and shared?)");
+      if (!out)
+        throw std::runtime_error(tmp + ": cannot write the rendezvous file (is its directory there and shared?)");
     }
     std::filesystem::rename(tmp, file);  // replaces a stale one whole: readers see old or new
     peers = accept_ranks(listener, size, nonce, deadline, what);

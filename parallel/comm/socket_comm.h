@@ -21,7 +21,6 @@ namespace kiln {
 // stale file; the others wait for a fresh one. Every wait (the rendezvous, each collective) that
 // passes timeout_s ends the process with a message naming the rank, the operation and the
 // context; the other ranks then see their connection close and end too, naming it.
-std::unique_ptr<Comm> rendezvous_comm(const ProcessInfo& process, const std::string& rendezvous_file,
-                                      double timeout_s);
+std::unique_ptr<Comm> rendezvous_comm(const ProcessInfo& process, const std::string& rendezvous_file, double timeout_s);
 
 }  // namespace kiln

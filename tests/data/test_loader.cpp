@@ -106,7 +106,8 @@ class PositionDataset {
   std::vector<int32_t> sequence_starts(int T) const {
     std::vector<int32_t> out;
     for (size_t s = 0; s < train_sizes_.size(); s++)
-      for (int64_t start = 0; start + T + 1 <= train_sizes_[s]; start += T) out.push_back((int32_t)(s * kShardStride + start));
+      for (int64_t start = 0; start + T + 1 <= train_sizes_[s]; start += T)
+        out.push_back((int32_t)(s * kShardStride + start));
     return out;
   }
 

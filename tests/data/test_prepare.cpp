@@ -51,7 +51,7 @@ std::vector<int32_t> byte_tokens(const std::string& text) {
 struct Documents {
   std::vector<std::vector<int32_t>> tokens;
   std::vector<std::vector<uint8_t>> masks;  // empty unless the shards have a loss mask
-  std::vector<int64_t> shard_sizes;          // tokens per shard
+  std::vector<int64_t> shard_sizes;         // tokens per shard
 };
 
 Documents read_documents(const Split& split) {
@@ -114,8 +114,8 @@ std::map<std::string, std::string> directory_contents(const std::string& dir) {
 // Small pseudo-random documents: "doc <i>: " then words, so each one can be told apart.
 std::vector<std::string> make_documents(int count, int max_words, uint32_t seed = 1) {
   std::mt19937 rng(seed);
-  const std::vector<std::string> words = {"the", "kiln", "fires", "clay", "at", "night", "\xc3\xa9t\xc3\xa9", "\n",
-                                          "1234", "!?", "\t", "gl\xc3\xbchen"};
+  const std::vector<std::string> words = {"the", "kiln", "fires", "clay", "at",           "night", "\xc3\xa9t\xc3\xa9",
+                                          "\n",  "1234", "!?",    "\t",   "gl\xc3\xbchen"};
   std::vector<std::string> docs;
   for (int i = 0; i < count; i++) {
     std::string d = "doc " + std::to_string(i) + ":";
@@ -282,8 +282,10 @@ std::vector<int64_t> check_val_split(const std::vector<std::string>& texts, doub
   const std::vector<int64_t> in_val = val_indices(texts, val);
   std::vector<std::string> rest;
   for (size_t i = 0, v = 0; i < texts.size(); i++) {
-    if (v < in_val.size() && in_val[v] == (int64_t)i) v++;
-    else rest.push_back(texts[i]);
+    if (v < in_val.size() && in_val[v] == (int64_t)i)
+      v++;
+    else
+      rest.push_back(texts[i]);
   }
   EXPECT_EQ(train.tokens, byte_documents(rest));
 
@@ -303,7 +305,7 @@ TEST(Prepare, ValidationSplitByFraction) {
   const std::vector<std::string> texts = make_documents(1000, 8);
   const std::vector<int64_t> val = check_val_split(texts, 0.1, -1, 100);
   ASSERT_EQ(val.size(), 100u);
-  EXPECT_GT(val.back(), 900);  // reaches the end, not bunched at the start
+  EXPECT_GT(val.back(), 900);                           // reaches the end, not bunched at the start
   check_val_split(make_documents(37, 8), 0.25, -1, 9);  // floor(37 * 0.25)
 }
 
@@ -379,7 +381,9 @@ TEST(Prepare, SummaryAgreesWithTheDataset) {
   o.val_fraction = 0.2;
   o.shard_tokens = 2000;
   std::vector<std::pair<int64_t, int64_t>> progress;
-  const PrepareSummary sum = prepare_dataset(o, [&](int64_t done, int64_t total) { progress.push_back({done, total}); });
+  const PrepareSummary sum = prepare_dataset(o, [&](int64_t done, int64_t total) {
+    progress.push_back({done, total});
+  });
   const Dataset ds = Dataset::open(o.output);
 
   EXPECT_EQ(sum.documents, 300);

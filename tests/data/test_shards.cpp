@@ -208,8 +208,8 @@ TEST(Shard, HeaderErrorsNameTheFileAndField) {
   eot.meta.eot_token = 0;
   EXPECT_TRUE(mentions(reader_error(dir, eot), {path, "eot_token", "256"}));
 
-  for (const std::string attribute : {"format", "format_version", "vocab_size", "tokenizer", "eot_token", "num_tokens",
-                                      "num_documents"}) {
+  for (const std::string attribute :
+       {"format", "format_version", "vocab_size", "tokenizer", "eot_token", "num_tokens", "num_documents"}) {
     RawShard missing;
     missing.omit = {attribute};
     EXPECT_TRUE(mentions(reader_error(dir, missing), {path, "'" + attribute + "'"}));
@@ -368,22 +368,24 @@ TEST(Dataset, BadFieldsAreNamed) {
 
   for (const std::string field : {"format", "format_version", "tokenizer", "tokenizer_name", "vocab_size", "eot_token",
                                   "has_loss_mask", "splits"})
-    EXPECT_TRUE(mentions(open_error_after(dir, [&](json& d) { d.erase(field); }), {json_path, "'" + field + "'", "missing"}));
+    EXPECT_TRUE(
+        mentions(open_error_after(dir, [&](json& d) { d.erase(field); }), {json_path, "'" + field + "'", "missing"}));
   EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"].erase("val"); }), {json_path, "splits.val"}));
   EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"]["train"]["shards"][1].erase("file"); }),
                        {json_path, "splits.train.shards[1].file"}));
   EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["vocab_size"] = "many"; }),
                        {json_path, "vocab_size", "wrong type"}));
   EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["format"] = "other"; }), {json_path, "format", "other"}));
-  EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["format_version"] = 9; }), {json_path, "format_version", "9"}));
+  EXPECT_TRUE(
+      mentions(open_error_after(dir, [](json& d) { d["format_version"] = 9; }), {json_path, "format_version", "9"}));
   EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"]["train"]["num_tokens"] = 151; }),
                        {json_path, "splits.train.num_tokens", "151", "150"}));
-  EXPECT_TRUE(mentions(open_error_after(dir,
-                                        [](json& d) {
-                                          d["splits"]["train"] = {{"num_tokens", 0}, {"num_documents", 0},
-                                                                  {"shards", json::array()}};
-                                        }),
-                       {json_path, "train split is empty"}));
+  EXPECT_TRUE(mentions(
+      open_error_after(dir,
+                       [](json& d) {
+                         d["splits"]["train"] = {{"num_tokens", 0}, {"num_documents", 0}, {"shards", json::array()}};
+                       }),
+      {json_path, "train split is empty"}));
 }
 
 TEST(Dataset, ShardsAreCheckedAgainstTheListing) {
@@ -416,11 +418,9 @@ TEST(Dataset, ListingsAreReconciledWithTheShards) {
   // A listed file outside the directory, or listed twice (its tokens would count double).
   EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"]["val"]["shards"][0]["file"] = "../val_0.h5"; }),
                        {json_path, "splits.val.shards[0].file", "../val_0.h5", "inside the dataset directory"}));
-  EXPECT_TRUE(mentions(open_error_after(dir,
-                                        [](json& d) {
-                                          d["splits"]["train"]["shards"][1] = d["splits"]["train"]["shards"][0];
-                                        }),
-                       {json_path, "splits.train.shards[1].file", "train_0.h5", "listed twice"}));
+  EXPECT_TRUE(mentions(
+      open_error_after(dir, [](json& d) { d["splits"]["train"]["shards"][1] = d["splits"]["train"]["shards"][0]; }),
+      {json_path, "splits.train.shards[1].file", "train_0.h5", "listed twice"}));
   EXPECT_TRUE(mentions(open_error_after(dir, [](json& d) { d["splits"]["train"]["shards"] = "train_0.h5"; }),
                        {json_path, "splits.train.shards", "not a list"}));
   // The size on disk against the one recorded at prepare time: a truncated copy is caught at open.
@@ -437,7 +437,8 @@ TEST(Dataset, VerifyingChecksumsCatchesAFlippedBit) {
   write_dataset(dir, {1000, 50}, {20});
   const std::string json_path = dir.path("dataset.json");
   const Dataset sound = Dataset::open(dir.str(), DataCheck::checksums);
-  EXPECT_EQ(sound.train.bytes, (int64_t)(fs::file_size(dir.path("train_0.h5")) + fs::file_size(dir.path("train_1.h5"))));
+  EXPECT_EQ(sound.train.bytes,
+            (int64_t)(fs::file_size(dir.path("train_0.h5")) + fs::file_size(dir.path("train_1.h5"))));
   // One bit in the middle of the first shard. Any byte will do: the checksum is checked before
   // HDF5 reads the file, so the message is the same wherever the damage is.
   const std::string shard = dir.path("train_0.h5");

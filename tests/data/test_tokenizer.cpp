@@ -59,13 +59,12 @@ void append_utf8(std::string& s, uint32_t cp) {
 // contractions and Unicode whitespace, so every branch of the pre-tokenizer regex gets exercised.
 std::string random_unicode(std::mt19937& rng, int chars) {
   static const std::vector<std::pair<uint32_t, uint32_t>> ranges = {
-      {0x20, 0x7E},       {0x00, 0x1F},       {0xA0, 0x24F},    {0x300, 0x36F},   {0x370, 0x3FF},
-      {0x400, 0x4FF},     {0x5D0, 0x5EA},     {0x600, 0x6FF},   {0x660, 0x669},   {0x900, 0x97F},
-      {0xE00, 0xE7F},     {0x1680, 0x1680},   {0x180E, 0x180E}, {0x2000, 0x206F}, {0x3000, 0x30FF},
-      {0x4E00, 0x9FFF},   {0xAC00, 0xD7A3},   {0xFE00, 0xFE0F}, {0xFEFF, 0xFFFD}, {0x1F300, 0x1FAFF},
-      {0x1F1E6, 0x1F1FF}, {0x10000, 0x10FFFF}};
-  static const std::vector<std::string> words = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d", " ", "  ", "\n",
-                                                 "\r\n", "<|endoftext|>", " the", "123", "\t"};
+      {0x20, 0x7E},     {0x00, 0x1F},       {0xA0, 0x24F},      {0x300, 0x36F},     {0x370, 0x3FF},   {0x400, 0x4FF},
+      {0x5D0, 0x5EA},   {0x600, 0x6FF},     {0x660, 0x669},     {0x900, 0x97F},     {0xE00, 0xE7F},   {0x1680, 0x1680},
+      {0x180E, 0x180E}, {0x2000, 0x206F},   {0x3000, 0x30FF},   {0x4E00, 0x9FFF},   {0xAC00, 0xD7A3}, {0xFE00, 0xFE0F},
+      {0xFEFF, 0xFFFD}, {0x1F300, 0x1FAFF}, {0x1F1E6, 0x1F1FF}, {0x10000, 0x10FFFF}};
+  static const std::vector<std::string> words = {"'s", "'t", "'re",  "'ve",           "'m",   "'ll", "'d", " ",
+                                                 "  ", "\n", "\r\n", "<|endoftext|>", " the", "123", "\t"};
   std::string s;
   for (int i = 0; i < chars; i++) {
     if (rng() % 4 == 0) {
@@ -85,13 +84,13 @@ std::string random_unicode(std::mt19937& rng, int chars) {
 std::string random_bytes(std::mt19937& rng, int n) {
   static const std::string tricky = std::string("\x00\x80\xBF\xC0\xC1\xC3\xE0\xED\xF0\xF4\xF5\xFF \n\ta'", 17);
   std::string s;
-  for (int i = 0; i < n; i++)
-    s.push_back(rng() % 2 ? tricky[rng() % tricky.size()] : static_cast<char>(rng() % 256));
+  for (int i = 0; i < n; i++) s.push_back(rng() % 2 ? tricky[rng() % tricky.size()] : static_cast<char>(rng() % 256));
   return s;
 }
 
 TEST(Gpt2Tokenizer, MatchesReferenceEncodings) {
-  const nlohmann::json refs = nlohmann::json::parse(read_file(std::string(KILN_SOURCE_DIR) + "/tests/fixtures/gpt2_refs.json"));
+  const nlohmann::json refs =
+      nlohmann::json::parse(read_file(std::string(KILN_SOURCE_DIR) + "/tests/fixtures/gpt2_refs.json"));
   int checked = 0;
   for (const auto& c : refs.at("cases")) {
     const std::string text = c.at("text").get<std::string>();
@@ -161,19 +160,34 @@ TEST(Gpt2Tokenizer, TokenizerMatchingChecksTheFingerprint) {
   const std::string fewer_print = make_tokenizer("gpt2", fewer.str())->fingerprint();
   EXPECT_EQ(tokenizer_matching("gpt2", fewer_print, fewer.str(), "ds")->fingerprint(), fewer_print);
   std::string e = error_of([&] { tokenizer_matching("gpt2", gpt2().fingerprint(), fewer.str(), "ds/dataset.json"); });
-  EXPECT_TRUE(mentions(e, {"ds/dataset.json: made by tokenizer " + gpt2().fingerprint(), fewer.str(),
-                           "are " + fewer_print}))
+  EXPECT_TRUE(
+      mentions(e, {"ds/dataset.json: made by tokenizer " + gpt2().fingerprint(), fewer.str(), "are " + fewer_print}))
       << e;
   e = error_of([&] { tokenizer_matching("gpt2", fewer_print, without_files.str(), "ds/dataset.json"); });
   EXPECT_TRUE(mentions(e, {"made by tokenizer " + fewer_print, "data/vocab/gpt2", "put the tokenizer files"})) << e;
 }
 
 TEST(Gpt2Tokenizer, RoundTripsInvalidUtf8) {
-  const std::vector<std::string> cases = {
-      std::string("\0", 1),      std::string("a\0b \0\0", 6), "\x80",         "\xBF\xBF",     " \xFF",
-      "\xFF ",                   "x\xC3",                     "\xC3x",        "\xC0\xAF",     "\xE0\x80\xAF",
-      "\xED\xA0\x80",            "\xF4\x90\x80\x80",          "\xF8\x88\x80", "caf\xE9 ok",   "  \xFE\xFF  x",
-      "'s\x80'll",               "\xE2\x82",                  "1\x80" "2",    "\n\xC2\n"};
+  const std::vector<std::string> cases = {std::string("\0", 1),
+                                          std::string("a\0b \0\0", 6),
+                                          "\x80",
+                                          "\xBF\xBF",
+                                          " \xFF",
+                                          "\xFF ",
+                                          "x\xC3",
+                                          "\xC3x",
+                                          "\xC0\xAF",
+                                          "\xE0\x80\xAF",
+                                          "\xED\xA0\x80",
+                                          "\xF4\x90\x80\x80",
+                                          "\xF8\x88\x80",
+                                          "caf\xE9 ok",
+                                          "  \xFE\xFF  x",
+                                          "'s\x80'll",
+                                          "\xE2\x82",
+                                          "1\x80"
+                                          "2",
+                                          "\n\xC2\n"};
   for (const std::string& s : cases) EXPECT_EQ(gpt2().decode(gpt2().encode(s)), s);
   std::mt19937 rng(1234);
   for (int i = 0; i < 2000; i++) {
@@ -196,8 +210,8 @@ TEST(Gpt2Tokenizer, LongPieces) {
   std::mt19937 rng(7);
   std::string letters;
   for (int i = 0; i < 1 << 18; i++) letters.push_back(static_cast<char>('a' + rng() % 26));
-  for (const std::string& s : {std::string(1 << 18, ' '), std::string(1 << 18, 'a'), letters,
-                               std::string(1 << 18, '\xFF')})
+  for (const std::string& s :
+       {std::string(1 << 18, ' '), std::string(1 << 18, 'a'), letters, std::string(1 << 18, '\xFF')})
     EXPECT_EQ(gpt2().decode(gpt2().encode(s)), s);
 }
 
@@ -230,8 +244,7 @@ TEST(Gpt2Tokenizer, RoundTripsRealText) {
 TEST(Gpt2Tokenizer, ConcurrentEncodeMatchesSerial) {
   std::mt19937 rng(5);
   std::vector<std::string> texts;
-  for (int i = 0; i < 200; i++)
-    texts.push_back(i % 2 ? random_unicode(rng, 300) : random_bytes(rng, 300));
+  for (int i = 0; i < 200; i++) texts.push_back(i % 2 ? random_unicode(rng, 300) : random_bytes(rng, 300));
   for (int i = 0; i < 40; i++) {
     std::string words;
     for (int w = 0; w < 5000; w++) {
@@ -295,7 +308,9 @@ TEST(TokenizerErrors, CorruptEncoderJson) {
 TEST(TokenizerErrors, MalformedMergesLine) {
   TempDir dir;
   copy_gpt2(dir, "encoder.json");
-  dir.file("vocab.bpe", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0" "a\n");
+  dir.file("vocab.bpe",
+           "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0"
+           "a\n");
   std::string e = error_of([&] { make_tokenizer("gpt2", dir.str()); });
   EXPECT_NE(e.find(dir.str() + "/vocab.bpe:3: expected two tokens separated by one space"), std::string::npos) << e;
   dir.file("vocab.bpe", "#version: 0.2\n\xC4\xA0 t\n\xC4\xA0t \xC4\xA0t\n");  // "Ġt Ġt": no token ĠtĠt

@@ -61,8 +61,10 @@ __global__ void mma_one_warp(const uint16_t* A, const uint16_t* B, const float* 
     b[j] = pack(B[k * 8 + g], B[(k + 1) * 8 + g]);
   }
   for (int i = 0; i < 4; i++) c[i] = C[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2];
-  if constexpr (kBf16) mma_m16n8k16_bf16(d, a, b, c);
-  else mma_m16n8k16_f16(d, a, b, c);
+  if constexpr (kBf16)
+    mma_m16n8k16_bf16(d, a, b, c);
+  else
+    mma_m16n8k16_f16(d, a, b, c);
   for (int i = 0; i < 4; i++) D[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
 }
 
@@ -170,9 +172,8 @@ void check_ldmatrix() {
   const std::vector<uint32_t> got = out.to_host(s);
   for (int lane = 0; lane < 32; lane++)
     for (int i = 0; i < kNum; i++)
-      EXPECT_EQ(got[lane * 4 + i], want[lane * 4 + i]) << "lane " << lane << " register " << i << std::hex
-                                                       << ": got 0x" << got[lane * 4 + i] << ", want 0x"
-                                                       << want[lane * 4 + i];
+      EXPECT_EQ(got[lane * 4 + i], want[lane * 4 + i]) << "lane " << lane << " register " << i << std::hex << ": got 0x"
+                                                       << got[lane * 4 + i] << ", want 0x" << want[lane * 4 + i];
 }
 
 TEST_F(Ldmatrix, X1X2X4MatchTheIsaLayout) {
@@ -323,8 +324,8 @@ constexpr int kAStride = kBK + 8, kBStride = kBN + 8;
 constexpr int kAStage = kBM * kAStride, kBStage = kBK * kBStride;
 constexpr size_t kGemmSmem = 2 * (kAStage + kBStage) * sizeof(uint16_t);
 
-__device__ void gemm_load_stage(uint16_t* As, uint16_t* Bs, const uint16_t* A, const uint16_t* B, int N, int K,
-                                int m0, int n0, int k0) {
+__device__ void gemm_load_stage(uint16_t* As, uint16_t* Bs, const uint16_t* A, const uint16_t* B, int N, int K, int m0,
+                                int n0, int k0) {
   for (int c = threadIdx.x; c < kBM * kBK / 8; c += kGemmThreads) {  // 16-byte chunks of the A tile
     const int r = c / (kBK / 8), col = c % (kBK / 8) * 8;
     cp_async_16(As + r * kAStride + col, A + (size_t)(m0 + r) * K + k0 + col);

@@ -63,14 +63,16 @@ TEST_F(EmuSelftest, BlockMaxOver2DBlocks) {
     std::vector<float> expected(blocks);
     for (int b = 0; b < blocks; b++)
       expected[b] = *std::max_element(host.begin() + b * 256, host.begin() + std::min(n, (b + 1) * 256));
-    expect_same_under_orders([&] {
-      Stream s;
-      DeviceBuffer<float> x = to_device(host, s), out(blocks);
-      launch(block_max_2d, blocks, dim3(32, 8), 0, s, x.data(), out.data(), n);
-      std::vector<float> got = out.to_host(s);
-      EXPECT_EQ(got, expected) << "n = " << n;
-      return got;
-    }, /*repeat_on_gpu=*/false);
+    expect_same_under_orders(
+        [&] {
+          Stream s;
+          DeviceBuffer<float> x = to_device(host, s), out(blocks);
+          launch(block_max_2d, blocks, dim3(32, 8), 0, s, x.data(), out.data(), n);
+          std::vector<float> got = out.to_host(s);
+          EXPECT_EQ(got, expected) << "n = " << n;
+          return got;
+        },
+        /*repeat_on_gpu=*/false);
   }
 }
 
@@ -126,20 +128,22 @@ TEST_F(EmuSelftest, HistogramCountsAreExact) {
   for (int& v : host) v = skewed(rng);
   std::vector<int> expected(kBins, 0);
   for (int v : host) expected[v]++;
-  expect_same_under_orders([&] {
-    Stream s;
-    DeviceBuffer<int> x = to_device(host, s), global(kBins), shared(kBins);
-    global.fill_bytes(0, s);
-    shared.fill_bytes(0, s);
-    launch(histogram_global, 37, 128, 0, s, x.data(), global.data(), n);
-    launch(histogram_shared, 23, 96, 0, s, x.data(), shared.data(), n);
-    std::vector<int> got = global.to_host(s);
-    const std::vector<int> got_shared = shared.to_host(s);
-    EXPECT_EQ(got, expected) << "global atomics";
-    EXPECT_EQ(got_shared, expected) << "shared-memory histogram";
-    got.insert(got.end(), got_shared.begin(), got_shared.end());
-    return got;
-  }, /*repeat_on_gpu=*/false);
+  expect_same_under_orders(
+      [&] {
+        Stream s;
+        DeviceBuffer<int> x = to_device(host, s), global(kBins), shared(kBins);
+        global.fill_bytes(0, s);
+        shared.fill_bytes(0, s);
+        launch(histogram_global, 37, 128, 0, s, x.data(), global.data(), n);
+        launch(histogram_shared, 23, 96, 0, s, x.data(), shared.data(), n);
+        std::vector<int> got = global.to_host(s);
+        const std::vector<int> got_shared = shared.to_host(s);
+        EXPECT_EQ(got, expected) << "global atomics";
+        EXPECT_EQ(got_shared, expected) << "shared-memory histogram";
+        got.insert(got.end(), got_shared.begin(), got_shared.end());
+        return got;
+      },
+      /*repeat_on_gpu=*/false);
 }
 
 // ---- 4. Tiled transpose through a padded shared tile ------------------------------------------
@@ -168,15 +172,17 @@ TEST_F(EmuSelftest, TiledTransposeOfOddSizes) {
     std::vector<float> expected(rows * cols);
     for (int r = 0; r < rows; r++)
       for (int c = 0; c < cols; c++) expected[(size_t)c * rows + r] = host[(size_t)r * cols + c];
-    expect_same_under_orders([&] {
-      Stream s;
-      DeviceBuffer<float> in = to_device(host, s), out(rows * cols);
-      launch(transpose, dim3(ceil_div(cols, kTile), ceil_div(rows, kTile)), dim3(kTile, kTileRows), 0, s, in.data(),
-             out.data(), rows, cols);
-      std::vector<float> got = out.to_host(s);
-      EXPECT_EQ(got, expected) << rows << " x " << cols;
-      return got;
-    }, /*repeat_on_gpu=*/false);
+    expect_same_under_orders(
+        [&] {
+          Stream s;
+          DeviceBuffer<float> in = to_device(host, s), out(rows * cols);
+          launch(transpose, dim3(ceil_div(cols, kTile), ceil_div(rows, kTile)), dim3(kTile, kTileRows), 0, s, in.data(),
+                 out.data(), rows, cols);
+          std::vector<float> got = out.to_host(s);
+          EXPECT_EQ(got, expected) << rows << " x " << cols;
+          return got;
+        },
+        /*repeat_on_gpu=*/false);
   }
 }
 
@@ -307,9 +313,9 @@ __global__ void affine(double* out, size_t n, double scale, double shift) {
 }
 
 TEST_F(EmuSelftest, LaunchConvertsArgumentsToParameterTypes) {
-  const int n = 1000;           // int, for a size_t parameter
-  const float scale = 0.1f;     // float, for a double parameter
-  const int shift = -3;         // int, for a double parameter
+  const int n = 1000;        // int, for a size_t parameter
+  const float scale = 0.1f;  // float, for a double parameter
+  const int shift = -3;      // int, for a double parameter
   Stream s;
   DeviceBuffer<double> out(n + 64);
   out.fill_bytes(0, s);

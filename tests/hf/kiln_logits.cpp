@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
     std::vector<float> logits((size_t)T * Vp);
     model.download_logits(logits);
     std::ofstream out(argv[2], std::ios::binary);
-    for (int t = 0; t < T; t++) out.write(reinterpret_cast<const char*>(logits.data() + (size_t)t * Vp), V * sizeof(float));
+    for (int t = 0; t < T; t++)
+      out.write(reinterpret_cast<const char*>(logits.data() + (size_t)t * Vp), V * sizeof(float));
     if (!out) throw std::runtime_error(std::string(argv[2]) + ": write failed");
   } catch (const std::exception& e) {
     std::cerr << "kiln_logits: " << e.what() << "\n";

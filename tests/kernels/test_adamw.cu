@@ -99,8 +99,8 @@ void check_steps(int64_t n, const std::vector<AdamWRange>& ranges, int steps, in
     grads.upload(g, s);
     params.fill_bytes(0xff, s);
     const ref::AdamWParams hp = hyperparameters(first_step + k, grad_scale);
-    adamw_update(s, master.data(), params.data(), grads.data(), m.data(), v.data(), d_ranges.data(),
-                 (int)ranges.size(), n, hp);
+    adamw_update(s, master.data(), params.data(), grads.data(), m.data(), v.data(), d_ranges.data(), (int)ranges.size(),
+                 n, hp);
     reference_step(st, g, ranges, hp);
 
     const std::vector<float> got_master = master.to_host(s), got_m = m.to_host(s), got_v = v.to_host(s);
@@ -124,8 +124,8 @@ void check_steps(int64_t n, const std::vector<AdamWRange>& ranges, int steps, in
 
 // Tensors of awkward sizes: starts not multiples of 4, a gap (no decay), an empty range.
 std::vector<AdamWRange> awkward_ranges() {
-  return {{0, 37, true}, {37, 5, false}, {42, 1, true}, {43, 0, true}, {43, 600, true}, {700, 300, false},
-          {1000, 29, true}};
+  return {{0, 37, true},   {37, 5, false},    {42, 1, true},   {43, 0, true},
+          {43, 600, true}, {700, 300, false}, {1000, 29, true}};
 }
 
 // ---- AdamW -----------------------------------------------------------------------------------
@@ -237,15 +237,31 @@ TEST_F(AdamW, RangeTableErrors) {
   const std::string name = "check_adamw_ranges: ";
   EXPECT_NO_THROW(check_adamw_ranges(awkward_ranges(), 1029));
   EXPECT_NO_THROW(check_adamw_ranges({}, 10));
-  expect_invalid([] { check_adamw_ranges(std::vector<AdamWRange>{{0, 4, true}, {4, -1, false}}, 10); },
-                 name + "range 1 [4, +-1) has a negative count");
-  expect_invalid([] { check_adamw_ranges(std::vector<AdamWRange>{{0, 4, true}, {3, 2, false}}, 10); },
-                 name + "range 1 [3, +2) starts before the end of the previous range (4)");
-  expect_invalid([] { check_adamw_ranges(std::vector<AdamWRange>{{5, 2, true}, {0, 2, false}}, 10); },
-                 name + "range 1 [0, +2) starts before the end of the previous range (7)");
-  expect_invalid([] { check_adamw_ranges(std::vector<AdamWRange>{{-1, 2, true}}, 10); }, name + "range 0 [-1, +2) starts before");
-  expect_invalid([] { check_adamw_ranges(std::vector<AdamWRange>{{0, 4, true}, {4, 7, false}}, 10); },
-                 name + "range 1 [4, +7) ends beyond n = 10");
+  expect_invalid(
+      [] {
+        check_adamw_ranges(std::vector<AdamWRange>{{0, 4, true}, {4, -1, false}}, 10);
+      },
+      name + "range 1 [4, +-1) has a negative count");
+  expect_invalid(
+      [] {
+        check_adamw_ranges(std::vector<AdamWRange>{{0, 4, true}, {3, 2, false}}, 10);
+      },
+      name + "range 1 [3, +2) starts before the end of the previous range (4)");
+  expect_invalid(
+      [] {
+        check_adamw_ranges(std::vector<AdamWRange>{{5, 2, true}, {0, 2, false}}, 10);
+      },
+      name + "range 1 [0, +2) starts before the end of the previous range (7)");
+  expect_invalid(
+      [] {
+        check_adamw_ranges(std::vector<AdamWRange>{{-1, 2, true}}, 10);
+      },
+      name + "range 0 [-1, +2) starts before");
+  expect_invalid(
+      [] {
+        check_adamw_ranges(std::vector<AdamWRange>{{0, 4, true}, {4, 7, false}}, 10);
+      },
+      name + "range 1 [4, +7) ends beyond n = 10");
 }
 
 TEST_F(AdamW, UpdateLauncherErrors) {

@@ -225,19 +225,36 @@ TEST_F(attention, BadShapesAndPointersAreRejected) {
   Stream s;
   DeviceBuffer<bf16> qkv(3 * 64 * 128 * 2), out(64 * 128 * 2), dout(64 * 128 * 2), dqkv(3 * 64 * 128 * 2);
   DeviceBuffer<float> lse(256), scratch(256);
-  expect_invalid([&] { attention_forward(s, out.data(), lse.data(), qkv.data(), {1, 8, 1, 96}); },
-                 "attention_forward: head dim D must be 64 or 128, got 96");
-  expect_invalid([&] { attention_forward(s, out.data(), lse.data(), qkv.data(), {1, 0, 1, 64}); },
-                 "attention_forward: T must be positive, got 0");
-  expect_invalid([&] { attention_forward(s, out.data(), lse.data(), qkv.data() + 1, {1, 8, 1, 64}); },
-                 "attention_forward: qkv must be 16-byte aligned");
-  expect_invalid([&] { attention_forward(s, out.data(), nullptr, qkv.data(), {1, 8, 1, 64}); },
-                 "attention_forward: lse is null");
-  expect_invalid([&] {
-    attention_backward(s, dqkv.data(), scratch.data(), nullptr, qkv.data(), out.data(), lse.data(), {1, 8, 1, 64});
-  }, "attention_backward: dout is null");
-  expect_invalid([&] { attention_backward_scratch_floats({1, 8, 0, 64}); },
-                 "attention_backward_scratch_floats: H must be positive, got 0");
+  expect_invalid(
+      [&] {
+        attention_forward(s, out.data(), lse.data(), qkv.data(), {1, 8, 1, 96});
+      },
+      "attention_forward: head dim D must be 64 or 128, got 96");
+  expect_invalid(
+      [&] {
+        attention_forward(s, out.data(), lse.data(), qkv.data(), {1, 0, 1, 64});
+      },
+      "attention_forward: T must be positive, got 0");
+  expect_invalid(
+      [&] {
+        attention_forward(s, out.data(), lse.data(), qkv.data() + 1, {1, 8, 1, 64});
+      },
+      "attention_forward: qkv must be 16-byte aligned");
+  expect_invalid(
+      [&] {
+        attention_forward(s, out.data(), nullptr, qkv.data(), {1, 8, 1, 64});
+      },
+      "attention_forward: lse is null");
+  expect_invalid(
+      [&] {
+        attention_backward(s, dqkv.data(), scratch.data(), nullptr, qkv.data(), out.data(), lse.data(), {1, 8, 1, 64});
+      },
+      "attention_backward: dout is null");
+  expect_invalid(
+      [&] {
+        attention_backward_scratch_floats({1, 8, 0, 64});
+      },
+      "attention_backward_scratch_floats: H must be positive, got 0");
 }
 
 }  // namespace

@@ -301,9 +301,9 @@ Outputs<T> ref_residual_layernorm(const LayernormInputs& in) {
 }
 
 template <class T>
-Outputs<T> run_layernorm_backward(
-    void (*backward)(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int, int),
-    const LayernormInputs& in) {
+Outputs<T> run_layernorm_backward(void (*backward)(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int,
+                                                   int),
+                                  const LayernormInputs& in) {
   Outputs<T> r{{"dx", cast<T>(in.dx0)}, {"dweight", cast<T>(in.dweight0)}, {"dbias", cast<T>(in.dbias0)}};
   backward(r["dx"].data(), r["dweight"].data(), r["dbias"].data(), cast<T>(in.dout).data(), cast<T>(in.x).data(),
            cast<T>(in.weight).data(), cast<T>(in.mean).data(), cast<T>(in.rstd).data(), in.N, in.C);

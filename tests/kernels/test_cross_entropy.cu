@@ -168,7 +168,7 @@ TEST_F(CrossEntropy, AllRowsIgnored) {
 TEST_F(CrossEntropy, TargetBeyondVocabularyGivesNaN) {
   for (const int Vp : {384, 263}) {
     Problem p = make_problem(4, 257, Vp, 0.0f, 8);
-    p.targets[0] = 257;     // first padding column
+    p.targets[0] = 257;    // first padding column
     p.targets[3] = 10000;  // far beyond the row
     const FusedResult got = run_fused(p, 1.0f, false);
     EXPECT_TRUE(std::isnan(got.losses[0])) << "Vp=" << Vp;
@@ -261,7 +261,8 @@ void check_slices(int N, int V, int Vp_local, int slices, float offset, uint32_t
     sl.valid = std::clamp(V - sl.vocab_begin, 0, Vp_local);
     sl.logits.resize((size_t)N * Vp_local);
     for (int n = 0; n < N; n++)
-      for (int c = 0; c < Vp_local; c++) sl.logits[(size_t)n * Vp_local + c] = p.logits[(size_t)n * Vp + sl.vocab_begin + c];
+      for (int c = 0; c < Vp_local; c++)
+        sl.logits[(size_t)n * Vp_local + c] = p.logits[(size_t)n * Vp + sl.vocab_begin + c];
     sl.stats = run_stats(sl.logits, p.targets, N, sl.vocab_begin, sl.valid, Vp_local);
     // The slice's statistics against the host: max exact, sum-exp in double, target logit exact.
     for (int n = 0; n < N; n++) {
@@ -311,7 +312,8 @@ void check_slices(int N, int V, int Vp_local, int slices, float offset, uint32_t
     const std::vector<float> d = to_float(got.logits);
     std::vector<double> want(d.size());
     for (int n = 0; n < N; n++)
-      for (int c = 0; c < Vp_local; c++) want[(size_t)n * Vp_local + c] = r.dlogits[(size_t)n * Vp + sl.vocab_begin + c];
+      for (int c = 0; c < Vp_local; c++)
+        want[(size_t)n * Vp_local + c] = r.dlogits[(size_t)n * Vp + sl.vocab_begin + c];
     EXPECT_LT(rel_error(d, want, [&](size_t i) { return (int)(i % Vp_local) < sl.valid; }), 1e-2)
         << what << ": slice " << k << " gradients";
     for (int n = 0; n < N; n++)
@@ -323,10 +325,10 @@ void check_slices(int N, int V, int Vp_local, int slices, float offset, uint32_t
 }
 
 TEST_F(CrossEntropy, TwoSlicesMatchWholeVocabulary) {
-  check_slices(37, 257, 136, 2, 0.0f, 300);      // 136 + 121 valid columns, 128-bit path
-  check_slices(4, 257, 131, 2, 1000.0f, 301);    // 131 + 126, scalar path
-  check_slices(2, 50257, 25152, 2, 0.0f, 302);   // GPT-2's vocabulary over two ranks
-  check_slices(5, 256, 128, 3, 1000.0f, 303);    // the third slice is padding only
+  check_slices(37, 257, 136, 2, 0.0f, 300);     // 136 + 121 valid columns, 128-bit path
+  check_slices(4, 257, 131, 2, 1000.0f, 301);   // 131 + 126, scalar path
+  check_slices(2, 50257, 25152, 2, 0.0f, 302);  // GPT-2's vocabulary over two ranks
+  check_slices(5, 256, 128, 3, 1000.0f, 303);   // the third slice is padding only
 }
 
 TEST_F(CrossEntropy, SplitDeterministic) {
@@ -355,11 +357,14 @@ TEST_F(CrossEntropy, FusedLauncherErrors) {
   bf16* z = logits.data();
   const int32_t* t = targets.data();
   const std::string name = "cross_entropy_forward_backward: ";
-  expect_invalid([&] { cross_entropy_forward_backward(s, nullptr, z, t, 8, 200, 256, 1, true); }, name + "losses is null");
+  expect_invalid([&] { cross_entropy_forward_backward(s, nullptr, z, t, 8, 200, 256, 1, true); },
+                 name + "losses is null");
   expect_invalid([&] { cross_entropy_forward_backward(s, l, nullptr, t, 8, 200, 256, 1, true); },
                  name + "logits_and_dlogits is null");
-  expect_invalid([&] { cross_entropy_forward_backward(s, l, z, nullptr, 8, 200, 256, 1, true); }, name + "targets is null");
-  expect_invalid([&] { cross_entropy_forward_backward(s, l, z, t, 0, 200, 256, 1, true); }, name + "N = 0 must be >= 1");
+  expect_invalid([&] { cross_entropy_forward_backward(s, l, z, nullptr, 8, 200, 256, 1, true); },
+                 name + "targets is null");
+  expect_invalid([&] { cross_entropy_forward_backward(s, l, z, t, 0, 200, 256, 1, true); },
+                 name + "N = 0 must be >= 1");
   expect_invalid([&] { cross_entropy_forward_backward(s, l, z, t, 8, 0, 256, 1, true); }, name + "V = 0 must be >= 1");
   expect_invalid([&] { cross_entropy_forward_backward(s, l, z, t, 8, 257, 256, 1, true); },
                  name + "V = 257 exceeds Vp = 256");
@@ -385,7 +390,8 @@ TEST_F(CrossEntropy, SplitLauncherErrors) {
   expect_invalid([&] { cross_entropy_stats(s, pa, pb, pc, nullptr, t, 8, 0, 100, 128); }, st + "logits is null");
   expect_invalid([&] { cross_entropy_stats(s, pa, pb, pc, z, nullptr, 8, 0, 100, 128); }, st + "targets is null");
   expect_invalid([&] { cross_entropy_stats(s, pa, pb, pc, z, t, -1, 0, 100, 128); }, st + "N = -1 must be >= 1");
-  expect_invalid([&] { cross_entropy_stats(s, pa, pb, pc, z, t, 8, -5, 100, 128); }, st + "vocab_begin = -5 must be >= 0");
+  expect_invalid([&] { cross_entropy_stats(s, pa, pb, pc, z, t, 8, -5, 100, 128); },
+                 st + "vocab_begin = -5 must be >= 0");
   expect_invalid([&] { cross_entropy_stats(s, pa, pb, pc, z, t, 8, 0, 0, 0); }, st + "Vp_local = 0 must be >= 1");
   expect_invalid([&] { cross_entropy_stats(s, pa, pb, pc, z, t, 8, 0, 129, 128); },
                  st + "V_local_valid = 129 must be in [0, Vp_local = 128]");

@@ -98,7 +98,8 @@ std::vector<bf16> run_forward(const Problem& p, int offset) {
 
 // dwte followed by dwpe after one backward pass from the problem's starting gradients.
 std::vector<float> run_backward(const Problem& p, int offset) {
-  const EmbeddingBackwardPlan plan = make_embedding_backward_plan(p.tokens.data(), p.B, p.T, p.vocab_begin, p.vocab_rows);
+  const EmbeddingBackwardPlan plan =
+      make_embedding_backward_plan(p.tokens.data(), p.B, p.T, p.vocab_begin, p.vocab_rows);
   Stream s;
   Placed<int32_t> tokens(p.tokens, 0, s), order(plan.order, 0, s), starts(plan.segment_starts, 0, s);
   Placed<bf16> dout(p.dout, offset, s);
@@ -131,7 +132,8 @@ std::vector<float> reference_backward(const Problem& p) {
 // practice they agree exactly). Returns the worst errors seen via `worst`.
 void check_problem(const Problem& p, int offset, double worst[2]) {
   SCOPED_TRACE("B " + std::to_string(p.B) + ", T " + std::to_string(p.T) + ", C " + std::to_string(p.C) + ", vocab [" +
-               std::to_string(p.vocab_begin) + ", +" + std::to_string(p.vocab_rows) + "), offset " + std::to_string(offset));
+               std::to_string(p.vocab_begin) + ", +" + std::to_string(p.vocab_rows) + "), offset " +
+               std::to_string(offset));
   const double fwd = relative_error(run_forward(p, offset), reference_forward(p));
   const double bwd = relative_error(run_backward(p, offset), reference_backward(p));
   EXPECT_LT(fwd, 1e-2);
@@ -268,7 +270,8 @@ TEST_F(embedding, ForwardLauncherErrors) {
   expect_invalid(fwd(o, t, e, p, 1, 2, 0, 0, 8), f + "C must be positive, got 0");
   expect_invalid(fwd(o, t, e, p, 1, 2, 4, 0, 0), f + "vocab_rows must be positive, got 0");
   expect_invalid(fwd(o, t, e, p, 1, 2, 4, -1, 8), f + "vocab_begin must be >= 0, got -1");
-  expect_invalid(fwd(o, t, e, p, 1, 2, 4, INT_MAX - 3, 8), f + "vocab_begin + vocab_rows exceeds the int32 token range");
+  expect_invalid(fwd(o, t, e, p, 1, 2, 4, INT_MAX - 3, 8),
+                 f + "vocab_begin + vocab_rows exceeds the int32 token range");
   s.synchronize();
 }
 
@@ -278,9 +281,12 @@ TEST_F(embedding, PlanErrors) {
   expect_invalid([&] { make_embedding_backward_plan(nullptr, 2, 4, 0, 8); }, f + "host_tokens is null");
   expect_invalid([&] { make_embedding_backward_plan(tokens.data(), 0, 4, 0, 8); }, f + "B must be positive, got 0");
   expect_invalid([&] { make_embedding_backward_plan(tokens.data(), 2, -4, 0, 8); }, f + "T must be positive, got -4");
-  expect_invalid([&] { make_embedding_backward_plan(tokens.data(), 2, 4, 0, -8); }, f + "vocab_rows must be positive, got -8");
-  expect_invalid([&] { make_embedding_backward_plan(tokens.data(), 2, 4, -3, 8); }, f + "vocab_begin must be >= 0, got -3");
-  expect_invalid([&] { make_embedding_backward_plan(tokens.data(), 65536, 65536, 0, 8); }, f + "B*T exceeds INT_MAX positions");
+  expect_invalid([&] { make_embedding_backward_plan(tokens.data(), 2, 4, 0, -8); },
+                 f + "vocab_rows must be positive, got -8");
+  expect_invalid([&] { make_embedding_backward_plan(tokens.data(), 2, 4, -3, 8); },
+                 f + "vocab_begin must be >= 0, got -3");
+  expect_invalid([&] { make_embedding_backward_plan(tokens.data(), 65536, 65536, 0, 8); },
+                 f + "B*T exceeds INT_MAX positions");
 }
 
 TEST_F(embedding, BackwardLauncherErrors) {
@@ -295,9 +301,8 @@ TEST_F(embedding, BackwardLauncherErrors) {
   const bf16* d = dout.data();
   const int32_t *t = tok.data(), *o = order.data(), *st = starts.data();
   auto bwd = [&](float* a, float* b, const bf16* g, const int32_t* tk, int B, int T, int C, int vb, int vr,
-                 const int32_t* ord, const int32_t* sst, int segs) {
-    return [=, &s] { embedding_backward(s, a, b, g, tk, B, T, C, vb, vr, ord, sst, segs); };
-  };
+                 const int32_t* ord, const int32_t* sst,
+                 int segs) { return [=, &s] { embedding_backward(s, a, b, g, tk, B, T, C, vb, vr, ord, sst, segs); }; };
   const std::string f = "embedding_backward: ";
   expect_invalid(bwd(nullptr, wp, d, t, 2, 3, 4, 0, 8, o, st, 1), f + "dwte is null");
   expect_invalid(bwd(we, nullptr, d, t, 2, 3, 4, 0, 8, o, st, 1), f + "dwpe is null");

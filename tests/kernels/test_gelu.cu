@@ -46,7 +46,8 @@ Placed place(const std::vector<bf16>& host, size_t n, int offset, const Stream& 
   Placed p{DeviceBuffer<bf16>(n + 8), nullptr};
   p.buffer.fill_bytes(0xff, s);
   p.data = p.buffer.data() + offset;
-  if (!host.empty()) KILN_CHECK(KILN_RT cudaMemcpyAsync(p.data, host.data(), n * sizeof(bf16), cudaMemcpyHostToDevice, s.get()));
+  if (!host.empty())
+    KILN_CHECK(KILN_RT cudaMemcpyAsync(p.data, host.data(), n * sizeof(bf16), cudaMemcpyHostToDevice, s.get()));
   return p;
 }
 std::vector<bf16> fetch(const Placed& p, size_t n, const Stream& s) {
@@ -94,7 +95,8 @@ TEST_F(gelu, BackwardMatchesReference) {
     std::vector<float> want(n, 0.0f);  // the reference accumulates; the kernel writes
     ref::gelu_backward(want.data(), xf.data(), gf.data(), n);
     for (const auto& [xo, oo] : kOffsets) {
-      SCOPED_TRACE("n = " + std::to_string(n) + ", offsets x and dout " + std::to_string(xo) + ", dx " + std::to_string(oo));
+      SCOPED_TRACE("n = " + std::to_string(n) + ", offsets x and dout " + std::to_string(xo) + ", dx " +
+                   std::to_string(oo));
       expect_same_under_all_orders([&] {
         Stream s;
         Placed dx_in = place(x, n, xo, s), dout = place(g, n, xo, s), dx = place({}, n, oo, s);
@@ -127,7 +129,8 @@ TEST_F(gelu, SaturatedAndZeroInputs) {
   const std::vector<bf16> got_y = fetch(y, n, s), got_dx = fetch(dx, n, s);
   for (int64_t i = 0; i < n; i++) {
     EXPECT_NEAR(__bfloat162float(got_y[i]), want_y[i], 1e-2 * std::abs(want_y[i]) + 1e-6) << "gelu(" << xf[i] << ")";
-    EXPECT_NEAR(__bfloat162float(got_dx[i]), want_dx[i], 1e-2 * std::abs(want_dx[i]) + 1e-6) << "gelu'(" << xf[i] << ")";
+    EXPECT_NEAR(__bfloat162float(got_dx[i]), want_dx[i], 1e-2 * std::abs(want_dx[i]) + 1e-6)
+        << "gelu'(" << xf[i] << ")";
   }
 }
 
@@ -186,11 +189,14 @@ TEST_F(gelu, LauncherErrors) {
   expect_invalid([&] { gelu_backward(s, nullptr, b.data(), c.data(), 16); }, "gelu_backward: dx is null");
   expect_invalid([&] { gelu_backward(s, a.data(), nullptr, c.data(), 16); }, "gelu_backward: x is null");
   expect_invalid([&] { gelu_backward(s, a.data(), b.data(), nullptr, 16); }, "gelu_backward: dout is null");
-  expect_invalid([&] { gelu_backward(s, a.data(), b.data(), c.data(), 0); }, "gelu_backward: n must be positive, got 0");
-  expect_invalid([&] { gelu_backward(s, a.data(), b.data(), c.data(), -1); }, "gelu_backward: n must be positive, got -1");
+  expect_invalid([&] { gelu_backward(s, a.data(), b.data(), c.data(), 0); },
+                 "gelu_backward: n must be positive, got 0");
+  expect_invalid([&] { gelu_backward(s, a.data(), b.data(), c.data(), -1); },
+                 "gelu_backward: n must be positive, got -1");
   expect_invalid([&] { gelu_backward(s, odd, b.data(), c.data(), 4); }, "gelu_backward: dx is not aligned to 2 bytes");
   expect_invalid([&] { gelu_backward(s, b.data(), odd, c.data(), 4); }, "gelu_backward: x is not aligned to 2 bytes");
-  expect_invalid([&] { gelu_backward(s, b.data(), c.data(), odd, 4); }, "gelu_backward: dout is not aligned to 2 bytes");
+  expect_invalid([&] { gelu_backward(s, b.data(), c.data(), odd, 4); },
+                 "gelu_backward: dout is not aligned to 2 bytes");
   s.synchronize();
 }
 

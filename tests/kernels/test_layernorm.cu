@@ -67,7 +67,8 @@ void expect_reproducible(const std::function<std::vector<unsigned char>()>& run)
   s = saved;
 #else
   const std::vector<unsigned char> reference = run();
-  for (int rep = 1; rep < 3; rep++) EXPECT_TRUE(run() == reference) << "repetition " << rep << " differs from the first";
+  for (int rep = 1; rep < 3; rep++)
+    EXPECT_TRUE(run() == reference) << "repetition " << rep << " differs from the first";
 #endif
 }
 
@@ -184,7 +185,8 @@ TEST_F(LayerNorm, ResidualForwardMatchesReference) {
       SCOPED_TRACE("N = " + std::to_string(N) + ", C = " + std::to_string(C));
       const uint32_t seed = 2000 * N + C;
       const std::vector<bf16> a = random_rows(N, C, seed), b = random_bf16((size_t)N * C, -0.3f, 0.3f, seed + 3),
-                              weight = random_bf16(C, 0.5f, 1.5f, seed + 1), bias = random_bf16(C, -0.5f, 0.5f, seed + 2);
+                              weight = random_bf16(C, 0.5f, 1.5f, seed + 1),
+                              bias = random_bf16(C, -0.5f, 0.5f, seed + 2);
       std::vector<bf16> residual(a.size());
       for (size_t i = 0; i < a.size(); i++)
         residual[i] = __float2bfloat16(__bfloat162float(a[i]) + __bfloat162float(b[i]));
@@ -204,7 +206,8 @@ TEST_F(LayerNorm, ResidualForwardMatchesReference) {
         const std::vector<bf16> res = d_res.to_host(s), out = d_out.to_host(s), out2 = d_out2.to_host(s);
         const std::vector<float> mean = d_mean.to_host(s), rstd = d_rstd.to_host(s), mean2 = d_mean2.to_host(s),
                                  rstd2 = d_rstd2.to_host(s);
-        EXPECT_EQ(std::memcmp(res.data(), residual.data(), res.size() * sizeof(bf16)), 0) << "residual_out != bf16(a + b)";
+        EXPECT_EQ(std::memcmp(res.data(), residual.data(), res.size() * sizeof(bf16)), 0)
+            << "residual_out != bf16(a + b)";
         const double e_out = rel_error(out, want.out), e_mean = rel_error(mean, want.mean),
                      e_rstd = rel_error(rstd, want.rstd);
         EXPECT_LT(e_out, kBf16Tol);
@@ -338,8 +341,8 @@ struct ForwardArgs {
 
 TEST_F(LayerNorm, ForwardRejectsBadArguments) {
   Buffers buf;
-  const ForwardArgs good{buf.res.data(), buf.out.data(), buf.mean.data(), buf.rstd.data(), buf.a.data(),
-                         buf.b.data(),   buf.weight.data(), buf.bias.data(), Buffers::N, Buffers::C};
+  const ForwardArgs good{buf.res.data(), buf.out.data(),    buf.mean.data(), buf.rstd.data(), buf.a.data(),
+                         buf.b.data(),   buf.weight.data(), buf.bias.data(), Buffers::N,      Buffers::C};
   // Each case spoils one argument; `x` is the plain forward's name for `a`.
   const struct {
     std::function<void(ForwardArgs&)> spoil;
@@ -370,8 +373,9 @@ TEST_F(LayerNorm, ForwardRejectsBadArguments) {
     ForwardArgs g = good;
     c.spoil(g);
     SCOPED_TRACE(c.name + c.problem);
-    expect_invalid([&] { residual_layernorm_forward(buf.s, g.res, g.out, g.mean, g.rstd, g.a, g.b, g.weight, g.bias, g.N, g.C); },
-                   "residual_layernorm_forward: " + c.name + c.problem);
+    expect_invalid(
+        [&] { residual_layernorm_forward(buf.s, g.res, g.out, g.mean, g.rstd, g.a, g.b, g.weight, g.bias, g.N, g.C); },
+        "residual_layernorm_forward: " + c.name + c.problem);
     if (c.plain)
       expect_invalid([&] { layernorm_forward(buf.s, g.out, g.mean, g.rstd, g.a, g.weight, g.bias, g.N, g.C); },
                      "layernorm_forward: " + (c.name == "a" ? std::string("x") : c.name) + c.problem);
@@ -395,7 +399,7 @@ struct BackwardArgs {
 
 TEST_F(LayerNorm, BackwardRejectsBadArguments) {
   Buffers buf;
-  const BackwardArgs good{buf.dx.data(),   buf.dweight.data(), buf.dbias.data(), buf.scratch.data(),
+  const BackwardArgs good{buf.dx.data(),   buf.dweight.data(), buf.dbias.data(),  buf.scratch.data(),
                           buf.dout.data(), buf.x.data(),       buf.weight.data(), buf.mean.data(),
                           buf.rstd.data(), Buffers::N,         Buffers::C};
   const struct {
@@ -423,9 +427,12 @@ TEST_F(LayerNorm, BackwardRejectsBadArguments) {
     BackwardArgs g = good;
     c.spoil(g);
     SCOPED_TRACE(c.message);
-    expect_invalid([&] { layernorm_backward(buf.s, g.dx, g.dweight, g.dbias, g.scratch, g.dout, g.x, g.weight, g.mean,
-                                            g.rstd, g.N, g.C); },
-                   "layernorm_backward: " + c.message);
+    expect_invalid(
+        [&] {
+          layernorm_backward(buf.s, g.dx, g.dweight, g.dbias, g.scratch, g.dout, g.x, g.weight, g.mean, g.rstd, g.N,
+                             g.C);
+        },
+        "layernorm_backward: " + c.message);
   }
 }
 

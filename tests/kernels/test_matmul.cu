@@ -56,8 +56,8 @@ struct Layer {
   std::vector<double> forward(bool with_bias) const {
     std::vector<double> out((size_t)s.N * s.OC);
     const std::vector<double> b = to_double(bias);
-    ref::matmul_forward(out.data(), to_double(x).data(), to_double(weight).data(), with_bias ? b.data() : nullptr,
-                        s.N, s.C, s.OC);
+    ref::matmul_forward(out.data(), to_double(x).data(), to_double(weight).data(), with_bias ? b.data() : nullptr, s.N,
+                        s.C, s.OC);
     return out;
   }
   // dx, dweight, dbias of ref::matmul_backward, from zero.
@@ -191,7 +191,8 @@ TEST_F(matmul, BackwardWeightAccumulatesInFp32) {
     std::vector<double> dx, dw1, db1, dw2, db2;
     first.backward(dx, dw1, db1);
     second.backward(dx, dw2, db2);
-    const std::vector<float> dw_init = random_floats((size_t)shape.OC * shape.C, 50), db_init = random_floats(shape.OC, 51);
+    const std::vector<float> dw_init = random_floats((size_t)shape.OC * shape.C, 50),
+                             db_init = random_floats(shape.OC, 51);
     std::vector<double> dw_want(dw_init.size()), db_want(db_init.size());
     for (size_t i = 0; i < dw_want.size(); i++) dw_want[i] = dw_init[i] + dw1[i] + dw2[i];
     for (size_t i = 0; i < db_want.size(); i++) db_want[i] = db_init[i] + db1[i] + db2[i];
@@ -249,18 +250,22 @@ TEST_F(matmul, AlgorithmChoiceIsCachedPerProblemAndAlignment) {
   Stream s;
   Matmul mm;
   DeviceBuffer<bf16> x(layer.x.size() + 8);
-  KILN_CHECK(KILN_RT cudaMemcpyAsync(x.data(), layer.x.data(), layer.x.size() * sizeof(bf16), cudaMemcpyHostToDevice, s.get()));
-  KILN_CHECK(KILN_RT cudaMemcpyAsync(x.data() + 1, layer.x.data(), layer.x.size() * sizeof(bf16), cudaMemcpyHostToDevice,
+  KILN_CHECK(KILN_RT cudaMemcpyAsync(x.data(), layer.x.data(), layer.x.size() * sizeof(bf16), cudaMemcpyHostToDevice,
+                                     s.get()));
+  KILN_CHECK(KILN_RT cudaMemcpyAsync(x.data() + 1, layer.x.data(), layer.x.size() * sizeof(bf16),
+                                     cudaMemcpyHostToDevice,
                                      s.get()));  // overwrites: x + 1 holds the inputs for the second part
   auto w = to_device(layer.weight, s), b = to_device(layer.bias, s);
   auto out = poisoned<bf16>((size_t)shape.N * shape.OC, s);
   const std::vector<double> want = layer.forward(true);
-  for (int rep = 0; rep < 3; rep++) mm.forward(s, out.data(), x.data() + 1, w.data(), b.data(), shape.N, shape.C, shape.OC);
+  for (int rep = 0; rep < 3; rep++)
+    mm.forward(s, out.data(), x.data() + 1, w.data(), b.data(), shape.N, shape.C, shape.OC);
   EXPECT_EQ(mm.stats().cache_misses, 1);
   EXPECT_EQ(mm.stats().gemms, 3);
   EXPECT_LT(rel_error(to_floats(out.to_host(s)), want), 1e-2);
   // The same shape at 256-byte alignment is a different problem (an algorithm may need it).
-  KILN_CHECK(KILN_RT cudaMemcpyAsync(x.data(), layer.x.data(), layer.x.size() * sizeof(bf16), cudaMemcpyHostToDevice, s.get()));
+  KILN_CHECK(KILN_RT cudaMemcpyAsync(x.data(), layer.x.data(), layer.x.size() * sizeof(bf16), cudaMemcpyHostToDevice,
+                                     s.get()));
   mm.forward(s, out.data(), x.data(), w.data(), b.data(), shape.N, shape.C, shape.OC);
   EXPECT_EQ(mm.stats().cache_misses, 2);
   EXPECT_LT(rel_error(to_floats(out.to_host(s)), want), 1e-2);
@@ -273,7 +278,8 @@ TEST_F(matmul, TimedPickRunsCandidatesOnceAndStaysCorrect) {
   const Layer layer(shape, 8);
   Stream s;
   Matmul mm({.deterministic = false, .candidates = 4});
-  auto x = to_device(layer.x, s), w = to_device(layer.weight, s), b = to_device(layer.bias, s), dout = to_device(layer.dout, s);
+  auto x = to_device(layer.x, s), w = to_device(layer.weight, s), b = to_device(layer.bias, s),
+       dout = to_device(layer.dout, s);
   auto out = poisoned<bf16>((size_t)shape.N * shape.OC, s);
   mm.forward(s, out.data(), x.data(), w.data(), b.data(), shape.N, shape.C, shape.OC);
   const int64_t after_first = mm.stats().gemms;
@@ -312,7 +318,8 @@ TEST_F(matmul, BadArgumentsAreRejected) {
                  "Matmul::backward_input_gelu: scratch is null");
   expect_invalid([&] { mm.backward_weight(s, f.data(), nullptr, nullptr, a.data(), nullptr, 4, 8, 8); },
                  "Matmul::backward_weight: x is null");
-  expect_invalid([&] { bias_gradient(s, f.data(), f.data() + 64, a.data(), 4, 0); }, "bias_gradient: OC must be positive");
+  expect_invalid([&] { bias_gradient(s, f.data(), f.data() + 64, a.data(), 4, 0); },
+                 "bias_gradient: OC must be positive");
   expect_invalid([&] { Matmul bad({.candidates = 0}); }, "Matmul: candidates must be 1..8, got 0");
   EXPECT_EQ(mm.stats().gemms, 0);
 }
@@ -339,7 +346,8 @@ TEST_F(matmul, CublasRefusesAuxLeadingDimensionsNotDivisibleBy8) {
     const cublasStatus_t status = KILN_RT cublasLtMatmulAlgoGetHeuristic(
         handle.get(), desc.get(), a.get(), b.get(), d.get(), d.get(), pref.get(), 1, &result, &returned);
     const bool accepted = status == CUBLAS_STATUS_SUCCESS && returned > 0;
-    EXPECT_EQ(accepted, ld_aux % 8 == 0) << KILN_RT cublasLtGetStatusString(status) << ", " << returned << " algorithms";
+    EXPECT_EQ(accepted, ld_aux % 8 == 0) << KILN_RT cublasLtGetStatusString(status) << ", " << returned
+                                         << " algorithms";
   }
 }
 

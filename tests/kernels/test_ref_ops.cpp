@@ -24,8 +24,8 @@ namespace {
 namespace ref = kiln::ref;
 using Vec = std::vector<double>;
 
-constexpr double kStep = 1e-6;     // finite-difference step
-constexpr double kFdTol = 1e-6;    // finite differences vs analytic, double
+constexpr double kStep = 1e-6;       // finite-difference step
+constexpr double kFdTol = 1e-6;      // finite differences vs analytic, double
 constexpr double kExactTol = 1e-12;  // double op vs naive double re-statement
 constexpr double kFloatTol = 1e-5;   // float op vs double op
 
@@ -196,8 +196,7 @@ LayernormOut layernorm(const Vec& x, const Vec& w, const Vec& b, int N, int C) {
 }
 
 template <class T>
-std::vector<T> matmul(const std::vector<T>& x, const std::vector<T>& w, const std::vector<T>* b, int N, int C,
-                      int OC) {
+std::vector<T> matmul(const std::vector<T>& x, const std::vector<T>& w, const std::vector<T>* b, int N, int C, int OC) {
   std::vector<T> out(size_t(N) * OC);
   ref::matmul_forward(out.data(), x.data(), w.data(), b ? b->data() : nullptr, N, C, OC);
   return out;
@@ -214,8 +213,8 @@ AttentionOut<T> attention(const std::vector<T>& qkv, int B, int Tn, int NH, int 
   return r;
 }
 template <class T>
-std::vector<T> attention_grad(const std::vector<T>& dout, const std::vector<T>& qkv, const AttentionOut<T>& fwd,
-                              int B, int Tn, int NH, int HS) {
+std::vector<T> attention_grad(const std::vector<T>& dout, const std::vector<T>& qkv, const AttentionOut<T>& fwd, int B,
+                              int Tn, int NH, int HS) {
   std::vector<T> dqkv(qkv.size(), T(0));
   ref::attention_backward(dqkv.data(), dout.data(), qkv.data(), fwd.out.data(), fwd.lse.data(), B, Tn, NH, HS);
   return dqkv;
@@ -266,7 +265,8 @@ TEST(RefOps, EmbeddingVocabShard) {
     const int t = bt % Tn;
     outside += !in_shard(tokens[bt]);
     for (int c = 0; c < C; ++c) {
-      const double want = wpe[size_t(t) * C + c] + (in_shard(tokens[bt]) ? wte[size_t(tokens[bt] - vocab_begin) * C + c] : 0.0);
+      const double want =
+          wpe[size_t(t) * C + c] + (in_shard(tokens[bt]) ? wte[size_t(tokens[bt] - vocab_begin) * C + c] : 0.0);
       EXPECT_EQ(out[size_t(bt) * C + c], want) << "position " << bt << " token " << tokens[bt];
     }
   }
@@ -361,8 +361,8 @@ TEST(RefOps, MatmulGradients) {
 // not multiples of any block size (a blocking bug shared by both instantiations is caught by the
 // first comparison, a float-only path bug by the second).
 TEST(RefOps, MatmulBlockedShapesAndFloatConsistency) {
-  const int shapes[][3] = {{37, 50, 70}, {1, 3, 17}, {17, 65, 1}, {65, 130, 17}, {130, 17, 65},
-                           {3, 1, 130}, {64, 64, 64}, {129, 131, 3}};
+  const int shapes[][3] = {{37, 50, 70},  {1, 3, 17},  {17, 65, 1},  {65, 130, 17},
+                           {130, 17, 65}, {3, 1, 130}, {64, 64, 64}, {129, 131, 3}};
   std::mt19937 rng(310);
   for (const auto& s : shapes) {
     const int N = s[0], C = s[1], OC = s[2];
@@ -411,8 +411,8 @@ TEST(RefOps, MatmulBlockedShapesAndFloatConsistency) {
 // Forward vs the naive masked softmax; backward vs finite differences w.r.t. all of qkv (or a
 // random subset of `fd_samples` elements when nonzero).
 void check_attention(int B, int Tn, int NH, int HS, unsigned seed, size_t fd_samples = 0) {
-  const std::string tag = "attention B" + std::to_string(B) + " T" + std::to_string(Tn) + " NH" +
-                          std::to_string(NH) + " HS" + std::to_string(HS);
+  const std::string tag = "attention B" + std::to_string(B) + " T" + std::to_string(Tn) + " NH" + std::to_string(NH) +
+                          " HS" + std::to_string(HS);
   SCOPED_TRACE(tag);
   std::mt19937 rng(seed);
   const size_t C = size_t(NH) * HS;
@@ -450,8 +450,8 @@ TEST(RefOps, AttentionT1IsValue) {
   for (int b = 0; b < B; ++b)
     for (int c = 0; c < C; ++c) {
       EXPECT_NEAR(fwd.out[size_t(b) * C + c], qkv[size_t(b) * 3 * C + 2 * C + c], 1e-14);
-      EXPECT_NEAR(dqkv[size_t(b) * 3 * C + 0 * C + c], 0.0, 1e-13);  // dq (zero up to rounding)
-      EXPECT_NEAR(dqkv[size_t(b) * 3 * C + 1 * C + c], 0.0, 1e-13);  // dk
+      EXPECT_NEAR(dqkv[size_t(b) * 3 * C + 0 * C + c], 0.0, 1e-13);                   // dq (zero up to rounding)
+      EXPECT_NEAR(dqkv[size_t(b) * 3 * C + 1 * C + c], 0.0, 1e-13);                   // dk
       EXPECT_NEAR(dqkv[size_t(b) * 3 * C + 2 * C + c], g[size_t(b) * C + c], 1e-14);  // dv
     }
 }
@@ -464,8 +464,8 @@ TEST(RefOps, AttentionLargerShapesAndFloatConsistency) {
     const int B = s[0], Tn = s[1], NH = s[2], HS = s[3];
     check_attention(B, Tn, NH, HS, rng(), 300);
 
-    const std::string tag = "attention B" + std::to_string(B) + " T" + std::to_string(Tn) + " NH" +
-                            std::to_string(NH) + " HS" + std::to_string(HS);
+    const std::string tag = "attention B" + std::to_string(B) + " T" + std::to_string(Tn) + " NH" + std::to_string(NH) +
+                            " HS" + std::to_string(HS);
     SCOPED_TRACE(tag);
     const size_t C = size_t(NH) * HS;
     const Vec qkv = round_to_float(randn(size_t(B) * Tn * 3 * C, rng));
@@ -538,8 +538,8 @@ struct CrossEntropyCase {
   }
   Vec losses(const Vec& l, Vec* dlogits = nullptr) const {
     Vec out(N, -7.0);
-    ref::cross_entropy_forward_backward(out.data(), dlogits ? dlogits->data() : nullptr, l.data(), targets.data(),
-                                        N, V, Vp, dloss);
+    ref::cross_entropy_forward_backward(out.data(), dlogits ? dlogits->data() : nullptr, l.data(), targets.data(), N, V,
+                                        Vp, dloss);
     return out;
   }
 };
@@ -817,8 +817,8 @@ TEST(RefOps, SumSquaresCountsEveryElementOnceAtRaggedSizes) {
   // Sizes that 64 chunks do not divide (short and empty last chunks, chunks summed in lockstep):
   // with exact squares the sum is exact, so an element dropped or counted twice changes it. Catches
   // a lockstep loop that skips the lanes' tails, or runs past a short chunk's end.
-  for (const int64_t n : {int64_t(1), int64_t(5), int64_t(63), int64_t(65), int64_t(100), int64_t(4099),
-                          (int64_t(1) << 22) - 3}) {
+  for (const int64_t n :
+       {int64_t(1), int64_t(5), int64_t(63), int64_t(65), int64_t(100), int64_t(4099), (int64_t(1) << 22) - 3}) {
     std::mt19937 rng(1002 + (unsigned)n);
     const auto [x, exact] = exact_squares(n, 1, rng);
     EXPECT_EQ(ref::sum_squares(x.data(), n), exact) << "n = " << n;

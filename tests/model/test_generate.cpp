@@ -16,9 +16,7 @@ namespace {
 
 using namespace kiln::test;
 
-std::vector<float> weights_of(const GPT& model) {
-  return model.download_weights();
-}
+std::vector<float> weights_of(const GPT& model) { return model.download_weights(); }
 
 // The decoder's logits after each position equal the full forward pass's at that position,
 // whether the tokens come as one prompt or one at a time.
@@ -38,9 +36,8 @@ TEST(Decoder, KvCacheLogitsMatchTheFullForwardPass) {
   const int prompt = 9;
   double worst = 0, scale = 0;
   for (int t = prompt - 1; t < T; t++) {
-    const std::span<const float> logits = t == prompt - 1
-                                              ? decoder.append(std::span(tokens).first(prompt))
-                                              : decoder.append(std::span(tokens).subspan(t, 1));
+    const std::span<const float> logits = t == prompt - 1 ? decoder.append(std::span(tokens).first(prompt))
+                                                          : decoder.append(std::span(tokens).subspan(t, 1));
     ASSERT_EQ(decoder.length(), t + 1);
     ASSERT_EQ((int)logits.size(), cfg.vocab_size);
     for (int v = 0; v < cfg.vocab_size; v++) {
@@ -57,7 +54,9 @@ TEST(Decoder, RefusesAContextPastMaxSeqLenAndTokensOutsideTheVocabulary) {
   GPTConfig cfg = GPTConfig::preset("test");
   cfg.max_seq_len = 8;
   Decoder decoder(cfg, std::vector<float>(ParamLayout(cfg).total(), 0.01f));
-  EXPECT_EQ(error_of([&] { decoder.append(std::vector<int32_t>{1, 300}); }),
+  EXPECT_EQ(error_of([&] {
+              decoder.append(std::vector<int32_t>{1, 300});
+            }),
             "token 300 is outside the vocabulary of 257");
   decoder.append(std::vector<int32_t>(8, 1));
   EXPECT_EQ(error_of([&] { decoder.append(std::vector<int32_t>{1}); }),
@@ -112,10 +111,19 @@ TEST(Sampling, HighTemperatureFlattens) {
 }
 
 TEST(Sampling, BadOptionsAreRefusedByName) {
-  EXPECT_EQ(error_of([] { SamplingOptions{-1.0, 0, 1.0}.validate(); }), "temperature: expected a number >= 0, got -1.000000");
+  EXPECT_EQ(error_of([] {
+              SamplingOptions{-1.0, 0, 1.0}.validate();
+            }),
+            "temperature: expected a number >= 0, got -1.000000");
   EXPECT_EQ(error_of([] { SamplingOptions{1.0, -2, 1.0}.validate(); }), "top-k: expected >= 0 (0: no limit), got -2");
-  EXPECT_EQ(error_of([] { SamplingOptions{1.0, 0, 0.0}.validate(); }), "top-p: expected a number in (0, 1], got 0.000000");
-  EXPECT_EQ(error_of([] { SamplingOptions{1.0, 0, 1.5}.validate(); }), "top-p: expected a number in (0, 1], got 1.500000");
+  EXPECT_EQ(error_of([] {
+              SamplingOptions{1.0, 0, 0.0}.validate();
+            }),
+            "top-p: expected a number in (0, 1], got 0.000000");
+  EXPECT_EQ(error_of([] {
+              SamplingOptions{1.0, 0, 1.5}.validate();
+            }),
+            "top-p: expected a number in (0, 1], got 1.500000");
 }
 
 TEST(Generate, IsDeterministicInTheSeedAndStopsAtTheStopToken) {

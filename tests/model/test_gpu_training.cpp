@@ -114,10 +114,10 @@ TrainRun train_small(const std::string& device, int steps, std::vector<std::stri
                      const std::string& data = "random", const std::string& run_dir = "") {
   test::TempDir dir;
   std::vector<std::string> overrides = kSmallModel;
-  for (const std::string& o : std::vector<std::string>{
-           "data.path=" + data, "train.batch_size=2", "train.seq_len=64", "train.steps=" + std::to_string(steps),
-           "train.eval_every=0", "optim.lr=3e-3", "optim.warmup_steps=2", "run.device=" + device,
-           "run.dir=" + (run_dir.empty() ? dir.str() : run_dir)})
+  for (const std::string& o : std::vector<std::string>{"data.path=" + data, "train.batch_size=2", "train.seq_len=64",
+                                                       "train.steps=" + std::to_string(steps), "train.eval_every=0",
+                                                       "optim.lr=3e-3", "optim.warmup_steps=2", "run.device=" + device,
+                                                       "run.dir=" + (run_dir.empty() ? dir.str() : run_dir)})
     overrides.push_back(o);
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   std::ostringstream log;
@@ -290,8 +290,8 @@ TEST(GpuTraining, TheMemoryPlanIsWhatIsAllocated) {
         in.recompute = recompute;
         const MemoryPlan plan = plan_memory(in);
         const ModelMemory& m = model.memory();
-        const std::string where = ops->name() + (deterministic ? " deterministic" : "") + ", recompute " +
-                                  recompute_name(recompute);
+        const std::string where =
+            ops->name() + (deterministic ? " deterministic" : "") + ", recompute " + recompute_name(recompute);
         EXPECT_EQ(plan.parameters, m.parameters) << where;
         EXPECT_EQ(plan.master, m.master) << where;
         EXPECT_EQ(plan.gradients, m.gradients) << where;
@@ -318,7 +318,10 @@ TEST(GpuTraining, ZeroShardingKeepsOneShardOfTheMasterWeights) {
   EXPECT_EQ(test::error_of([&] { AdamW(model, OptimConfig{}, 0, total); }),
             "AdamW: elements [0, " + std::to_string(total) + ") are not all in the model's master weights [" +
                 std::to_string(shard) + ", " + std::to_string(2 * shard) + ")");
-  EXPECT_EQ(test::error_of([&] { GPT(cfg, *ops, 1, 16, {}, nullptr, Recompute::none, {2, 2}); }), "GPT: ZeRO shard 2 of 2");
+  EXPECT_EQ(test::error_of([&] {
+              GPT(cfg, *ops, 1, 16, {}, nullptr, Recompute::none, {2, 2});
+            }),
+            "GPT: ZeRO shard 2 of 2");
 }
 
 #ifndef KILN_TEST_GPU
@@ -326,8 +329,8 @@ TEST(GpuTraining, ZeroShardingKeepsOneShardOfTheMasterWeights) {
 TEST(GpuTraining, AModelThatDoesNotFitIsRefusedBeforeAnyStep) {
   test::TempDir dir;
   const std::string message = test::error_of([&] { train_small("emu", 1, {"run.gpu_memory=\"24MiB\""}); });
-  EXPECT_TRUE(test::mentions(message, {"the model does not fit", "needs", "activations", "emulator has 24.0 MiB",
-                                       "--train.recompute=block"}))
+  EXPECT_TRUE(test::mentions(
+      message, {"the model does not fit", "needs", "activations", "emulator has 24.0 MiB", "--train.recompute=block"}))
       << message;
 }
 

@@ -52,7 +52,8 @@ class HfGpt2Test : public ::testing::Test {
     write_hf_gpt2(hf_, cfg_, weights_, cfg_.vocab_size - 1);
   }
   // Rewrites hf_'s model.safetensors with `edit` applied to its tensors (name -> values).
-  void rewrite(const std::function<void(std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>&)>& edit) {
+  void rewrite(
+      const std::function<void(std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>&)>& edit) {
     const SafetensorsFile f = SafetensorsFile::read(hf_ + "/model.safetensors");
     std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> tensors;
     for (const auto& [name, e] : f.entries()) tensors[name] = {e.shape, f.floats(name)};
@@ -107,8 +108,7 @@ TEST_F(HfGpt2Test, ExportHasHuggingFacesNamesShapesAndConv1dLayout) {
   const ParamSpec& fc = ParamLayout(cfg_).find("h.1.mlp.c_fc.weight");
   const std::vector<float> hf_fc = f.floats("h.1.mlp.c_fc.weight");
   for (int64_t in : {0L, 5L, C - 1})
-    for (int64_t out : {0L, 17L, 4 * C - 1})
-      EXPECT_EQ(hf_fc[in * 4 * C + out], weights_[fc.offset + out * C + in]);
+    for (int64_t out : {0L, 17L, 4 * C - 1}) EXPECT_EQ(hf_fc[in * 4 * C + out], weights_[fc.offset + out * C + in]);
 }
 
 TEST_F(HfGpt2Test, AcceptsTheTransformerPrefixATiedHeadAndTheMaskBuffers) {
@@ -129,9 +129,10 @@ TEST_F(HfGpt2Test, ReadsBf16AndF16Exactly) {
   // 1.5, -2^-20 (an fp16 subnormal is 2^-24 * m), 65504 (fp16's largest), and bf16 of pi (3.140625).
   const std::string f16 = std::string("\x00\x3e", 2) + std::string("\x10\x00", 2) + std::string("\xff\x7b", 2);
   const std::string bf16("\x49\x40", 2);
-  write_raw(dir_.path("mixed.safetensors"),
-            R"({"a":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},"b":{"dtype":"BF16","shape":[1],"data_offsets":[6,8]}})",
-            f16 + bf16);
+  write_raw(
+      dir_.path("mixed.safetensors"),
+      R"({"a":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},"b":{"dtype":"BF16","shape":[1],"data_offsets":[6,8]}})",
+      f16 + bf16);
   const SafetensorsFile f = SafetensorsFile::read(dir_.path("mixed.safetensors"));
   EXPECT_EQ(f.floats("a"), (std::vector<float>{1.5f, 0x1p-20f, 65504.0f}));
   EXPECT_EQ(f.floats("b"), (std::vector<float>{3.140625f}));
@@ -140,16 +141,19 @@ TEST_F(HfGpt2Test, ReadsBf16AndF16Exactly) {
 TEST_F(HfGpt2Test, MalformedFilesAreRefusedNamingFileAndField) {
   const std::string p = dir_.path("bad.safetensors");
   std::ofstream(p) << "abc";
-  EXPECT_TRUE(mentions(error_of([&] { SafetensorsFile::read(p); }), {p, "3 bytes, too short for a safetensors header"}));
+  EXPECT_TRUE(
+      mentions(error_of([&] { SafetensorsFile::read(p); }), {p, "3 bytes, too short for a safetensors header"}));
   write_raw(p, "{}", "");
   std::fstream(p, std::ios::in | std::ios::out | std::ios::binary).write("\xff\xff\xff\x00", 4);
-  EXPECT_TRUE(mentions(error_of([&] { SafetensorsFile::read(p); }), {p, "header length 16777215 does not fit the file's 10 bytes"}));
+  EXPECT_TRUE(mentions(error_of([&] { SafetensorsFile::read(p); }),
+                       {p, "header length 16777215 does not fit the file's 10 bytes"}));
   write_raw(p, "{\"a\": ", "");
   EXPECT_TRUE(mentions(error_of([&] { SafetensorsFile::read(p); }), {p, "header is not valid JSON"}));
   write_raw(p, R"({"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,2]}})", "xx");
   EXPECT_TRUE(mentions(error_of([&] { SafetensorsFile::read(p); }), {p, "tensor 'a': unknown dtype 'Q4'"}));
   write_raw(p, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "xxxx");
-  EXPECT_TRUE(mentions(error_of([&] { SafetensorsFile::read(p); }), {p, "tensor 'a': 4 bytes for a F32 tensor of 2 elements"}));
+  EXPECT_TRUE(
+      mentions(error_of([&] { SafetensorsFile::read(p); }), {p, "tensor 'a': 4 bytes for a F32 tensor of 2 elements"}));
   write_raw(p, R"({"a":{"dtype":"F32","shape":[2]}})", "");
   EXPECT_TRUE(mentions(error_of([&] { SafetensorsFile::read(p); }), {p, "tensor 'a'", "data_offsets"}));
 
@@ -161,7 +165,8 @@ TEST_F(HfGpt2Test, MalformedFilesAreRefusedNamingFileAndField) {
 
 TEST_F(HfGpt2Test, AMissingOrMisshapenTensorIsNamed) {
   rewrite([](auto& t) { t.erase("h.1.ln_2.bias"); });
-  EXPECT_TRUE(mentions(error_of([&] { read_hf_gpt2(hf_); }), {hf_ + "/model.safetensors", "no tensor 'h.1.ln_2.bias'"}));
+  EXPECT_TRUE(
+      mentions(error_of([&] { read_hf_gpt2(hf_); }), {hf_ + "/model.safetensors", "no tensor 'h.1.ln_2.bias'"}));
   write_hf_gpt2(hf_, cfg_, weights_, cfg_.vocab_size - 1);
   edit_config([](json& c) { c["n_positions"] = 32; });
   EXPECT_TRUE(mentions(error_of([&] { read_hf_gpt2(hf_); }),
@@ -174,7 +179,8 @@ TEST_F(HfGpt2Test, AMissingOrMisshapenTensorIsNamed) {
 TEST_F(HfGpt2Test, AConfigKilnDoesNotComputeIsRefusedByField) {
   const std::string path = hf_ + "/config.json";
   const std::vector<std::pair<std::function<void(json&)>, std::string>> cases = {
-      {[](json& c) { c["activation_function"] = "relu"; }, "activation_function = \"relu\": kiln's GPT-2 has \"gelu_new\""},
+      {[](json& c) { c["activation_function"] = "relu"; },
+       "activation_function = \"relu\": kiln's GPT-2 has \"gelu_new\""},
       {[](json& c) { c["layer_norm_epsilon"] = 1e-6; }, "layer_norm_epsilon = 1e-06: kiln's GPT-2 has 1e-05"},
       {[](json& c) { c["n_inner"] = 100; }, "n_inner = 100"},
       {[](json& c) { c["tie_word_embeddings"] = false; }, "tie_word_embeddings = false"},
@@ -194,8 +200,9 @@ TEST_F(HfGpt2Test, AConfigKilnDoesNotComputeIsRefusedByField) {
 TEST_F(HfGpt2Test, AFailedWriteLeavesTheEarlierFile) {
   const std::string model = hf_ + "/model.safetensors", before = read_file(model);
   fs::create_directories(model + ".tmp");  // the temporary file cannot be created
-  EXPECT_TRUE(mentions(error_of([&] { write_hf_gpt2(hf_, cfg_, std::vector<float>(weights_.size(), 0.0f), cfg_.vocab_size - 1); }),
-                       {model + ".tmp", "write failed"}));
+  EXPECT_TRUE(mentions(
+      error_of([&] { write_hf_gpt2(hf_, cfg_, std::vector<float>(weights_.size(), 0.0f), cfg_.vocab_size - 1); }),
+      {model + ".tmp", "write failed"}));
   EXPECT_EQ(read_file(model), before);
 }
 

@@ -85,7 +85,7 @@ TEST(ParamLayout, TensorParallelShardsSplitHeadsMlpAndVocabulary) {
   EXPECT_EQ(half.find("h.0.mlp.c_fc.weight").shape, (std::vector<int64_t>{1536, 768}));
   EXPECT_EQ(half.find("wte").shape, (std::vector<int64_t>{50432 / 2, 768}));  // padded to 128 x 2
   EXPECT_EQ(half.find("ln_f.weight").shape, full.find("ln_f.weight").shape);  // replicated
-  EXPECT_THROW(ParamLayout(cfg, {5, 0}), std::invalid_argument);               // 12 heads over 5 ranks
+  EXPECT_THROW(ParamLayout(cfg, {5, 0}), std::invalid_argument);              // 12 heads over 5 ranks
 }
 
 TEST(GPT, InitIsDeterministicAndFollowsGpt2) {

@@ -23,8 +23,11 @@ TEST(ProcessContext, NoLauncherIsRankZeroOfOne) {
 }
 
 TEST(ProcessContext, ReadsEachLauncher) {
-  ProcessInfo p = detect({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "8"},
-                          {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}});
+  ProcessInfo p = detect({{"OMPI_COMM_WORLD_RANK", "3"},
+                          {"OMPI_COMM_WORLD_SIZE", "8"},
+                          {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                          {"SLURM_PROCID", "5"},
+                          {"SLURM_NTASKS", "8"}});
   EXPECT_EQ(p.launcher, "mpirun");  // mpirun inside a Slurm allocation: MPI's numbering wins
   EXPECT_EQ(p.rank, 3);
   EXPECT_EQ(p.local_rank, 1);

@@ -44,9 +44,14 @@ struct TrainRun {
 };
 
 TrainRun train_test(const std::string& run_dir, const std::string& data, int steps, std::vector<Override> extra = {}) {
-  std::vector<Override> o = {"model.preset=test", "data.path=" + data, "train.seq_len=32", "train.batch_size=4",
-                                "train.steps=" + std::to_string(steps), "train.eval_every=0", "run.device=cpu",
-                                "run.dir=" + run_dir};
+  std::vector<Override> o = {"model.preset=test",
+                             "data.path=" + data,
+                             "train.seq_len=32",
+                             "train.batch_size=4",
+                             "train.steps=" + std::to_string(steps),
+                             "train.eval_every=0",
+                             "run.device=cpu",
+                             "run.dir=" + run_dir};
   o.insert(o.end(), extra.begin(), extra.end());
   std::ostringstream log;
   std::vector<StepRecord> records = train(load_train_config("", o), log);
@@ -155,8 +160,8 @@ TEST(Checkpoint, FineTuningTakesTheCheckpointsShape) {
 TEST(Checkpoint, FineTuningTakesTheParametersOnly) {
   TempDir dir;
   const TrainRun base = train_test(dir.path("base"), "random", 6, {"checkpoint.every=6", "optim.lr=3e-3"});
-  const TrainRun tuned = train_test(dir.path("tuned"), "random", 1,
-                               {"checkpoint.init_from=" + dir.path("base") + "/step_00000006"});
+  const TrainRun tuned =
+      train_test(dir.path("tuned"), "random", 1, {"checkpoint.init_from=" + dir.path("base") + "/step_00000006"});
   EXPECT_TRUE(mentions(tuned.log, {"parameters from", "start afresh"}));
   ASSERT_EQ(tuned.records.size(), 1u);
   EXPECT_EQ(tuned.records[0].step, 1);  // a new schedule
@@ -165,7 +170,8 @@ TEST(Checkpoint, FineTuningTakesTheParametersOnly) {
   EXPECT_EQ(error_of([&] {
               load_train_config("", {"data.path=x", "checkpoint.resume=a", "checkpoint.init_from=b"});
             }),
-            "command line --checkpoint.init_from=b: checkpoint.init_from: cannot be combined with checkpoint.resume (resume continues a run, "
+            "command line --checkpoint.init_from=b: checkpoint.init_from: cannot be combined with checkpoint.resume "
+            "(resume continues a run, "
             "init_from starts one)");
 }
 
@@ -175,7 +181,8 @@ TEST(Checkpoint, BackgroundSavesOverlapTrainingAndEqualSavesInPlace) {
   TempDir dir;
   const TrainRun background = train_test(dir.path("bg"), "random", 4, {"checkpoint.every=2", "train.log_every=1"});
   const TrainRun in_place = train_test(dir.path("fg"), "random", 4, {"checkpoint.every=2", "checkpoint.async=false"});
-  const TrainRun bounded = train_test(dir.path("bound"), "random", 2, {"checkpoint.every=2", "checkpoint.async_max_mb=0"});
+  const TrainRun bounded =
+      train_test(dir.path("bound"), "random", 2, {"checkpoint.every=2", "checkpoint.async_max_mb=0"});
   const std::string& log = background.log;
   const size_t snapshot = log.find("step 2: checkpoint snapshot"), step3 = log.find("step 3/4"),
                saved = log.find("saved " + dir.path("bg") + "/step_00000002 (");
@@ -214,8 +221,8 @@ TEST(Checkpoint, AFullDiskLeavesThePreviousCheckpointAndTrainingGoesOn) {
   const TrainRun run = train_test(dir.path("run"), "random", 4, {"checkpoint.every=2", "checkpoint.on_error=continue"});
   inject_checkpoint_faults({});
   EXPECT_EQ(run.records.size(), 4u);
-  EXPECT_TRUE(mentions(run.log, {"checkpoint " + dir.path("run") + "/step_00000004 not saved", "No space left on device",
-                                 "latest still names the previous one", "training goes on"}))
+  EXPECT_TRUE(mentions(run.log, {"checkpoint " + dir.path("run") + "/step_00000004 not saved",
+                                 "No space left on device", "latest still names the previous one", "training goes on"}))
       << run.log;
   EXPECT_EQ(latest_checkpoint(dir.path("run")), dir.path("run") + "/step_00000002");
   EXPECT_FALSE(fs::exists(dir.path("run") + "/step_00000004.tmp"));
@@ -245,9 +252,8 @@ TEST(Checkpoint, NonFiniteWeightsAreNeverSaved) {
   AdamW optimizer(model, OptimConfig{});
   TrainingState state;
   state.step = 3;
-  const std::string e = error_of([&] {
-    save_checkpoint(dir.path("run"), "", model, optimizer, CheckpointRank{}, state, *make_self_comm(), 0);
-  });
+  const std::string e = error_of(
+      [&] { save_checkpoint(dir.path("run"), "", model, optimizer, CheckpointRank{}, state, *make_self_comm(), 0); });
   EXPECT_TRUE(mentions(e, {"tensor 'h.0.attn.c_attn.weight' (master) holds 1 non-finite value(s): not saved"})) << e;
   EXPECT_EQ(latest_checkpoint(dir.path("run")), dir.path("run") + "/step_00000002");
   EXPECT_FALSE(fs::exists(dir.path("run") + "/step_00000003"));
@@ -372,11 +378,15 @@ TEST_F(BrokenCheckpoint, ManifestSchemaAndRanges) {
            {[](json& m) { m["step"] = -1; }, "step: expected an integer in 0.."},
            {[](json& m) { m["step"] = "two"; }, "step: expected an integer in 0.."},
            {[](json& m) { m["adamw_step"] = 5; }, "adamw_step: expected an integer in 0..2, found 5"},
-           {[](json& m) { m["loader"] = {{"seed", 1}, {"epoch", 0}, {"position", 1e15}}; }, "loader.position"},
+           {[](json& m) {
+              m["loader"] = {{"seed", 1}, {"epoch", 0}, {"position", 1e15}};
+            },
+            "loader.position"},
            {[](json& m) { m["tensors"][0]["pieces"][0]["file"] = "../step_00000004/rank_00000.h5"; },
             "pieces[].file: expected a file name inside the checkpoint directory"},
            {[](json& m) { m["files"][0]["name"] = "/etc/passwd"; }, "files[].name: expected a file name inside"},
-           {[](json& m) { m["tensors"][0]["global_shape"] = {1000000000000}; }, "global_shape: expected an integer in 1.."},
+           {[](json& m) { m["tensors"][0]["global_shape"] = {1000000000000}; },
+            "global_shape: expected an integer in 1.."},
            {[](json& m) { m["model"]["n_layer"] = "2"; }, "model.n_layer: expected an integer"}}) {
     json m = good;
     edit(m);

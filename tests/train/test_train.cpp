@@ -29,8 +29,9 @@ namespace fs = std::filesystem;
 
 TEST(TrainConfig, FileValuesAndOverrides) {
   TempDir dir;
-  const std::string path = dir.file("c.toml", "[model]\npreset = \"test\"\n[data]\npath = \"x.txt\"\n"
-                                              "[train]\nsteps = 7\n[optim]\nlr = 1\n");
+  const std::string path = dir.file("c.toml",
+                                    "[model]\npreset = \"test\"\n[data]\npath = \"x.txt\"\n"
+                                    "[train]\nsteps = 7\n[optim]\nlr = 1\n");
   const TrainConfig cfg = load_train_config(path, {"train.batch_size=3", "optim.schedule=wsd", "model.n_layer=3"});
   EXPECT_EQ(cfg.model.n_embd, 32);  // from the preset
   EXPECT_EQ(cfg.model.n_layer, 3);  // override beats preset
@@ -49,8 +50,10 @@ TEST(TrainConfig, ErrorsNameTheFileAndKey) {
   // A short flag is blamed as it was typed.
   EXPECT_EQ(error_of([&] { load_train_config(ok, {Override("train.steps=0", "--max-steps 0")}); }),
             "command line --max-steps 0: train.steps: expected >= 1");
-  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=ten"}); }), "command line --train.steps=ten: train.steps: expected an integer");
-  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=0"}); }), "command line --train.steps=0: train.steps: expected >= 1");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=ten"}); }),
+            "command line --train.steps=ten: train.steps: expected an integer");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"train.steps=0"}); }),
+            "command line --train.steps=0: train.steps: expected >= 1");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"steps"}); }), "override 'steps': expected --section.key=value");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"optim.schedule=linear"}); }),
             "command line --optim.schedule=linear: optim.schedule: 'linear': expected cosine, wsd or constant");
@@ -59,7 +62,8 @@ TEST(TrainConfig, ErrorsNameTheFileAndKey) {
   EXPECT_NE(error_of([&] { load_train_config(ok, {"model.preset=huge"}); }).find("unknown model preset 'huge'"),
             std::string::npos);
   const std::string typo = dir.file("typo.toml", "[data]\npath = \"x.txt\"\n[train]\nstep = 3\n");
-  EXPECT_EQ(error_of([&] { load_train_config(typo, {}); }), typo + ": unknown key 'train.step' (did you mean train.steps?)");
+  EXPECT_EQ(error_of([&] { load_train_config(typo, {}); }),
+            typo + ": unknown key 'train.step' (did you mean train.steps?)");
   const std::string far = dir.file("far.toml", "[data]\npath = \"x.txt\"\n[train]\nxyzzy = 3\n");
   EXPECT_EQ(error_of([&] { load_train_config(far, {}); }), far + ": unknown key 'train.xyzzy'");
   const std::string syntax = dir.file("syntax.toml", "[train]\nsteps = = 3\n");
@@ -67,13 +71,15 @@ TEST(TrainConfig, ErrorsNameTheFileAndKey) {
   const std::string no_data = dir.file("nodata.toml", "[train]\nsteps = 3\n");
   EXPECT_EQ(error_of([&] { load_train_config(no_data, {}); }),
             no_data + ": data.path: required (a dataset directory written by kiln prepare)");
-  EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.tp=0"}); }), "command line --parallel.tp=0: parallel.tp: expected >= 1");
+  EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.tp=0"}); }),
+            "command line --parallel.tp=0: parallel.tp: expected >= 1");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.zero=2"}); }),
             "command line --parallel.zero=2: parallel.zero: expected 0 or 1 (ZeRO-1)");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.timeout_s=0"}); }),
             "command line --parallel.timeout_s=0: parallel.timeout_s: expected > 0 seconds");
   EXPECT_EQ(error_of([&] { load_train_config(ok, {"parallel.bucket_mb=-1"}); }),
-            "command line --parallel.bucket_mb=-1: parallel.bucket_mb: expected >= 0 (0: one all-reduce after the backward pass)");
+            "command line --parallel.bucket_mb=-1: parallel.bucket_mb: expected >= 0 (0: one all-reduce after the "
+            "backward pass)");
 }
 
 // Every numeric optimizer and schedule setting is range-checked, NaN and infinity included, naming
@@ -142,10 +148,14 @@ TEST(Optimizer, ShardOutsideTheParametersIsRefused) {
 
 TEST(Model, TensorParallelNeedsItsGroup) {
   auto ops = make_cpu_ops();
-  EXPECT_EQ(error_of([&] { GPT(GPTConfig::preset("test"), *ops, 1, 4, {2, 0}); }),
+  EXPECT_EQ(error_of([&] {
+              GPT(GPTConfig::preset("test"), *ops, 1, 4, {2, 0});
+            }),
             "GPT: tensor parallel rank 0 of 2 needs its group's Comm");
   const std::unique_ptr<Comm> self = make_self_comm();  // a group of 1 is not one of 2
-  EXPECT_EQ(error_of([&] { GPT(GPTConfig::preset("test"), *ops, 1, 4, {2, 1}, self.get()); }),
+  EXPECT_EQ(error_of([&] {
+              GPT(GPTConfig::preset("test"), *ops, 1, 4, {2, 1}, self.get());
+            }),
             "GPT: tensor parallel rank 1 of 2 needs its group's Comm");
 }
 
@@ -214,8 +224,8 @@ std::string prepare_text(const TempDir& dir, const std::string& text) {
 
 // lr = 1e30 blows the weights up in the first step: the second step's loss is not finite.
 std::vector<Override> diverging_run(const TempDir& dir) {
-  return {"model.preset=test", "data.path=random", "train.seq_len=32", "train.batch_size=2", "train.steps=6",
-          "optim.lr=1e30", "optim.warmup_steps=0", "run.device=cpu", "run.dir=" + dir.str()};
+  return {"model.preset=test", "data.path=random",     "train.seq_len=32", "train.batch_size=2",  "train.steps=6",
+          "optim.lr=1e30",     "optim.warmup_steps=0", "run.device=cpu",   "run.dir=" + dir.str()};
 }
 
 TEST(Trainer, ANonFiniteLossStopsTheRunNamingTheStep) {
@@ -236,54 +246,82 @@ TEST(Trainer, NonFiniteStepsAreSkippedAndCountedWhenTheConfigSaysSo) {
   EXPECT_TRUE(mentions(log.str(), {"step 2: loss", "step skipped (1 so far)", "5 step(s) skipped"})) << log.str();
   const std::string metrics = read_file(dir.path("metrics.jsonl"));
   EXPECT_NE(metrics.find("\"skipped\":true"), std::string::npos) << metrics;
-  EXPECT_NE(error_of([&] { load_train_config("", {"data.path=x", "train.nonfinite=ignore"}); }).find(
-                "train.nonfinite: 'ignore': expected stop or skip"),
+  EXPECT_NE(error_of([&] {
+              load_train_config("", {"data.path=x", "train.nonfinite=ignore"});
+            }).find("train.nonfinite: 'ignore': expected stop or skip"),
             std::string::npos);
 }
 
 TEST(TrainConfig, GpuKeysAndTheirErrors) {
-  const TrainConfig cfg = load_train_config(
-      "", {"data.path=x", "run.deterministic=true", "run.gpu_memory=80GB", "train.recompute=block"});
+  const TrainConfig cfg =
+      load_train_config("", {"data.path=x", "run.deterministic=true", "run.gpu_memory=80GB", "train.recompute=block"});
   EXPECT_TRUE(cfg.deterministic);
   EXPECT_EQ(cfg.gpu_memory_bytes, 80LL << 30);
   EXPECT_EQ(cfg.train.recompute, Recompute::block);
   EXPECT_EQ(parse_memory_size("512MiB"), 512LL << 20);
   EXPECT_EQ(parse_memory_size("1.5G"), 3LL << 29);
   EXPECT_EQ(parse_memory_size("lots"), -1);
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.gpu_memory=lots"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "run.gpu_memory=lots"});
+            }),
             "command line --run.gpu_memory=lots: run.gpu_memory: 'lots': expected a size such as 80GB or 512MiB");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.deterministic=1"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "run.deterministic=1"});
+            }),
             "command line --run.deterministic=1: run.deterministic: expected true or false");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.recompute=all"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "train.recompute=all"});
+            }),
             "command line --train.recompute=all: train.recompute: recompute 'all': expected none, mlp or block");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.device=gpu"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "run.device=gpu"});
+            }),
             "command line --run.device=gpu: run.device: 'gpu': expected auto, cpu, cuda or emu");
   // run.gpu names the GPU a dry run plans for: only there, and with its memory.
-  EXPECT_EQ(load_train_config("", {"data.path=x", "run.gpu=H100", "run.gpu_memory=80GB", "run.dry_run=true",
-                                   "run.device=cuda"})
+  EXPECT_EQ(load_train_config(
+                "", {"data.path=x", "run.gpu=H100", "run.gpu_memory=80GB", "run.dry_run=true", "run.device=cuda"})
                 .gpu,
             "H100");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "run.gpu=H100", "run.gpu_memory=80GB"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "run.gpu=H100", "run.gpu_memory=80GB"});
+            }),
             "command line --run.gpu=H100: run.gpu: 'H100' is for planning: add --dry-run --device cuda");
   EXPECT_EQ(error_of([&] {
               load_train_config("", {"data.path=x", "run.gpu=H100", "run.dry_run=true", "run.device=cuda"});
             }),
             "command line --run.gpu=H100: run.gpu: 'H100': give its memory too (--gpu-memory, e.g. 80GB)");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.sample_every=-1"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "train.sample_every=-1"});
+            }),
             "command line --train.sample_every=-1: train.sample_every: expected >= 0 (0 disables sampling)");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.batch_size=99999999999"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "train.batch_size=99999999999"});
+            }),
             "command line --train.batch_size=99999999999: train.batch_size: expected an integer in range");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "train.sample_tokens=0"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "train.sample_tokens=0"});
+            }),
             "command line --train.sample_tokens=0: train.sample_tokens: expected >= 1");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.every=-2"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "checkpoint.every=-2"});
+            }),
             "command line --checkpoint.every=-2: checkpoint.every: expected >= 0 (0: never)");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.keep=-1"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "checkpoint.keep=-1"});
+            }),
             "command line --checkpoint.keep=-1: checkpoint.keep: expected >= 0 (0: keep all)");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.async_max_mb=-1"}); }),
-            "command line --checkpoint.async_max_mb=-1: checkpoint.async_max_mb: expected >= 0 (0: always save in place)");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.async=1"}); }),
+  EXPECT_EQ(
+      error_of([&] {
+        load_train_config("", {"data.path=x", "checkpoint.async_max_mb=-1"});
+      }),
+      "command line --checkpoint.async_max_mb=-1: checkpoint.async_max_mb: expected >= 0 (0: always save in place)");
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "checkpoint.async=1"});
+            }),
             "command line --checkpoint.async=1: checkpoint.async: expected true or false");
-  EXPECT_EQ(error_of([&] { load_train_config("", {"data.path=x", "checkpoint.on_error=retry"}); }),
+  EXPECT_EQ(error_of([&] {
+              load_train_config("", {"data.path=x", "checkpoint.on_error=retry"});
+            }),
             "command line --checkpoint.on_error=retry: checkpoint.on_error: 'retry': expected stop or continue");
 }
 
@@ -291,9 +329,8 @@ TEST(Trainer, LossFallsWellBelowItsStart) {
   TempDir dir;
   const std::string data = prepare_text(dir, repetitive_text());
   const TrainConfig cfg = load_train_config(
-      "", {"model.preset=test", "data.path=" + data, "train.batch_size=8",
-           "train.seq_len=32", "train.steps=40", "train.eval_every=20", "optim.lr=1e-2", "optim.warmup_steps=5",
-           "run.dir=" + dir.path("run")});
+      "", {"model.preset=test", "data.path=" + data, "train.batch_size=8", "train.seq_len=32", "train.steps=40",
+           "train.eval_every=20", "optim.lr=1e-2", "optim.warmup_steps=5", "run.dir=" + dir.path("run")});
   std::ostringstream log;
   const std::vector<StepRecord> steps = train(cfg, log);
   ASSERT_EQ(steps.size(), 40u);
@@ -324,7 +361,7 @@ TEST(Trainer, SameSeedSameLosses) {
   TempDir dir;
   const std::string data = prepare_text(dir, repetitive_text());
   std::vector<Override> overrides = {"model.preset=test", "data.path=" + data, "train.batch_size=2",
-                                     "train.seq_len=16", "train.steps=3", "train.eval_every=0"};
+                                     "train.seq_len=16",  "train.steps=3",     "train.eval_every=0"};
   std::ostringstream log;
   overrides.emplace_back("run.dir=" + dir.path("a"));
   const auto a = train(load_train_config("", overrides), log);
@@ -338,11 +375,14 @@ TEST(Trainer, SameSeedSameLosses) {
 TEST(Trainer, MissingOrShortDatasetIsAClearError) {
   TempDir dir;
   const std::string missing = dir.path("nope");
-  EXPECT_EQ(error_of([&] { train(load_train_config("", {"data.path=" + missing, "run.dir=" + dir.path("r")}), std::cout); }),
+  EXPECT_EQ(error_of([&] {
+              train(load_train_config("", {"data.path=" + missing, "run.dir=" + dir.path("r")}), std::cout);
+            }),
             missing + ": dataset directory not found");
   const std::string short_data = prepare_text(dir, "tiny\n");
-  EXPECT_NE(error_of([&] { train(load_train_config("", {"data.path=" + short_data, "run.dir=" + dir.path("r")}), std::cout); })
-                .find("longer than any shard"),
+  EXPECT_NE(error_of([&] {
+              train(load_train_config("", {"data.path=" + short_data, "run.dir=" + dir.path("r")}), std::cout);
+            }).find("longer than any shard"),
             std::string::npos);
 }
 

@@ -108,13 +108,21 @@ void print_kernel_report(const KernelBenchReport& r) {
 void write_kernel_report(const KernelBenchReport& r, const std::string& device, const std::string& path) {
   nlohmann::json rows = nlohmann::json::array();
   for (const KernelBenchRow& row : r.rows)
-    rows.push_back({{"kernel", row.kernel}, {"model", row.model}, {"tokens", row.tokens}, {"shape", row.shape},
-                    {"median_ms", row.median_ms}, {"bytes", row.bytes}, {"gb_per_s", row.gb_per_s},
-                    {"copy_fraction", row.copy_fraction}, {"flops", row.flops}, {"tflops", row.tflops},
+    rows.push_back({{"kernel", row.kernel},
+                    {"model", row.model},
+                    {"tokens", row.tokens},
+                    {"shape", row.shape},
+                    {"median_ms", row.median_ms},
+                    {"bytes", row.bytes},
+                    {"gb_per_s", row.gb_per_s},
+                    {"copy_fraction", row.copy_fraction},
+                    {"flops", row.flops},
+                    {"tflops", row.tflops},
                     {"plain_tflops", row.plain_tflops}});
   const nlohmann::json out = {{"device", device}, {"copy_gb_per_s", r.copy_gb_per_s}, {"rows", rows}};
   std::ofstream file(path);
-  if (!(file << out.dump(2) << '\n')) throw std::runtime_error("kiln bench kernels: cannot write " + path + " (--json)");
+  if (!(file << out.dump(2) << '\n'))
+    throw std::runtime_error("kiln bench kernels: cannot write " + path + " (--json)");
 }
 
 void bench_kernels(const KernelsOptions& o) {
@@ -123,8 +131,9 @@ void bench_kernels(const KernelsOptions& o) {
       throw std::runtime_error(
           "kiln bench kernels: refusing to time on the emulator: it models function, not time (--functional-check "
           "runs the benchmarks at tiny shapes, as a test of their code)");
-    fmt::print("emulator functional check at tiny shapes: the times below are the emulator's CPU times, NOT GPU "
-               "figures\n");
+    fmt::print(
+        "emulator functional check at tiny shapes: the times below are the emulator's CPU times, NOT GPU "
+        "figures\n");
     KernelBenchOptions tiny = o.bench;
     tiny.tiny = true;
     tiny.warmup = 1;
@@ -135,7 +144,8 @@ void bench_kernels(const KernelsOptions& o) {
     return;
   }
   if (o.device != "cuda")
-    throw std::runtime_error("kiln bench kernels: --device '" + o.device + "': expected cuda (or emu with --functional-check)");
+    throw std::runtime_error("kiln bench kernels: --device '" + o.device +
+                             "': expected cuda (or emu with --functional-check)");
   if (o.functional_check) throw std::runtime_error("kiln bench kernels: --functional-check is for --device emu only");
   const KernelBenchReport report = run_on_gpu(o.bench);
   print_kernel_report(report);
@@ -145,14 +155,16 @@ void bench_kernels(const KernelsOptions& o) {
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand("bench", "Benchmarks: `kiln bench data` (tokenizer, loader), `kiln bench kernels` (GPU)");
+  CLI::App* cmd =
+      app.add_subcommand("bench", "Benchmarks: `kiln bench data` (tokenizer, loader), `kiln bench kernels` (GPU)");
   cmd->require_subcommand(1);
   CLI::App* data = cmd->add_subcommand("data", "Tokenizer MB/s (1 thread, all threads) and loader tokens/s");
   auto o = std::make_shared<BenchOptions>();
   data->add_option("--text", o->text, "Text file to tokenize (documents split at --separator)");
   data->add_option("--separator", o->separator, "Document separator in --text (default: an empty line)");
   data->add_option("--tokenizer", o->tokenizer, "bytes or gpt2")->capture_default_str();
-  data->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: a directory with encoder.json and vocab.bpe; default: the vocabulary kiln ships");
+  data->add_option("--tokenizer-dir", o->tokenizer_dir,
+                   "gpt2: a directory with encoder.json and vocab.bpe; default: the vocabulary kiln ships");
   data->add_option("--dataset", o->dataset, "Prepared dataset to read batches from");
   data->add_option("--batch", o->batch, "Sequences per batch")->capture_default_str();
   data->add_option("--seq-len", o->seq_len, "Tokens per sequence")->capture_default_str();
@@ -182,10 +194,13 @@ void add_bench_command(CLI::App& app) {
 
   CLI::App* kernels = cmd->add_subcommand("kernels", "Kernel microbenchmarks on a real GPU (docs/kernels.md)");
   auto k = std::make_shared<KernelsOptions>();
-  kernels->add_option("--device", k->device,
-                      "cuda; emu only with --functional-check (the emulator models function, not time)")
+  kernels
+      ->add_option("--device", k->device,
+                   "cuda; emu only with --functional-check (the emulator models function, not time)")
       ->capture_default_str();
-  kernels->add_option("--models", k->bench.models, "GPT-2 sizes, comma-separated")->delimiter(',')->capture_default_str();
+  kernels->add_option("--models", k->bench.models, "GPT-2 sizes, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
   kernels->add_option("--tokens", k->bench.tokens, "B*T token counts, comma-separated (multiples of 1024)")
       ->delimiter(',')
       ->capture_default_str();

@@ -11,7 +11,8 @@ void add_eval_command(CLI::App& app) {
   auto checkpoint = std::make_shared<std::string>();
   auto o = std::make_shared<EvalOptions>();
   cmd->add_option("checkpoint", *checkpoint, "A checkpoint directory, or a run directory (its latest)")->required();
-  cmd->add_option("--data", o->data, "A prepared dataset directory, or a text file tokenized with the checkpoint's tokenizer")
+  cmd->add_option("--data", o->data,
+                  "A prepared dataset directory, or a text file tokenized with the checkpoint's tokenizer")
       ->required();
   cmd->add_option("--split", o->split, "Which split of a dataset: val or train")->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "Sequences per batch")->capture_default_str();

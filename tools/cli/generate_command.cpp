@@ -27,7 +27,8 @@ std::unique_ptr<Tokenizer> tokenizer_for(const GenerateOptions& o, const std::st
                                          const TokenizerRecord& recorded) {
   if (!o.tokenizer.empty()) return make_tokenizer(o.tokenizer, o.tokenizer_dir);
   if (recorded.name.empty())
-    throw std::runtime_error(o.checkpoint + ": no tokenizer recorded (trained on random tokens, or imported): pass "
+    throw std::runtime_error(o.checkpoint +
+                             ": no tokenizer recorded (trained on random tokens, or imported): pass "
                              "--tokenizer bytes or --tokenizer gpt2");
   return tokenizer_matching(recorded.name, recorded.fingerprint, recorded.files_dir, dir + "/manifest.json");
 }
@@ -43,17 +44,19 @@ void run(const GenerateOptions& o) {
   const std::vector<int32_t> prompt = tokenizer->encode(o.prompt);
   if (prompt.empty()) throw std::runtime_error("--prompt: empty (it needs at least one token)");
   if ((int64_t)prompt.size() + o.max_tokens > ckpt.config.max_seq_len)
-    throw std::runtime_error(fmt::format("--max-tokens {}: with the prompt's {} tokens that passes the model's "
-                                         "context of {}",
-                                         o.max_tokens, prompt.size(), ckpt.config.max_seq_len));
+    throw std::runtime_error(
+        fmt::format("--max-tokens {}: with the prompt's {} tokens that passes the model's "
+                    "context of {}",
+                    o.max_tokens, prompt.size(), ckpt.config.max_seq_len));
   Decoder decoder(ckpt.config, std::move(ckpt.weights));
   const auto start = std::chrono::steady_clock::now();
   const std::vector<int32_t> tokens =
       generate(decoder, prompt, o.max_tokens, o.seed, o.sampling, o.stop_at_eot ? tokenizer->eot_token() : -1);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << o.prompt << tokenizer->decode(tokens) << std::endl;
-  std::cerr << fmt::format("kiln generate: {} prompt + {} new tokens in {:.2f} s: {:.1f} tokens/s (CPU, fp32, KV cache)\n",
-                           prompt.size(), tokens.size(), seconds, tokens.size() / seconds);
+  std::cerr << fmt::format(
+      "kiln generate: {} prompt + {} new tokens in {:.2f} s: {:.1f} tokens/s (CPU, fp32, KV cache)\n", prompt.size(),
+      tokens.size(), seconds, tokens.size() / seconds);
 }
 
 }  // namespace
@@ -63,7 +66,9 @@ void add_generate_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("generate", "Sample text from a checkpoint with a KV cache");
   cmd->add_option("checkpoint", o->checkpoint, "checkpoint directory, or a run directory (its latest)")->required();
   cmd->add_option("-p,--prompt", o->prompt, "text to continue")->capture_default_str();
-  cmd->add_option("-n,--max-tokens", o->max_tokens, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("-n,--max-tokens", o->max_tokens, "tokens to generate")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--temperature", o->sampling.temperature, "softmax temperature; 0 picks the most likely token")
       ->capture_default_str();
   cmd->add_option("--top-k", o->sampling.top_k, "sample from the k most likely tokens (0: all)")->capture_default_str();
@@ -71,8 +76,11 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "sampling seed: the same seed gives the same text")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "bytes or gpt2; default: the training dataset's");
-  cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: encoder.json and vocab.bpe, or a Hugging Face directory's vocab.json and merges.txt; default: the vocabulary kiln ships");
-  cmd->add_flag_callback("--no-stop", [o] { o->stop_at_eot = false; }, "keep going past the end-of-text token");
+  cmd->add_option("--tokenizer-dir", o->tokenizer_dir,
+                  "gpt2: encoder.json and vocab.bpe, or a Hugging Face directory's vocab.json and merges.txt; default: "
+                  "the vocabulary kiln ships");
+  cmd->add_flag_callback(
+      "--no-stop", [o] { o->stop_at_eot = false; }, "keep going past the end-of-text token");
   cmd->callback([o] { run(*o); });
 }
 

@@ -28,7 +28,8 @@ int run(int argc, char** argv) {
     return app.exit(e);
   } catch (const std::bad_alloc&) {
     std::cerr << "kiln: error: out of host memory (a request larger than what the machine has free; smaller "
-                 "--batch-size or --seq-len, or a smaller model, need less)" << std::endl;
+                 "--batch-size or --seq-len, or a smaller model, need less)"
+              << std::endl;
     return 1;
   } catch (const std::exception& e) {
     std::cerr << "kiln: error: " << e.what() << std::endl;

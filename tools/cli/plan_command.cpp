@@ -39,14 +39,16 @@ void run_plan(const PlanOptions& o, const std::vector<Override>& overrides) {
   const StepEstimate e = estimate_step(in);
   const bool fits = (double)m.total() <= in.gpu.memory_bytes;
 
-  fmt::print("kiln plan: {} ({} layers, width {}, {} heads), T = {}, {} GPU(s) as TP {} x DP {}, ZeRO-1 {}, "
-             "recompute {}\n",
-             cfg.preset, in.model.n_layer, in.model.n_embd, in.model.n_head, in.seq_len, in.gpus, in.tp,
-             in.gpus / in.tp, in.zero1 ? "on" : "off", recompute_name(in.recompute));
+  fmt::print(
+      "kiln plan: {} ({} layers, width {}, {} heads), T = {}, {} GPU(s) as TP {} x DP {}, ZeRO-1 {}, "
+      "recompute {}\n",
+      cfg.preset, in.model.n_layer, in.model.n_embd, in.model.n_head, in.seq_len, in.gpus, in.tp, in.gpus / in.tp,
+      in.zero1 ? "on" : "off", recompute_name(in.recompute));
   fmt::print("memory per GPU at micro-batch {}:\n", in.micro_batch);
   const std::pair<const char*, int64_t> rows[] = {
-      {"parameters (bf16)", m.parameters}, {"gradients (fp32)", m.gradients},   {"master weights (fp32)", m.master},
-      {"AdamW moments (fp32)", m.moments}, {"activations", m.activations},      {"logits", m.logits},
+      {"parameters (bf16)", m.parameters},    {"gradients (fp32)", m.gradients},
+      {"master weights (fp32)", m.master},    {"AdamW moments (fp32)", m.moments},
+      {"activations", m.activations},         {"logits", m.logits},
       {"workspace and scratch", m.workspace}, {"CUDA context and slack", m.reserved}};
   for (const auto& [name, bytes] : rows) fmt::print("  {:<24} {:>12}\n", name, gib(bytes));
   fmt::print("  {:<24} {:>12} of {}: {}\n", "total", gib(m.total()), gib((int64_t)in.gpu.memory_bytes),
@@ -60,14 +62,15 @@ void run_plan(const PlanOptions& o, const std::vector<Override>& overrides) {
     largest[recompute_name(r)] = b;
     fmt::print(" {} (recompute {})", b, recompute_name(r));
   }
-  fmt::print("\nstep at micro-batch {}: compute {:.3f} s, TP all-reduces {:.3f} s, DP reduction {:.3f} s "
-             "({:.3f} s exposed) -> {:.3f} s, {:.0f} tokens/s, MFU {:.1f}%\n",
-             in.micro_batch, e.compute_s, e.tp_comm_s, e.dp_comm_s, e.exposed_dp_s, e.step_s, e.tokens_per_s,
-             100 * e.mfu);
-  fmt::print("assumes {:.0f} TFLOP/s bf16 peak at {:.0f}% kernel efficiency, NVLink {:.0f} GB/s, network {:.0f} GB/s "
-             "per GPU, {} GPUs a node (docs/scaling.md)\n",
-             in.gpu.peak_tflops, 100 * in.gpu.kernel_efficiency, in.gpu.nvlink_gb_per_s, in.gpu.network_gb_per_s,
-             in.gpu.gpus_per_node);
+  fmt::print(
+      "\nstep at micro-batch {}: compute {:.3f} s, TP all-reduces {:.3f} s, DP reduction {:.3f} s "
+      "({:.3f} s exposed) -> {:.3f} s, {:.0f} tokens/s, MFU {:.1f}%\n",
+      in.micro_batch, e.compute_s, e.tp_comm_s, e.dp_comm_s, e.exposed_dp_s, e.step_s, e.tokens_per_s, 100 * e.mfu);
+  fmt::print(
+      "assumes {:.0f} TFLOP/s bf16 peak at {:.0f}% kernel efficiency, NVLink {:.0f} GB/s, network {:.0f} GB/s "
+      "per GPU, {} GPUs a node (docs/scaling.md)\n",
+      in.gpu.peak_tflops, 100 * in.gpu.kernel_efficiency, in.gpu.nvlink_gb_per_s, in.gpu.network_gb_per_s,
+      in.gpu.gpus_per_node);
   if (o.search) {
     const std::vector<LayoutChoice> choices = search_layouts(in);
     fmt::print("\nlayouts of {} GPU(s), each at its largest micro-batch, fastest first{}:\n", in.gpus,
@@ -88,9 +91,15 @@ void run_plan(const PlanOptions& o, const std::vector<Override>& overrides) {
                         {"micro_batch", in.micro_batch},
                         {"seq_len", in.seq_len},
                         {"memory_bytes",
-                         {{"parameters", m.parameters}, {"gradients", m.gradients}, {"master", m.master},
-                          {"moments", m.moments}, {"activations", m.activations}, {"logits", m.logits},
-                          {"workspace", m.workspace}, {"reserved", m.reserved}, {"total", m.total()}}},
+                         {{"parameters", m.parameters},
+                          {"gradients", m.gradients},
+                          {"master", m.master},
+                          {"moments", m.moments},
+                          {"activations", m.activations},
+                          {"logits", m.logits},
+                          {"workspace", m.workspace},
+                          {"reserved", m.reserved},
+                          {"total", m.total()}}},
                         {"fits", fits},
                         {"largest_micro_batch", largest},
                         {"step_s", e.step_s},
@@ -105,7 +114,8 @@ void run_plan(const PlanOptions& o, const std::vector<Override>& overrides) {
 void add_plan_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("plan", "Memory per GPU and predicted step time / MFU for a config on N GPUs");
   auto o = std::make_shared<PlanOptions>();
-  cmd->add_option("-c,--config", o->config, "TOML config file (its [model] and [train] sizes)")->check(CLI::ExistingFile);
+  cmd->add_option("-c,--config", o->config, "TOML config file (its [model] and [train] sizes)")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--gpus", o->gpus, "GPUs in the job")->capture_default_str();
   cmd->add_option("--tp", o->tp, "Tensor-parallel size (DP = gpus / tp)")->capture_default_str();
   cmd->add_flag("--zero", o->zero1, "ZeRO-1: shard the optimizer state over the data-parallel ranks");

@@ -80,7 +80,9 @@ void add_prepare_command(CLI::App& app) {
   cmd->add_option("--format", o->format, "text, jsonl or auto (by .jsonl extension)")->capture_default_str();
   cmd->add_option("--separator", o->separator, "Split text files into documents at this string (\\n escapes allowed)");
   cmd->add_option("--tokenizer", o->tokenizer, "bytes or gpt2")->capture_default_str();
-  cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "gpt2: a directory with encoder.json and vocab.bpe (copied into the output); default: the vocabulary kiln ships");
+  cmd->add_option(
+      "--tokenizer-dir", o->tokenizer_dir,
+      "gpt2: a directory with encoder.json and vocab.bpe (copied into the output); default: the vocabulary kiln ships");
   cmd->add_option("--val-fraction", o->val_fraction, "Fraction of documents held out for validation")
       ->capture_default_str();
   cmd->add_option("--val-docs", o->val_documents, "Exactly this many validation documents (instead of a fraction)")
@@ -107,14 +109,16 @@ void add_prepare_command(CLI::App& app) {
     // OUTPUT.tmp-PID is left behind, and an existing OUTPUT stays as it was.
     const PreemptionSignals signals;
     const PrepareSummary s = prepare_dataset(opts, [&](int64_t done, int64_t total) {
-      if (signals.received() != 0) throw std::runtime_error("interrupted by a signal: nothing written to " + opts.output);
+      if (signals.received() != 0)
+        throw std::runtime_error("interrupted by a signal: nothing written to " + opts.output);
       bar(done, total);
     });
     const int64_t tokens = s.train_tokens + s.val_tokens;
-    fmt::print("prepared {}: {} documents ({} validation, {} empty skipped), {} tokens ({} train / {} val) in {} + {} "
-               "shards\n",
-               opts.output, s.documents, s.val_documents, s.empty_documents, tokens, s.train_tokens, s.val_tokens,
-               s.train_shards, s.val_shards);
+    fmt::print(
+        "prepared {}: {} documents ({} validation, {} empty skipped), {} tokens ({} train / {} val) in {} + {} "
+        "shards\n",
+        opts.output, s.documents, s.val_documents, s.empty_documents, tokens, s.train_tokens, s.val_tokens,
+        s.train_shards, s.val_shards);
     fmt::print("{:.1f} MB of text -> {:.1f} MB of shards in {:.2f} s: {:.2f} M tokens/s, {:.1f} MB/s\n",
                s.input_bytes / 1e6, s.output_bytes / 1e6, s.seconds, tokens / s.seconds / 1e6,
                s.input_bytes / 1e6 / s.seconds);

@@ -44,7 +44,8 @@ void add_tokenize_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("tokenize", "Encode stdin to token ids (one line), or decode ids with --decode");
   auto opts = std::make_shared<TokenizeOptions>();
   cmd->add_option("--tokenizer", opts->tokenizer, "bytes or gpt2")->required();
-  cmd->add_option("--tokenizer-dir", opts->dir, "gpt2: a directory with encoder.json and vocab.bpe; default: the vocabulary kiln ships");
+  cmd->add_option("--tokenizer-dir", opts->dir,
+                  "gpt2: a directory with encoder.json and vocab.bpe; default: the vocabulary kiln ships");
   cmd->add_flag("--decode", opts->decode, "Read whitespace-separated ids, print the text they decode to");
   cmd->callback([opts] {
     const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(opts->tokenizer, opts->dir);

@@ -22,9 +22,11 @@ void add_train_command(CLI::App& app) {
   auto shortcuts = std::make_shared<std::vector<Override>>();
   for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
            {"--device", "run.device", "auto (cuda if a GPU is present, else cpu), cpu, cuda or emu (run.device)"},
-           {"--gpu-memory", "run.gpu_memory", "device memory to plan for, e.g. 80GB; the emulator's size (run.gpu_memory)"},
+           {"--gpu-memory", "run.gpu_memory",
+            "device memory to plan for, e.g. 80GB; the emulator's size (run.gpu_memory)"},
            {"--gpu", "run.gpu", "with --dry-run: the GPU model to plan for, e.g. H100, with --gpu-memory (run.gpu)"},
-           {"--recompute", "train.recompute", "activations rebuilt in the backward: none, mlp or block (train.recompute)"},
+           {"--recompute", "train.recompute",
+            "activations rebuilt in the backward: none, mlp or block (train.recompute)"},
            {"--batch-size", "train.batch_size", "sequences per micro-batch (train.batch_size)"},
            {"--seq-len", "train.seq_len", "tokens per sequence (train.seq_len)"},
            {"--max-steps", "train.steps", "optimizer steps (train.steps)"},
@@ -34,8 +36,10 @@ void add_train_command(CLI::App& app) {
            {"--tp", "parallel.tp", "tensor-parallel size, consecutive ranks (parallel.tp)"},
            {"--seed", "train.seed", "seed of the initial weights and the data order (train.seed)"},
            {"--save-every", "checkpoint.every", "steps between checkpoints in the run directory (checkpoint.every)"},
-           {"--resume", "checkpoint.resume", "resume from this checkpoint; default: the run directory's latest (checkpoint.resume)"},
-           {"--init-from", "checkpoint.init_from", "fine-tune: a checkpoint's parameters only (checkpoint.init_from)"}}) {
+           {"--resume", "checkpoint.resume",
+            "resume from this checkpoint; default: the run directory's latest (checkpoint.resume)"},
+           {"--init-from", "checkpoint.init_from",
+            "fine-tune: a checkpoint's parameters only (checkpoint.init_from)"}}) {
     cmd->add_option_function<std::string>(
         flag,
         [shortcuts, key = std::string(key), flag = std::string(flag)](const std::string& v) {
@@ -44,15 +48,21 @@ void add_train_command(CLI::App& app) {
         help);
   }
   for (const auto& [flag, key, help] : std::initializer_list<std::tuple<const char*, const char*, const char*>>{
-           {"--deterministic", "run.deterministic", "bitwise-identical runs for a seed on one device (run.deterministic)"},
+           {"--deterministic", "run.deterministic",
+            "bitwise-identical runs for a seed on one device (run.deterministic)"},
            {"--dry-run", "run.dry_run", "print the memory plan and whether it fits, allocate nothing (run.dry_run)"},
-           {"--verify-data", "data.verify", "check every shard's checksum at start-up: reads the whole dataset (data.verify)"},
-           {"--eval-only", "train.eval_only", "evaluate the resumed model on the validation split, train nothing (train.eval_only)"},
-           {"--force", "run.force", "start afresh in a run directory holding another run's metrics or checkpoints (run.force)"}}) {
+           {"--verify-data", "data.verify",
+            "check every shard's checksum at start-up: reads the whole dataset (data.verify)"},
+           {"--eval-only", "train.eval_only",
+            "evaluate the resumed model on the validation split, train nothing (train.eval_only)"},
+           {"--force", "run.force",
+            "start afresh in a run directory holding another run's metrics or checkpoints (run.force)"}}) {
     cmd->add_flag_function(
-        flag, [shortcuts, key = std::string(key), flag = std::string(flag)](int64_t) {
+        flag,
+        [shortcuts, key = std::string(key), flag = std::string(flag)](int64_t) {
           shortcuts->emplace_back(key + "=true", flag);
-        }, help);
+        },
+        help);
   }
   cmd->allow_extras();
   cmd->footer(
@@ -60,7 +70,8 @@ void add_train_command(CLI::App& app) {
       "--model.preset=gpt2-124m --run.dir=runs/x");
   cmd->callback([cmd, config_path, shortcuts] {
     // tools/scripts/kill9-soak.sh stops a run at an exact moment of a load or a save, to kill it there.
-    if (const char* point = std::getenv("KILN_FAULT_STOP_AT")) inject_checkpoint_faults({.fail_write = 0, .stop_at = point});
+    if (const char* point = std::getenv("KILN_FAULT_STOP_AT"))
+      inject_checkpoint_faults({.fail_write = 0, .stop_at = point});
     std::vector<Override> overrides = config_overrides(*cmd);
     overrides.insert(overrides.end(), shortcuts->begin(), shortcuts->end());
     const TrainConfig cfg = load_train_config(*config_path, overrides);
@@ -72,7 +83,8 @@ void add_train_command(CLI::App& app) {
     // Launched by hand (RANK/WORLD_SIZE): the ranks meet through a file and talk over TCP.
     if (process.launcher == "env") {
       const std::string file = cfg.parallel.rendezvous.empty() ? cfg.run_dir + "/rendezvous" : cfg.parallel.rendezvous;
-      if (std::filesystem::path(file).has_parent_path()) std::filesystem::create_directories(std::filesystem::path(file).parent_path());
+      if (std::filesystem::path(file).has_parent_path())
+        std::filesystem::create_directories(std::filesystem::path(file).parent_path());
       const std::unique_ptr<Comm> world = rendezvous_comm(process, file, cfg.parallel.timeout_s);
       try {
         train(cfg, std::cout, *world);
@@ -85,9 +97,9 @@ void add_train_command(CLI::App& app) {
     const MpiSession mpi;
     const std::unique_ptr<Comm> world = mpi.world(cfg.parallel.timeout_s);
     if (world->size() != process.world_size || world->rank() != process.rank)
-      throw std::runtime_error("MPI sees rank " + std::to_string(world->rank()) + " of " + std::to_string(world->size()) +
-                               ", the " + process.launcher + " environment rank " + std::to_string(process.rank) +
-                               " of " + std::to_string(process.world_size));
+      throw std::runtime_error("MPI sees rank " + std::to_string(world->rank()) + " of " +
+                               std::to_string(world->size()) + ", the " + process.launcher + " environment rank " +
+                               std::to_string(process.rank) + " of " + std::to_string(process.world_size));
     try {
       train(cfg, std::cout, *world);
     } catch (const std::exception& e) {
