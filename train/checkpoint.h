@@ -84,7 +84,7 @@ CheckpointSnapshot snapshot_checkpoint(const std::string& settings, GPT& model, 
 std::string write_checkpoint(const std::string& run_dir, const CheckpointSnapshot& snapshot, Comm& world, int keep);
 
 // Faults for the tests to inject into saves and loads; none unless set. The kiln CLI sets stop_at
-// from KILN_FAULT_STOP_AT (for tools/kill9-soak.sh); the save path reads only this.
+// from KILN_FAULT_STOP_AT (for tools/scripts/kill9-soak.sh); the save path reads only this.
 struct CheckpointFaults {
   int fail_write = 0;   // the N-th HDF5 dataset write from now fails as on a full disk (0: none)
   std::string stop_at;  // the process stops itself (SIGSTOP) here: "load" (weights read, the rest
