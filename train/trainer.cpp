@@ -189,6 +189,7 @@ GPTConfig fine_tuning_model(const TrainConfig& cfg) {
 // Each group's collectives and bytes in one step: what the tests check the layout by.
 struct Traffic {
   int64_t collectives = 0, bytes = 0;
+  Traffic operator-(const Traffic& o) const { return {collectives - o.collectives, bytes - o.bytes}; }
 };
 Traffic traffic(std::initializer_list<const Comm*> comms) {
   Traffic t;
@@ -368,10 +369,8 @@ class TrainingRun {
   // (skipped when the loss or the norm is not finite and train.nonfinite allows it).
   StepResult train_step(int64_t step) {
     const auto start = Clock::now();
-    Comm* tp_group[] = {groups_.tp_comm.get(), activation_comm_.get()};
-    Comm* dp_group[] = {groups_.dp_comm.get(), gradient_comm_.get()};
-    const Traffic tp_before = traffic({tp_group[0], tp_group[1]}), dp_before = traffic({dp_group[0], dp_group[1]});
-    for (Comm* c : {&comm_, tp_group[0], dp_group[0], dp_group[1], tp_group[1]})
+    const Traffic tp_before = tp_traffic(), dp_before = dp_traffic();
+    for (Comm* c : {&comm_, groups_.tp_comm.get(), groups_.dp_comm.get(), gradient_comm_.get(), activation_comm_.get()})
       if (c) c->set_context(fmt::format("step {}", step + 1));
     Comm& dp_comm = *groups_.dp_comm;
     model_->zero_grads();
@@ -409,9 +408,8 @@ class TrainingRun {
       log_ << fmt::format("step {}: loss {}, gradient norm {}: step skipped ({} so far)\n", step + 1, r.loss,
                           r.grad_norm, skipped_);
     }
-    const Traffic tp_after = traffic({tp_group[0], tp_group[1]}), dp_after = traffic({dp_group[0], dp_group[1]});
-    tp_step_ = {tp_after.collectives - tp_before.collectives, tp_after.bytes - tp_before.bytes};
-    dp_step_ = {dp_after.collectives - dp_before.collectives, dp_after.bytes - dp_before.bytes};
+    tp_step_ = tp_traffic() - tp_before;
+    dp_step_ = dp_traffic() - dp_before;
     r.seconds = seconds_since(start);
     elapsed_s_ += r.seconds;
     op_span_s_ += r.seconds;
@@ -542,6 +540,10 @@ class TrainingRun {
   }
 
  private:
+  // Each group's traffic so far, over MPI and (on GPUs) NCCL.
+  Traffic tp_traffic() const { return traffic({groups_.tp_comm.get(), activation_comm_.get()}); }
+  Traffic dp_traffic() const { return traffic({groups_.dp_comm.get(), gradient_comm_.get()}); }
+
   PlanInput plan_input() const {
     PlanInput in;
     in.model = model_cfg_;
